@@ -1,0 +1,746 @@
+"""Experiment configs: YAML files -> one validated, frozen ``ExperimentConfig``.
+
+Resolution: ``NAME`` -> ``configs/NAME.yaml`` in the current project, then the configs that
+ship with hpcrun; a path works too. A file may ``extends:`` another. ``--set a.b=value``
+overrides any key (the value is parsed as YAML and typed by the schema). ``${VAR}`` and
+``${VAR:-default}`` interpolate environment variables in string values.
+
+Every error names the file (or ``--set``) that supplied the key, the dotted key path, the
+bad value and what is allowed, with a did-you-mean for misspelt keys and choices.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .resources import configs_dir
+
+# --------------------------------------------------------------------------- schema
+
+METRICS = ("auroc", "auprc", "accuracy", "sensitivity", "specificity", "precision", "recall",
+           "f1", "mcc")
+RUN_MODES = ("full_pipeline", "train_only", "eval_only")
+SPLITS = ("train", "val", "test")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_]\w*$")
+_MEM_RE = re.compile(r"^\d+(\.\d+)?[KMGT]?B?$", re.IGNORECASE)
+_TIME_RE = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")
+
+#: Caps that keep hostile YAML (huge files, alias bombs, deep nesting) from eating the machine.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 50_000
+MAX_CONFIG_DEPTH = 40
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_name(value: str, what: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(
+            f"{what} {value!r} must be 1-64 letters, digits, '_', '-' or '.', starting with a "
+            "letter or digit"
+        )
+    return value
+
+
+class DataConfig(_Section):
+    source: Literal["synthetic", "files"] = "synthetic"
+    # synthetic generator
+    rows: int = Field(6000, ge=10)
+    features: int = Field(32, ge=1)
+    informative: int = Field(8, ge=1)
+    positive_rate: float = Field(0.3, gt=0, lt=1)
+    noise: float = Field(0.5, ge=0)
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+    # files
+    path: str | None = None
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    label_column: str = "label"
+    feature_columns: list[str] | None = None
+    split_column: str | None = None
+    missing: Literal["mean", "zero", "drop", "error"] = "mean"
+    standardize: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
+        if self.source == "files" and not self.path:
+            raise ValueError("data.source 'files' needs data.path (a directory or a file)")
+        if self.informative > self.features:
+            raise ValueError(
+                f"data.informative ({self.informative}) cannot exceed data.features "
+                f"({self.features})"
+            )
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("data.val_fraction + data.test_fraction must leave >10% for training")
+        return self
+
+
+class ModelConfig(_Section):
+    name: str = "mlp"
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [128, 64])
+    dropout: float = Field(0.1, ge=0, lt=1)
+    activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value == "mlp" or _FACTORY_RE.match(value):
+            return value
+        raise ValueError(f"unknown model {value!r}: use 'mlp' or 'package.module:factory'")
+
+
+class SchedulerConfig(_Section):
+    type: Literal["none", "cosine", "step", "plateau"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+    patience: int = Field(3, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SchedulerConfig:
+        if self.type == "plateau" and self.warmup_epochs:
+            raise ValueError("scheduler 'plateau' cannot be combined with warmup_epochs")
+        return self
+
+
+class EarlyStoppingConfig(_Section):
+    enabled: bool = False
+    metric: str = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        allowed = ["val_loss", *(f"val_{m}" for m in METRICS)]
+        if value not in allowed:
+            raise ValueError(f"unknown metric {value!r}; allowed: {', '.join(allowed)}")
+        return value
+
+    @property
+    def resolved_mode(self) -> str:
+        if self.mode != "auto":
+            return self.mode
+        return "min" if self.metric == "val_loss" else "max"
+
+
+class LossConfig(_Section):
+    type: Literal["bce", "focal"] = "bce"
+    pos_weight: float | None = Field(None, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    focal_gamma: float = Field(2.0, ge=0)
+    focal_alpha: float | None = Field(0.25, gt=0, lt=1)
+    #: named loss terms and their weights; a term with weight 0 is not computed.
+    #: Built in: classification, reconstruction; a model may add its own (see docs/models.md).
+    components: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: {"classification": 1.0}
+    )
+    #: learn one log-variance per component (Kendall et al. 2018) instead of fixed weights
+    learned_weights: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LossConfig:
+        if not any(w > 0 for w in self.components.values()):
+            raise ValueError("training.loss.components needs at least one weight > 0")
+        for name in self.components:
+            _check_name(name, "loss component")
+        return self
+
+
+class LoggingConfig(_Section):
+    validation_metrics: list[Literal[METRICS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["auroc", "auprc", "accuracy", "f1"]
+    )
+    #: gradient statistics, probability separation on train batches, loss components,
+    #: memory; turning it off keeps training and validation only
+    diagnostics: bool = True
+    per_layer_gradients: bool = True
+
+
+class TrainingConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    #: global batch: samples per optimizer step summed over all ranks and micro-steps
+    batch_size: int = Field(256, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: SchedulerConfig = SchedulerConfig()
+    grad_clip: float | None = Field(1.0, ge=0)
+    grad_accum_steps: int = Field(1, ge=1)
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    #: also keep checkpoints/epoch_NNNN.pt every N epochs (0: never)
+    checkpoint_every: int = Field(0, ge=0)
+    threshold: float = Field(0.5, gt=0, lt=1)
+    deterministic: bool = False
+    loss: LossConfig = LossConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingConfig:
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(
+                f"training.batch_size ({self.batch_size}) must be divisible by "
+                f"training.grad_accum_steps ({self.grad_accum_steps})"
+            )
+        return self
+
+
+class StageConfig(_Section):
+    name: str
+    mode: str = "full_pipeline"
+    #: an earlier stage's name (its checkpoint initialises this one) or a path to a .pt file
+    init_from: str | None = None
+    init_checkpoint: Literal["best", "last"] = "best"
+    #: splits evaluated at the end of the stage (default: val for train_only, val+test for
+    #: full_pipeline, test for eval_only)
+    eval_splits: list[Literal[SPLITS]] | None = None  # type: ignore[valid-type]
+    #: deep-merged over the experiment for this stage only (data, model, training, ...)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return _check_name(value, "stage name")
+
+    @field_validator("mode")
+    @classmethod
+    def _supported_mode(cls, value: str) -> str:
+        if value not in RUN_MODES:
+            raise ValueError(f"Unsupported run mode: {value} (use one of {', '.join(RUN_MODES)})")
+        return value
+
+    @property
+    def splits(self) -> list[str]:
+        if self.eval_splits:
+            return list(self.eval_splits)
+        return {"train_only": ["val"], "full_pipeline": ["val", "test"], "eval_only": ["test"]}[
+            self.mode
+        ]
+
+
+def _default_pipeline() -> list[StageConfig]:
+    return [StageConfig(name="train", mode="full_pipeline")]
+
+
+class DistributedConfig(_Section):
+    enabled: Literal["auto", True, False] = "auto"
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    nproc_per_node: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
+    nnodes: int = Field(1, ge=1)
+    rdzv_timeout: int = Field(900, ge=1)
+    #: collective timeout: a rank whose peer disappears gives up after this long
+    timeout_s: int = Field(120, ge=5)
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _bool_words(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        return value
+
+
+class SchedulerExtras(_Section):
+    directives: list[str] = Field(default_factory=list)
+    setup: list[str] = Field(default_factory=list)
+
+
+class ResourcesConfig(_Section):
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem: str | None = None
+    time: str | None = None
+    partition: str | None = None
+    queue: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    setup: list[str] = Field(default_factory=list)
+    slurm: SchedulerExtras = SchedulerExtras()
+    pbs: SchedulerExtras = SchedulerExtras()
+
+    @field_validator("mem")
+    @classmethod
+    def _mem(cls, value: str | None) -> str | None:
+        if value is not None and not _MEM_RE.match(value):
+            raise ValueError(f"memory {value!r} must look like 16G, 4000M or 512000K")
+        return value
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, value: str | None) -> str | None:
+        if value is not None and not _TIME_RE.match(value):
+            raise ValueError(f"time {value!r} must look like MM, HH:MM:SS or D-HH:MM:SS")
+        return value
+
+    @field_validator("partition", "queue", "account", "qos")
+    @classmethod
+    def _directive_name(cls, value: str | None) -> str | None:
+        return None if value is None else _check_name(value, "name")
+
+
+class BundleConfig(_Section):
+    include: list[str] = Field(default_factory=lambda: ["**"])
+    exclude: list[str] = Field(
+        default_factory=lambda: ["runs/", ".venv/", "__pycache__/", "*.pyc", ".git/"]
+    )
+    #: patterns let through the secret filter on purpose
+    allow: list[str] = Field(default_factory=list)
+
+
+class MonitorConfig(_Section):
+    refresh_s: float = Field(2.0, gt=0)
+    grad_norm_max: float = Field(1e3, gt=0)
+    grad_jump_factor: float = Field(10.0, gt=1)
+    grad_norm_min: float = Field(1e-7, ge=0)
+    separation_patience: int = Field(5, ge=1)
+    divergence_patience: int = Field(5, ge=1)
+    stall_factor: float = Field(5.0, gt=1)
+    memory_growth_pct: float = Field(10.0, gt=0)
+    memory_near_capacity_pct: float = Field(95.0, gt=0, le=100)
+
+
+class ExperimentConfig(_Section):
+    experiment: str
+    seed: int = 0
+    backend: Literal["auto", "local", "slurm", "pbs", "pod"] = "auto"
+    remote: str | None = None
+    #: where run directories are created (relative to the working directory of the job)
+    runs_dir: str = "runs"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    pipeline: list[StageConfig] = Field(default_factory=_default_pipeline, min_length=1)
+    distributed: DistributedConfig = DistributedConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    bundle: BundleConfig = BundleConfig()
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    monitor: MonitorConfig = MonitorConfig()
+
+    @field_validator("experiment")
+    @classmethod
+    def _valid_experiment(cls, value: str) -> str:
+        return _check_name(value, "experiment name")
+
+    @model_validator(mode="after")
+    def _pipeline_order(self) -> ExperimentConfig:
+        seen: list[str] = []
+        for index, stage in enumerate(self.pipeline):
+            if stage.name in seen:
+                raise ValueError(f"pipeline[{index}]: stage name {stage.name!r} is used twice")
+            ref = stage.init_from
+            if ref is not None and not ref.endswith(".pt") and ref not in seen:
+                raise ValueError(
+                    f"pipeline[{index}].init_from: {ref!r} is not an earlier stage "
+                    f"(earlier: {', '.join(seen) or 'none'}) nor a .pt checkpoint path"
+                )
+            if stage.mode == "eval_only" and ref is None:
+                raise ValueError(
+                    f"pipeline[{index}] ({stage.name}) is eval_only but has no checkpoint: set "
+                    "init_from to an earlier stage or a .pt file"
+                )
+            seen.append(stage.name)
+        return self
+
+    def stage(self, name: str) -> StageConfig:
+        for stage in self.pipeline:
+            if stage.name == name:
+                return stage
+        raise ConfigError(
+            f"unknown stage {name!r}; this experiment has: "
+            f"{', '.join(s.name for s in self.pipeline)}"
+        )
+
+    def for_stage(self, name: str) -> ExperimentConfig:
+        """The experiment as one stage sees it: the stage's overrides merged in."""
+        stage = self.stage(name)
+        if not stage.overrides:
+            return self
+        merged = deep_merge(self.model_dump(mode="json"), stage.overrides)
+        return ExperimentConfig.model_validate(merged)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _Origins:
+    """Which file (or ``--set``) supplied each dotted key, for error messages."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, str] = {}
+
+    def record(self, data: Any, source: str, prefix: str = "") -> None:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                dotted = f"{prefix}.{key}" if prefix else str(key)
+                self._by_key[dotted] = source
+                self.record(value, source, dotted)
+
+    def set(self, dotted: str, source: str) -> None:
+        self._by_key[dotted] = source
+
+    def find(self, dotted: str, fallback: str) -> str:
+        parts = dotted.split(".")
+        while parts:
+            hit = self._by_key.get(".".join(parts))
+            if hit:
+                return hit
+            parts.pop()
+        return fallback
+
+
+def deep_merge(base: Any, override: Any) -> Any:
+    """``override`` on top of ``base``: mappings merge key by key, anything else replaces."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = deep_merge(base.get(key), value) if key in base else value
+        return merged
+    return copy.deepcopy(override)
+
+
+def available_experiments(project_dir: Path | None = None) -> list[str]:
+    names: set[str] = set()
+    for folder in _search_dirs(project_dir):
+        if folder.is_dir():
+            names.update(p.stem for p in folder.glob("*.yaml") if p.stem != "remotes")
+    return sorted(names)
+
+
+def _search_dirs(project_dir: Path | None) -> list[Path]:
+    return [Path(project_dir or Path.cwd()) / "configs", configs_dir()]
+
+
+def resolve_config_path(name: str, project_dir: Path | None = None,
+                        relative_to: Path | None = None) -> Path:
+    """``NAME`` -> project ``configs/NAME.yaml``, then hpcrun's own; a path is taken as is."""
+    candidate = Path(name).expanduser()
+    looks_like_path = "/" in name or candidate.suffix in (".yaml", ".yml")
+    if looks_like_path:
+        for base in filter(None, [relative_to, Path.cwd()]):
+            path = candidate if candidate.is_absolute() else base / candidate
+            if path.is_file():
+                return path
+        raise ConfigError(f"config file not found: {name}")
+    dirs = ([relative_to] if relative_to else []) + _search_dirs(project_dir)
+    for folder in dirs:
+        for suffix in (".yaml", ".yml"):
+            path = folder / f"{name}{suffix}"
+            if path.is_file():
+                return path
+    available = available_experiments(project_dir)
+    close = difflib.get_close_matches(name, available, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(
+        f"unknown experiment {name!r}{hint}. Available: {', '.join(available) or 'none'} "
+        "(from ./configs and hpcrun's bundled configs)"
+    )
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {size} bytes is too large for a config (limit "
+                          f"{MAX_CONFIG_BYTES})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read as UTF-8 text: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: malformed YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got "
+                          f"{type(data).__name__}")
+    _check_shape(data, str(path))
+    return data
+
+
+def _check_shape(data: Any, source: str) -> None:
+    """Refuse documents whose aliases or nesting would expand beyond reason."""
+    budget = [MAX_CONFIG_NODES]
+
+    def walk(node: Any, depth: int) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ConfigError(f"{source}: more than {MAX_CONFIG_NODES} values (after expanding "
+                              "aliases); refusing to load it")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{source}: nested deeper than {MAX_CONFIG_DEPTH} levels")
+        if isinstance(node, dict):
+            for value in node.values():
+                walk(value, depth + 1)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, depth + 1)
+
+    walk(data, 0)
+
+
+def _load_with_extends(path: Path, origins: _Origins, project_dir: Path | None,
+                       chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise ConfigError(f"{path}: extends cycle: {cycle}")
+    data = _read_yaml(path)
+    parent_name = data.pop("extends", None)
+    if parent_name is None:
+        origins.record(data, str(path))
+        return data
+    if not isinstance(parent_name, str):
+        raise ConfigError(f"{path}: extends: expected the name or path of a config, got "
+                          f"{parent_name!r}")
+    parent_path = resolve_config_path(parent_name, project_dir, relative_to=path.parent)
+    if parent_path.resolve() == resolved:
+        # ``extends: v3`` inside a project's own configs/v3.yaml means hpcrun's v3
+        parent_path = resolve_config_path(parent_name, project_dir=Path("/nonexistent"))
+    parent = _load_with_extends(parent_path, origins, project_dir, (*chain, resolved))
+    origins.record(data, str(path))
+    return deep_merge(parent, data)
+
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+
+
+def _interpolate(node: Any, origins: _Origins, env: typing.Mapping[str, str],
+                 path: str = "") -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, origins, env, f"{path}.{k}" if path else str(k))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, origins, env, f"{path}.{i}") for i, v in enumerate(node)]
+    if not isinstance(node, str) or "${" not in node:
+        return node
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(3)
+        if name in env and env[name] != "":
+            return env[name]
+        if match.group(2) is not None:
+            return default or ""
+        source = origins.find(path, "config")
+        raise ConfigError(
+            f"{source}: {path}: environment variable {name} is not set",
+            hint=f"export {name}=... or write ${{{name}:-default}}",
+        )
+
+    value = _ENV_RE.sub(replace, node)
+    # a value that is only "${PORT}" becomes a typed value (the schema converts "22" to 22)
+    return value
+
+
+def parse_set(expression: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a","b","c"], parsed value). The value is read as YAML."""
+    key, sep, raw = expression.partition("=")
+    key = key.strip()
+    parts = key.split(".") if key else []
+    if not sep or not parts or any(not p or not re.match(r"^[A-Za-z0-9_-]+$", p) for p in parts):
+        raise ConfigError(
+            f"--set {expression!r}: expected KEY=VALUE with a dotted key, e.g. "
+            "training.lr=0.001"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, (dict, list)):
+        _check_shape(value, f"--set {key}")
+    return parts, value
+
+
+def apply_set(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    node: Any = data
+    for index, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {'.'.join(parts)}: {'.'.join(parts[:index + 1])} "
+                                  f"is a list of {len(node)}; use an index 0..{len(node) - 1}")
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {'.'.join(parts)}: {'.'.join(parts[:index])} is not a "
+                              "section")
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {'.'.join(parts)}: index out of range")
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {'.'.join(parts)}: {'.'.join(parts[:-1])} is not a section")
+
+
+def load_config(
+    name_or_path: str | Path,
+    overrides: typing.Sequence[str] = (),
+    *,
+    project_dir: Path | None = None,
+    env: typing.Mapping[str, str] | None = None,
+) -> ExperimentConfig:
+    """Resolve, merge, interpolate and validate. Raises ``ConfigError`` (exit code 2)."""
+    env = os.environ if env is None else env
+    path = resolve_config_path(str(name_or_path), project_dir)
+    origins = _Origins()
+    data = _load_with_extends(path, origins, project_dir)
+    for expression in overrides:
+        parts, value = parse_set(expression)
+        apply_set(data, parts, value)
+        origins.set(".".join(parts), "--set")
+        origins.record(value, "--set", ".".join(parts))
+    data.setdefault("experiment", path.stem)
+    data = _interpolate(data, origins, env)
+    return validate(data, origins=origins, source=str(path))
+
+
+def load_config_text(text: str, source: str = "<config>") -> ExperimentConfig:
+    """Validate a resolved YAML document (e.g. a run directory's config.yaml)."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: malformed YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config must be a mapping of sections")
+    _check_shape(data, source)
+    return validate(data, source=source)
+
+
+def validate(data: dict[str, Any], *, origins: _Origins | None = None,
+             source: str = "config") -> ExperimentConfig:
+    try:
+        config = ExperimentConfig.model_validate(data)
+        for stage in config.pipeline:
+            if stage.overrides:
+                try:
+                    config.for_stage(stage.name)
+                except ValidationError as exc:
+                    index = config.pipeline.index(stage)
+                    raise _prefixed(exc, ("pipeline", index, "overrides")) from None
+        return config
+    except _PrefixedError as exc:
+        raise ConfigError(_describe(exc.error, exc.prefix, origins, source,
+                                    exc.count)) from None
+    except ValidationError as exc:
+        errors = exc.errors()
+        raise ConfigError(_describe(errors[0], (), origins, source, len(errors))) from None
+
+
+class _PrefixedError(Exception):
+    def __init__(self, error: dict[str, Any], prefix: tuple[Any, ...], count: int):
+        super().__init__(error.get("msg"))
+        self.error, self.prefix, self.count = error, prefix, count
+
+
+def _prefixed(exc: ValidationError, prefix: tuple[Any, ...]) -> _PrefixedError:
+    errors = exc.errors()
+    return _PrefixedError(errors[0], prefix, len(errors))
+
+
+def _describe(error: dict[str, Any], prefix: tuple[Any, ...], origins: _Origins | None,
+              source: str, count: int) -> str:
+    loc = tuple(part for part in error.get("loc", ()) if not _is_union_tag(part))
+    dotted = ".".join(str(p) for p in (*prefix, *loc))
+    where = origins.find(dotted, source) if origins else source
+    kind = error.get("type", "")
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        key = str(loc[-1]) if loc else "?"
+        known = _fields_at(ExperimentConfig, loc[:-1]) if not prefix else _fields_for_override(
+            loc[:-1])
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        allowed = f" Allowed here: {', '.join(known)}" if known else ""
+        message = f"{where}: {dotted}: unknown key{hint}{allowed}"
+    elif kind == "missing":
+        message = f"{where}: {dotted}: required key is missing"
+    else:
+        text = str(error.get("msg", "invalid value"))
+        text = text.removeprefix("Value error, ")
+        expected = (error.get("ctx") or {}).get("expected")
+        if kind == "literal_error" and expected and isinstance(value, str):
+            choices = re.findall(r"'([^']*)'", str(expected))
+            close = difflib.get_close_matches(value, choices, n=1)
+            if close:
+                text += f"; did you mean {close[0]!r}?"
+        shown = _short(value)
+        message = f"{where}: {dotted or '(top level)'}: {text}"
+        if not isinstance(value, (dict, list)) and shown not in message:
+            message += f" (got {shown})"
+    if count > 1:
+        message += f" [and {count - 1} more problem{'s' if count > 2 else ''}]"
+    return message
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic adds the member type to the loc of union errors: "int", "literal['auto']", ...
+    return isinstance(part, str) and (part in ("int", "float", "str", "bool", "function-after")
+                                      or part.startswith(("literal[", "constrained-")))
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType, list, dict, Annotated):
+        for arg in typing.get_args(annotation):
+            found = _model_of(arg)
+            if found:
+                return found
+    return None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if current is None:
+            return []
+        if isinstance(part, int) or part not in current.model_fields:
+            continue
+        current = _model_of(current.model_fields[part].annotation)
+    return sorted(current.model_fields) if current else []
+
+
+def _fields_for_override(loc: tuple[Any, ...]) -> list[str]:
+    return _fields_at(ExperimentConfig, loc)

@@ -1,0 +1,375 @@
+"""The run directory: the one owner of its file names and CSV schemas.
+
+The trainer writes through these helpers; monitor, fetch and report read through them. The
+layout (see docs/run-directory.md)::
+
+    runs/<experiment>/<run-id>/
+      config.yaml metadata.json status.json failure.json MANIFEST.sha256 logs/
+      <stage>/training.csv loss_components.csv gradient_stats.csv gradient_layers.csv
+              probability_stats.csv gpu_memory.csv evaluation.csv predictions.csv checkpoints/
+
+CSVs are append-only with one row per epoch (per phase where stated), flushed and fsynced at
+the end of each epoch, so a reader never sees a torn row. Pure Python: no torch, no pandas.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+CONFIG = "config.yaml"
+METADATA = "metadata.json"
+STATUS = "status.json"
+FAILURE = "failure.json"
+MANIFEST = "MANIFEST.sha256"
+LOGS = "logs"
+CHECKPOINTS = "checkpoints"
+LAST_CKPT = "last.pt"
+BEST_CKPT = "best.pt"
+
+TRAINING = "training.csv"
+LOSS_COMPONENTS = "loss_components.csv"
+GRADIENT_STATS = "gradient_stats.csv"
+GRADIENT_LAYERS = "gradient_layers.csv"
+PROBABILITY_STATS = "probability_stats.csv"
+GPU_MEMORY = "gpu_memory.csv"
+EVALUATION = "evaluation.csv"
+PREDICTIONS = "predictions.csv"
+
+#: display names of metrics in training.csv's ``Val <metric>`` columns
+METRIC_LABELS = {
+    "auroc": "AUROC", "auprc": "AUPRC", "accuracy": "Accuracy", "sensitivity": "Sensitivity",
+    "specificity": "Specificity", "precision": "Precision", "recall": "Recall", "f1": "F1",
+    "mcc": "MCC",
+}
+EVALUATION_COLUMNS = ["split", "auroc", "auprc", "accuracy", "sensitivity", "specificity",
+                      "precision", "recall", "f1", "mcc"]
+GRADIENT_COLUMNS = ["epoch", "steps", "norm_mean", "norm_std", "norm_min", "norm_max",
+                    "norm_last", "clipped_fraction", "nonfinite_steps"]
+GRADIENT_LAYER_COLUMNS = ["epoch", "layer", "norm_mean", "norm_max"]
+PROBABILITY_COLUMNS = ["epoch", "phase", "pos_mean", "pos_std", "neg_mean", "neg_std",
+                       "separation"]
+MEMORY_COLUMNS = ["epoch", "rank", "host", "device", "allocated_mb", "reserved_mb", "peak_mb",
+                  "device_used_mb", "device_total_mb", "utilization_pct", "host_rss_mb"]
+PREDICTION_COLUMNS = ["split", "index", "label", "probability"]
+
+#: job states, shared by status.json and every backend's state table
+STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED", "UNKNOWN")
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+
+
+def training_columns(metrics: Sequence[str]) -> list[str]:
+    """training.csv: ``Epoch,Epoch Time,Train Loss,Val Loss,Val <metric>...,Learning Rate``."""
+    return ["Epoch", "Epoch Time", "Train Loss", "Val Loss",
+            *(f"Val {METRIC_LABELS[m]}" for m in metrics), "Learning Rate"]
+
+
+def loss_component_columns(components: Sequence[str], learned: bool) -> list[str]:
+    columns = ["epoch", "phase", *components, "total"]
+    if learned:
+        columns += [f"weight_{c}" for c in components] + [f"sigma_{c}" for c in components]
+    return columns
+
+
+# --------------------------------------------------------------------------- layout
+
+
+class RunDir:
+    """Paths inside one run directory."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def metadata(self) -> Path:
+        return self.root / METADATA
+
+    @property
+    def status(self) -> Path:
+        return self.root / STATUS
+
+    @property
+    def failure(self) -> Path:
+        return self.root / FAILURE
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def logs(self) -> Path:
+        return self.root / LOGS
+
+    def stage(self, name: str) -> Path:
+        return self.root / name
+
+    def checkpoints(self, stage: str) -> Path:
+        return self.root / stage / CHECKPOINTS
+
+    def checkpoint(self, stage: str, which: str = "best") -> Path:
+        return self.checkpoints(stage) / f"{which}.pt"
+
+    def stages(self) -> list[str]:
+        """Stage directories present, in pipeline order when the status knows it."""
+        status = read_json(self.status) or {}
+        order = list((status.get("stages") or {}).keys())
+        present = [p.name for p in sorted(self.root.iterdir())
+                   if p.is_dir() and p.name != LOGS] if self.root.is_dir() else []
+        return [s for s in order if s in present] + [s for s in present if s not in order]
+
+
+def new_run_id(now: float, token: str) -> str:
+    import time
+
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f"-{token}"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so a reader sees the old or the new file, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    write_atomic(path, (text + "\n").encode())
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def format_value(value: Any) -> str:
+    """CSV cell text. Floats keep full precision (``repr``); NaN/None become empty cells."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return repr(value)
+    return str(value)
+
+
+class CsvLog:
+    """An append-only CSV with a fixed header. ``sync()`` makes written rows durable."""
+
+    def __init__(self, path: Path, columns: Sequence[str]):
+        self.path = Path(path)
+        self.columns = list(columns)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        exists = self.path.exists() and self.path.stat().st_size > 0
+        if exists:
+            header = read_header(self.path)
+            if header != self.columns:
+                raise ValueError(f"{self.path}: header {header} differs from {self.columns}")
+        self._handle = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115
+        self._writer = csv.writer(self._handle, lineterminator="\n")
+        if not exists:
+            self._writer.writerow(self.columns)
+
+    def write(self, row: Mapping[str, Any] | Sequence[Any]) -> None:
+        if isinstance(row, Mapping):
+            missing = [c for c in self.columns if c not in row]
+            if missing:
+                raise KeyError(f"{self.path.name}: row lacks {missing}")
+            values = [row[c] for c in self.columns]
+        else:
+            if len(row) != len(self.columns):
+                raise ValueError(f"{self.path.name}: {len(row)} values for "
+                                 f"{len(self.columns)} columns")
+            values = list(row)
+        self._writer.writerow([format_value(v) for v in values])
+
+    def sync(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self.sync()
+            self._handle.close()
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Write a whole CSV atomically (for files produced once, e.g. predictions.csv)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([format_value(v) for v in row])
+    write_atomic(Path(path), buffer.getvalue().encode())
+
+
+def truncate_epochs(path: Path, last_epoch: int) -> int:
+    """Drop rows whose first column (the epoch) is past ``last_epoch``; return rows dropped.
+
+    Used on resume so that no epoch appears twice. A torn final line is dropped too.
+    """
+
+    def keep(row: list[str]) -> bool:
+        try:
+            return int(row[0]) <= last_epoch
+        except (ValueError, IndexError):
+            return False
+
+    return filter_rows(path, keep)
+
+
+def filter_rows(path: Path, keep: Callable[[list[str]], bool]) -> int:
+    """Rewrite ``path`` (atomically) with the rows ``keep`` accepts; return rows dropped."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    raw = path.read_text(encoding="utf-8")
+    lines = raw.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    elif lines:
+        lines.pop()  # an unterminated last line was being written when the job died
+    if not lines:
+        return 0
+    kept = [lines[0]]
+    dropped = 0
+    for line in lines[1:]:
+        row = next(csv.reader([line]), [])
+        if keep(row):
+            kept.append(line)
+        else:
+            dropped += 1
+    new = "\n".join(kept) + "\n"
+    if new != raw:
+        write_atomic(path, new.encode())
+    return dropped
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return next(csv.reader(handle), [])
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """Every complete row of a CSV as a dict of strings (a torn last line is ignored)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def to_float(text: str | None) -> float:
+    if text is None or text == "":
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_entries(root: Path) -> list[tuple[str, str]]:
+    root = Path(root)
+    entries = []
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.name == MANIFEST or path.name.startswith("."):
+            continue
+        rel = path.relative_to(root).as_posix()
+        entries.append((sha256_file(path), rel))
+    return entries
+
+
+def write_manifest(root: Path) -> Path:
+    """``MANIFEST.sha256`` in sha256sum's format, written last, atomically."""
+    text = "".join(f"{digest}  {rel}\n" for digest, rel in manifest_entries(root))
+    path = Path(root) / MANIFEST
+    write_atomic(path, text.encode())
+    return path
+
+
+def verify_manifest(root: Path) -> list[str]:
+    """Problems found (empty when every listed file matches its checksum)."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.exists():
+        return [f"{MANIFEST} is missing"]
+    problems = []
+    for line in path.read_text().splitlines():
+        digest, _, rel = line.partition("  ")
+        target = (root / rel).resolve()
+        if not rel or root.resolve() not in target.parents:
+            problems.append(f"{rel!r}: path outside the run directory")
+            continue
+        if not target.is_file():
+            problems.append(f"{rel}: missing")
+        elif sha256_file(target) != digest:
+            problems.append(f"{rel}: checksum mismatch")
+    return problems

@@ -1,0 +1,174 @@
+"""``python -m hpcrun.train --config FILE --stage NAME|all`` — the trainer every backend launches.
+
+Run it under torchrun for DDP (``torchrun --nproc_per_node=2 -m hpcrun.train ...``) or alone
+for a single process. Exit codes: 0 success, 1 failure (failure.json written), 2 bad input,
+75 preempted (last.pt saved; requeue and run the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+import time
+import traceback
+from typing import Any
+
+from .. import rundir
+from ..errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, HpcrunError
+
+log = logging.getLogger("hpcrun.train")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m hpcrun.train",
+        description="Train and evaluate an experiment's pipeline, writing a run directory.")
+    parser.add_argument("--config", required=True,
+                        help="experiment name or YAML file (resolved like `hpcrun submit`)")
+    parser.add_argument("--stage", default="all", help="one stage of the pipeline, or 'all'")
+    parser.add_argument("--run-dir", help="run directory to create or resume (default: a new "
+                        "one under runs_dir/<experiment>/)")
+    parser.add_argument("--resume", action="store_true",
+                        help="resume the latest run of the experiment (or --run-dir); a run "
+                        "directory holding last.pt is always resumed")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config key (repeatable)")
+    return parser.parse_args(argv)
+
+
+def _configure_console(rank: int) -> None:
+    handler = logging.StreamHandler(sys.stderr if rank else sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    if rank:  # other ranks report warnings and errors only on the console
+        handler.setLevel(logging.WARNING)
+    log.propagate = False
+
+
+def _say_error(message: str, hint: str | None = None) -> None:
+    text = f"hpcrun.train: error: {message}"
+    if hint:
+        text += f" (hint: {hint})"
+    print(text, file=sys.stderr, flush=True)
+
+
+def _record_failure(holder: dict[str, Any], ctx: Any, exc: BaseException) -> None:
+    """failure.json (first failing rank wins), status FAILED, manifest — best effort."""
+    run = holder.get("run_dir")
+    if run is None:
+        return
+    rank = getattr(ctx, "rank", 0)
+    info = {
+        "rank": rank, "host": socket.gethostname(), "pid": os.getpid(),
+        "stage": None, "epoch": None,
+        "exception": f"{type(exc).__name__}: {exc}".strip(),
+        "traceback": "".join(traceback.format_exception(exc)).splitlines()[-25:],
+        "time": time.time(),
+    }
+    status = rundir.read_json(run.status) or {}
+    info["stage"], info["epoch"] = status.get("stage"), status.get("epoch")
+    try:
+        run.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run.failure, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(info, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except FileExistsError:
+        pass  # another rank failed first: its record is the root cause
+    except OSError as err:
+        print(f"hpcrun.train: could not write {run.failure}: {err}", file=sys.stderr)
+    state = holder.get("run")
+    try:
+        if state is not None:
+            state.finish("FAILED", info["exception"][:300])
+        elif status:
+            status.update(state="FAILED", message=info["exception"][:300],
+                          updated_at=time.time())
+            rundir.write_json(run.status, status)
+        if getattr(ctx, "is_main", True) and run.root.exists():
+            rundir.write_manifest(run.root)
+    except OSError as err:
+        print(f"hpcrun.train: could not record the failure: {err}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    _configure_console(rank)
+    from ..config import load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except HpcrunError as exc:
+        if rank == 0:
+            _say_error(exc.message, exc.hint)
+        return exc.exit_code
+    if cfg.training.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+    import torch
+
+    if cfg.training.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+    from .context import init_distributed
+    from .pipeline import choose_run_dir, run_pipeline
+
+    holder: dict[str, Any] = {}
+    ctx = None
+    code = EXIT_FAILED
+    try:
+        ctx = init_distributed(cfg.distributed)
+        run = choose_run_dir(ctx, cfg, args.run_dir, args.resume)
+        holder["run_dir"] = run
+        existing = run.config if run.config.exists() else None
+        if existing is not None and args.run_dir is None and args.resume:
+            from ..config import load_config_text
+
+            cfg = load_config_text(existing.read_text(), str(existing))
+        code = run_pipeline(ctx, cfg, args.stage, run, holder)
+    except BadInput as exc:
+        if ctx is None or ctx.is_main:
+            _say_error(exc.message, exc.hint)
+        if holder.get("run") is not None:
+            _record_failure(holder, ctx, exc)
+        code = exc.exit_code
+    except HpcrunError as exc:
+        _say_error(exc.message, exc.hint)
+        _record_failure(holder, ctx, exc)
+        code = exc.exit_code
+    except BaseException as exc:  # noqa: BLE001 - every failure must leave failure.json
+        rank_text = f"rank {ctx.rank}" if ctx is not None else f"rank {rank}"
+        _say_error(f"{rank_text} on {socket.gethostname()}: {type(exc).__name__}: {exc}")
+        log.error("training failed:\n%s", "".join(traceback.format_exception(exc)))
+        _record_failure(holder, ctx, exc)
+        code = EXIT_FAILED if not isinstance(exc, BadInput) else EXIT_BAD_INPUT
+    finally:
+        if ctx is not None:
+            ctx.close()
+    return code
+
+
+def entry() -> None:
+    """Exit without running interpreter teardown: flush what we wrote, then ``os._exit``.
+
+    gloo worker threads occasionally abort the process during normal interpreter shutdown
+    after training has finished; leaving through ``os._exit`` makes the exit code the one the
+    trainer decided.
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    entry()

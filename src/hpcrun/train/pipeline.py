@@ -1,0 +1,246 @@
+"""A run: the run directory, its metadata and status, and the pipeline's stages in order."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__, rundir
+from ..config import ExperimentConfig
+from ..errors import EXIT_OK, EXIT_REQUEUE, ConfigError
+from .context import DistContext
+from .data import Dataset, load_data
+from .loop import StageRunner, StopRequest
+
+log = logging.getLogger("hpcrun.train")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def find_latest_run(cfg: ExperimentConfig) -> Path:
+    root = Path(cfg.runs_dir) / cfg.experiment
+    runs = sorted(p for p in root.glob("*") if (p / rundir.CONFIG).exists())
+    if not runs:
+        raise ConfigError(f"--resume: no run of {cfg.experiment!r} under {root} to resume",
+                          hint="pass --run-dir DIR")
+    return runs[-1]
+
+
+def choose_run_dir(ctx: DistContext, cfg: ExperimentConfig, run_dir: str | None,
+                   resume: bool) -> rundir.RunDir:
+    """Rank 0 picks the directory (new, given, or the latest for --resume); all ranks agree."""
+    path: str | None = None
+    error: str | None = None
+    if ctx.is_main:
+        try:
+            if run_dir:
+                path = str(Path(run_dir))
+            elif resume:
+                path = str(find_latest_run(cfg))
+            else:
+                run_id = rundir.new_run_id(time.time(), secrets.token_hex(2))
+                path = str(Path(cfg.runs_dir) / cfg.experiment / run_id)
+        except ConfigError as exc:
+            error = str(exc)
+    path, error = ctx.broadcast_object((path, error))
+    if error:
+        raise ConfigError(error)
+    return rundir.RunDir(path)
+
+
+def _versions() -> dict[str, Any]:
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "hpcrun": __version__}
+
+
+def _job_id() -> str | None:
+    for name in ("HPCRUN_JOB_ID", "SLURM_JOB_ID", "PBS_JOBID"):
+        if os.environ.get(name):
+            value = os.environ[name]
+            if name == "SLURM_JOB_ID" and os.environ.get("SLURM_ARRAY_TASK_ID"):
+                value = f"{os.environ.get('SLURM_ARRAY_JOB_ID', value)}_" \
+                        f"{os.environ['SLURM_ARRAY_TASK_ID']}"
+            return value
+    return None
+
+
+def _git() -> dict[str, Any]:
+    if "HPCRUN_GIT_COMMIT" in os.environ:
+        dirty = os.environ.get("HPCRUN_GIT_DIRTY", "")
+        return {"commit": os.environ["HPCRUN_GIT_COMMIT"] or None,
+                "dirty": {"1": True, "0": False}.get(dirty)}
+    from ..bundle import git_state
+
+    return git_state(Path.cwd()).as_dict()
+
+
+class Run:
+    """Rank 0's view of the run's shared files (metadata.json, status.json)."""
+
+    def __init__(self, ctx: DistContext, cfg: ExperimentConfig, run: rundir.RunDir):
+        self.ctx, self.cfg, self.dir = ctx, cfg, run
+        self.status: dict[str, Any] = {}
+
+    def start(self, hosts: list[str], data: Dataset) -> None:
+        run = self.dir
+        run.root.mkdir(parents=True, exist_ok=True)
+        run.logs.mkdir(exist_ok=True)
+        if not run.config.exists():
+            rundir.write_atomic(run.config, self.cfg.to_yaml().encode())
+        meta = rundir.read_json(run.metadata) or {
+            "run_id": run.root.name, "experiment": self.cfg.experiment,
+            "created_at": _now(), "job_ids": [], "runs": [],
+        }
+        job_id = _job_id()
+        if job_id and job_id not in meta["job_ids"]:
+            meta["job_ids"].append(job_id)
+        meta.update({
+            "backend": os.environ.get("HPCRUN_BACKEND", "local"),
+            "hosts": hosts, "world_size": self.ctx.world_size,
+            "device": str(self.ctx.device), "dist_backend": self.ctx.backend,
+            "git": _git(), "bundle_hash": os.environ.get("HPCRUN_BUNDLE_HASH"),
+            "versions": _versions(), "seed": self.cfg.seed, "data": data.info,
+            "sweep_overrides": json.loads(os.environ.get("HPCRUN_SWEEP_OVERRIDES", "null")),
+            "pipeline": [s.name for s in self.cfg.pipeline],
+        })
+        meta["runs"].append({"job_id": job_id, "started_at": _now(), "ended_at": None,
+                             "state": "RUNNING", "pid": os.getpid(), "host": self.ctx.host,
+                             "resumed": run.status.exists()})
+        rundir.write_json(run.metadata, meta)
+        previous = rundir.read_json(run.status) or {}
+        stages = previous.get("stages") or {}
+        self.status = {
+            "state": "RUNNING", "run_id": run.root.name, "experiment": self.cfg.experiment,
+            "stage": None, "epoch": 0, "epochs": None,
+            "stages": {s.name: stages.get(s.name, "PENDING") for s in self.cfg.pipeline},
+            "message": None, "updated_at": time.time(),
+        }
+        self.write_status()
+
+    def write_status(self, **changes: Any) -> None:
+        self.status.update(changes, updated_at=time.time())
+        rundir.write_json(self.dir.status, self.status)
+
+    def stage_done(self, name: str) -> bool:
+        return self.status.get("stages", {}).get(name) == "SUCCEEDED"
+
+    def finish(self, state: str, message: str | None = None) -> None:
+        self.write_status(state=state, message=message)
+        meta = rundir.read_json(self.dir.metadata) or {"runs": [{}]}
+        meta["runs"][-1].update(ended_at=_now(), state=state)
+        meta["ended_at"] = _now()
+        meta["state"] = state
+        rundir.write_json(self.dir.metadata, meta)
+
+
+def _setup_file_logging(ctx: DistContext, run: rundir.RunDir) -> None:
+    run.logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run.logs / f"train.rank{ctx.rank}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [rank %(rank)s] %(message)s"))
+    handler.addFilter(_RankFilter(ctx.rank))
+    log.addHandler(handler)
+
+
+class _RankFilter(logging.Filter):
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank = self.rank
+        return True
+
+
+def run_pipeline(ctx: DistContext, cfg: ExperimentConfig, stage_arg: str, run: rundir.RunDir,
+                 holder: dict[str, Any]) -> int:
+    """Run the requested stages; return the process exit code. ``holder`` receives the
+    ``Run`` once the directory exists, so a failure can be recorded in it."""
+    names = [s.name for s in cfg.pipeline] if stage_arg == "all" else [cfg.stage(stage_arg).name]
+    stage_cfgs = {name: cfg.for_stage(name) for name in names}
+    datasets: dict[str, Dataset] = {}
+    for name, scfg in stage_cfgs.items():
+        key = scfg.data.model_dump_json() + f"/{scfg.seed}"
+        if key not in datasets:
+            datasets[key] = load_data(scfg.data, scfg.seed)
+        datasets[name] = datasets[key]
+
+    hosts = sorted(set(ctx.gather_objects(ctx.host)))
+    state = Run(ctx, cfg, run)
+    if ctx.is_main:
+        state.start(hosts, datasets[names[0]])
+        holder["run"] = state
+    ctx.barrier()
+    _setup_file_logging(ctx, run)
+    done = ctx.broadcast_object(state.status.get("stages", {}))
+
+    stop = StopRequest(ctx)
+    results = {}
+    try:
+        for name in names:
+            if done.get(name) == "SUCCEEDED":
+                log.info("stage %s already finished; skipping", name)
+                continue
+            stage = cfg.stage(name)
+            scfg = stage_cfgs[name]
+            if ctx.is_main:
+                state.status["stages"][name] = "RUNNING"
+                state.write_status(stage=name, epoch=0, epochs=scfg.training.epochs
+                                   if stage.mode != "eval_only" else 0)
+
+            def heartbeat(stage: str, epoch: int, epochs: int) -> None:
+                if ctx.is_main:
+                    state.write_status(stage=stage, epoch=epoch, epochs=epochs)
+
+            runner = StageRunner(ctx, scfg, stage, run, datasets[name], stop, heartbeat)
+            result = runner.execute()
+            if result.state == "PREEMPTED":
+                if ctx.is_main:
+                    state.status["stages"][name] = "PREEMPTED"
+                    state.finish("PREEMPTED", f"stop requested (SIGUSR1/SIGTERM) during stage "
+                                 f"{name}; resume continues after epoch {result.epochs_run}")
+                    rundir.write_manifest(run.root)
+                log.warning("preempted during stage %s: checkpoint saved, exiting with %d",
+                            name, EXIT_REQUEUE)
+                return EXIT_REQUEUE
+            results[name] = result
+            if ctx.is_main:
+                state.status["stages"][name] = "SUCCEEDED"
+                state.write_status()
+    finally:
+        stop.restore()
+
+    if ctx.is_main:
+        remaining = [s.name for s in cfg.pipeline if state.status["stages"].get(s.name)
+                     != "SUCCEEDED"]
+        if remaining:
+            state.finish("PENDING", f"waiting for stage {remaining[0]}")
+        else:
+            state.finish("SUCCEEDED")
+        rundir.write_manifest(run.root)
+        _print_summary(run, results)
+    return EXIT_OK
+
+
+def _print_summary(run: rundir.RunDir, results: dict[str, Any]) -> None:
+    lines = [f"Run directory: {run.root}"]
+    evaluated = [(name, r) for name, r in results.items() if r.evaluation]
+    for name, result in evaluated[-1:]:
+        lines.append(f"Final evaluation (stage {name}):")
+        header = rundir.EVALUATION_COLUMNS
+        lines.append("  " + "  ".join(f"{h:>11}" for h in header))
+        for split, metrics in result.evaluation.items():
+            cells = [f"{split:>11}"] + [f"{metrics[c]:>11.4f}" for c in header[1:]]
+            lines.append("  " + "  ".join(cells))
+    print("\n".join(lines), flush=True)
+    sys.stdout.flush()

@@ -1,0 +1,114 @@
+"""Config resolution, overrides, interpolation and the one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpcrun.config import load_config, parse_set
+from hpcrun.errors import ConfigError
+
+
+def write(tmp: Path, name: str, text: str) -> Path:
+    folder = tmp / "configs"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def error(*args, **kwargs) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_shipped_v3_resolves_with_its_stages():
+    cfg = load_config("v3")
+    assert [s.name for s in cfg.pipeline] == ["pretrain", "finetune", "eval"]
+    assert [s.mode for s in cfg.pipeline] == ["train_only", "train_only", "eval_only"]
+    pretrain = cfg.for_stage("pretrain")
+    assert pretrain.training.loss.components == {"reconstruction": 1.0, "classification": 0.0}
+    assert cfg.for_stage("finetune").training.loss.components == {"classification": 1.0}
+
+
+def test_project_config_wins_and_extends_the_shipped_one(tmp_path):
+    write(tmp_path, "v3", "extends: v3\ntraining: {epochs: 2}\n")
+    cfg = load_config("v3", project_dir=tmp_path)
+    assert cfg.training.epochs == 2
+    assert cfg.experiment == "v3" and len(cfg.pipeline) == 3
+
+
+def test_set_is_typed_by_the_schema():
+    cfg = load_config("v3", ["training.lr=1e-2", "model.hidden=[16, 8]",
+                             "distributed.enabled=false", "pipeline.1.init_checkpoint=last"])
+    assert cfg.training.lr == 0.01
+    assert cfg.model.hidden == [16, 8]
+    assert cfg.distributed.enabled is False
+    assert cfg.pipeline[1].init_checkpoint == "last"
+
+
+def test_env_interpolation_with_defaults(tmp_path):
+    write(tmp_path, "e", "experiment: ${EXP_NAME:-fallback}\nseed: ${SEED}\n")
+    cfg = load_config("e", project_dir=tmp_path, env={"SEED": "7"})
+    assert cfg.experiment == "fallback" and cfg.seed == 7
+    message = error("e", project_dir=tmp_path, env={})
+    assert "seed" in message and "SEED is not set" in message
+
+
+def test_unknown_key_names_file_path_and_suggestion(tmp_path):
+    path = write(tmp_path, "e", "experiment: e\ntraining: {epocs: 3}\n")
+    message = error("e", project_dir=tmp_path)
+    assert str(path) in message
+    assert "training.epocs" in message and "did you mean 'epochs'" in message
+
+
+def test_wrong_type_shows_value_and_origin():
+    message = error("v3", ["training.batch_size=lots"])
+    assert message.startswith("--set")
+    assert "training.batch_size" in message and "'lots'" in message
+
+
+def test_bad_choice_lists_allowed_values():
+    message = error("v3", ["training.optimizer=adamx"])
+    assert "'adam'" in message and "'sgd'" in message and "adamx" in message
+
+
+def test_unknown_experiment_lists_available(tmp_path):
+    message = error("nope", project_dir=tmp_path)
+    assert "unknown experiment 'nope'" in message and "v3" in message
+
+
+def test_impossible_combinations_are_rejected():
+    assert "divisible" in error("v3", ["training.batch_size=10", "training.grad_accum_steps=3"])
+    assert "not an earlier stage" in error("v3", ["pipeline.1.init_from=eval"])
+    assert "informative" in error("v3", ["data.features=4"])
+
+
+def test_stage_overrides_are_validated_with_their_path():
+    message = error("v3", ["pipeline.0.overrides.training.lrr=1"])
+    assert "pipeline.0.overrides.training.lrr" in message and "did you mean 'lr'" in message
+
+
+@pytest.mark.parametrize("expression", ["training", "=3", "a..b=1", "training.lr"])
+def test_bad_set_syntax(expression):
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_set(expression)
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        refs = ", ".join([f"*a{i - 1}"] * 10)
+        lines.append(f"a{i}: &a{i} [{refs}]")
+    write(tmp_path, "bomb", "experiment: bomb\n" + "\n".join(lines) + "\n")
+    assert "refusing" in error("bomb", project_dir=tmp_path)
+
+
+def test_malformed_yaml_names_line(tmp_path):
+    write(tmp_path, "m", "experiment: m\ntraining: [1, 2\n")
+    message = error("m", project_dir=tmp_path)
+    assert "malformed YAML" in message and "line" in message

@@ -1,0 +1,60 @@
+"""The run-directory owner: CSV logs, truncation on resume, atomic files, manifests."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpcrun import rundir
+
+
+def test_csv_log_appends_with_fixed_header_and_full_precision(tmp_path):
+    path = tmp_path / "training.csv"
+    cols = rundir.training_columns(["auroc"])
+    assert cols == ["Epoch", "Epoch Time", "Train Loss", "Val Loss", "Val AUROC",
+                    "Learning Rate"]
+    log = rundir.CsvLog(path, cols)
+    log.write({"Epoch": 1, "Epoch Time": 0.5, "Train Loss": 1 / 3, "Val Loss": 0.25,
+               "Val AUROC": float("nan"), "Learning Rate": 1e-3})
+    log.close()
+    again = rundir.CsvLog(path, cols)  # reopening keeps the header, appends
+    again.write([2, 0.4, 0.2, 0.2, 0.9, 1e-3])
+    again.close()
+    rows = rundir.read_rows(path)
+    assert [r["Epoch"] for r in rows] == ["1", "2"]
+    assert float(rows[0]["Train Loss"]) == 1 / 3
+    with pytest.raises(ValueError, match="header"):
+        rundir.CsvLog(path, ["epoch", "other"])
+
+
+def test_truncate_drops_rows_past_the_checkpoint_and_a_torn_line(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("epoch,phase,v\n1,train,1\n1,val,2\n2,train,3\n3,train,4\n3,va")
+    assert rundir.truncate_epochs(path, 2) == 1
+    assert path.read_text() == "epoch,phase,v\n1,train,1\n1,val,2\n2,train,3\n"
+    assert rundir.truncate_epochs(path, 2) == 0
+
+
+def test_read_rows_ignores_a_torn_last_line(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("a,b\n1,2\n3,")
+    assert rundir.read_rows(path) == [{"a": "1", "b": "2"}]
+
+
+def test_manifest_detects_changes_and_escapes(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "training.csv").write_text("Epoch\n1\n")
+    (tmp_path / "status.json").write_text("{}")
+    rundir.write_manifest(tmp_path)
+    assert rundir.verify_manifest(tmp_path) == []
+    (tmp_path / "s" / "training.csv").write_text("Epoch\n2\n")
+    assert rundir.verify_manifest(tmp_path) == ["s/training.csv: checksum mismatch"]
+    (tmp_path / "MANIFEST.sha256").write_text("0" * 64 + "  ../outside\n")
+    assert "outside" in rundir.verify_manifest(tmp_path)[0]
+
+
+def test_write_json_is_atomic_and_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "status.json"
+    rundir.write_json(path, {"state": "RUNNING"})
+    rundir.write_json(path, {"state": "SUCCEEDED"})
+    assert rundir.read_json(path) == {"state": "SUCCEEDED"}
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
