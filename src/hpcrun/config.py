@@ -32,6 +32,8 @@ METRICS = ("auroc", "auprc", "accuracy", "sensitivity", "specificity", "precisio
            "f1", "mcc")
 RUN_MODES = ("full_pipeline", "train_only", "eval_only")
 SPLITS = ("train", "val", "test")
+#: the C implementation of the safe loader where available (5-10x faster), else PyYAML's
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_]\w*$")
 _MEM_RE = re.compile(r"^\d+(\.\d+)?[KMGT]?B?$", re.IGNORECASE)
@@ -472,7 +474,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read as UTF-8 text: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -633,7 +635,7 @@ def load_config(
 def load_config_text(text: str, source: str = "<config>") -> ExperimentConfig:
     """Validate a resolved YAML document (e.g. a run directory's config.yaml)."""
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_SAFE_LOADER) or {}  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: malformed YAML: {exc}") from None
     if not isinstance(data, dict):

@@ -35,6 +35,19 @@ CHECKPOINTS = "checkpoints"
 LAST_CKPT = "last.pt"
 BEST_CKPT = "best.pt"
 
+#: written by the job's wrapper around the trainer (the backend), not by the trainer
+JOB_SCRIPT = "job.sh"
+JOB_PID = "job.pid"
+JOB_EXIT = "job.exit"
+JOB_CANCELLED = "job.cancelled"
+JOB_OUTPUT = f"{LOGS}/job.out"
+REPORT = "report"
+#: written after the trainer's MANIFEST (by the wrapper, the scheduler or `hpcrun report`),
+#: so the manifest cannot cover them
+_UNMANIFESTED = (JOB_SCRIPT, JOB_PID, JOB_EXIT, JOB_CANCELLED)
+_UNMANIFESTED_DIRS = (f"{REPORT}/",)
+_UNMANIFESTED_LOGS = ("job.", "slurm-", "pbs-", "scheduler.")
+
 TRAINING = "training.csv"
 LOSS_COMPONENTS = "loss_components.csv"
 GRADIENT_STATS = "gradient_stats.csv"
@@ -128,8 +141,10 @@ class RunDir:
         """Stage directories present, in pipeline order when the status knows it."""
         status = read_json(self.status) or {}
         order = list((status.get("stages") or {}).keys())
+        stage_files = (TRAINING, EVALUATION, PREDICTIONS, CHECKPOINTS)
         present = [p.name for p in sorted(self.root.iterdir())
-                   if p.is_dir() and p.name != LOGS] if self.root.is_dir() else []
+                   if p.is_dir() and any((p / f).exists() for f in stage_files)
+                   ] if self.root.is_dir() else []
         return [s for s in order if s in present] + [s for s in present if s not in order]
 
 
@@ -155,10 +170,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old or the new file, never a torn one."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` so a reader sees the old or the new file, never a torn one.
+
+    The file gets ``mode`` (default: what ``open`` would give under the umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _FILE_MODE if mode is None else mode)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -193,7 +220,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def format_value(value: Any) -> str:
-    """CSV cell text. Floats keep full precision (``repr``); NaN/None become empty cells."""
+    """CSV cell text. Floats keep full precision (``repr``); NaN is ``nan``, None is empty."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -336,6 +363,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def manifested(rel: str) -> bool:
+    """Whether the trainer's manifest covers this run-relative path."""
+    if rel in _UNMANIFESTED or rel.startswith(_UNMANIFESTED_DIRS):
+        return False
+    return not (rel.startswith(f"{LOGS}/") and rel[len(LOGS) + 1:].startswith(_UNMANIFESTED_LOGS))
+
+
 def manifest_entries(root: Path) -> list[tuple[str, str]]:
     root = Path(root)
     entries = []
@@ -343,6 +377,8 @@ def manifest_entries(root: Path) -> list[tuple[str, str]]:
         if not path.is_file() or path.name == MANIFEST or path.name.startswith("."):
             continue
         rel = path.relative_to(root).as_posix()
+        if not manifested(rel):
+            continue
         entries.append((sha256_file(path), rel))
     return entries
 

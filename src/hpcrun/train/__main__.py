@@ -86,10 +86,11 @@ def _record_failure(holder: dict[str, Any], ctx: Any, exc: BaseException) -> Non
     state = holder.get("run")
     try:
         if state is not None:
-            state.finish("FAILED", info["exception"][:300])
+            state.fail(info["exception"])
         elif status:
-            status.update(state="FAILED", message=info["exception"][:300],
-                          updated_at=time.time())
+            from .pipeline import mark_failed
+
+            mark_failed(status, info["exception"])
             rundir.write_json(run.status, status)
         if getattr(ctx, "is_main", True) and run.root.exists():
             rundir.write_manifest(run.root)

@@ -56,10 +56,12 @@ class StopRequest:
         self.ctx = ctx
         self.signum: int | None = None
         self._pending: tuple[Any, torch.Tensor] | None = None
-        self._previous: dict[int, Any] = {}
+        # Installed for the rest of the process: a SIGTERM that arrives while a failure is
+        # being recorded (torchrun stops the survivors of a dead rank) must not kill the
+        # process before failure.json is written.
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self.signum = signum
@@ -92,16 +94,6 @@ class StopRequest:
             if flag.item() > 0:
                 return True
         return self.ctx.any_flag(self.requested)
-
-    def restore(self) -> None:
-        if self._pending is not None:
-            with contextlib.suppress(Exception):
-                self._pending[0].wait()
-            self._pending = None
-        for sig, previous in self._previous.items():
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(sig, previous)
-
 
 # --------------------------------------------------------------------------- helpers
 

@@ -135,6 +135,10 @@ class Run:
     def stage_done(self, name: str) -> bool:
         return self.status.get("stages", {}).get(name) == "SUCCEEDED"
 
+    def fail(self, message: str) -> None:
+        mark_failed(self.status, message)
+        self.finish("FAILED", self.status["message"])
+
     def finish(self, state: str, message: str | None = None) -> None:
         self.write_status(state=state, message=message)
         meta = rundir.read_json(self.dir.metadata) or {"runs": [{}]}
@@ -142,6 +146,19 @@ class Run:
         meta["ended_at"] = _now()
         meta["state"] = state
         rundir.write_json(self.dir.metadata, meta)
+
+
+def mark_failed(status: dict[str, Any], message: str) -> None:
+    """The running stage FAILED; the stages after it CANCELLED, saying why."""
+    stages = status.setdefault("stages", {})
+    current = status.get("stage")
+    if current in stages:
+        stages[current] = "FAILED"
+    for name, value in stages.items():
+        if value in ("PENDING", "RUNNING") and name != current:
+            stages[name] = "CANCELLED"
+    prefix = f"stage {current} failed: " if current else ""
+    status.update(state="FAILED", message=(prefix + message)[:400], updated_at=time.time())
 
 
 def _setup_file_logging(ctx: DistContext, run: rundir.RunDir) -> None:
@@ -186,39 +203,36 @@ def run_pipeline(ctx: DistContext, cfg: ExperimentConfig, stage_arg: str, run: r
 
     stop = StopRequest(ctx)
     results = {}
-    try:
-        for name in names:
-            if done.get(name) == "SUCCEEDED":
-                log.info("stage %s already finished; skipping", name)
-                continue
-            stage = cfg.stage(name)
-            scfg = stage_cfgs[name]
-            if ctx.is_main:
-                state.status["stages"][name] = "RUNNING"
-                state.write_status(stage=name, epoch=0, epochs=scfg.training.epochs
-                                   if stage.mode != "eval_only" else 0)
+    for name in names:
+        if done.get(name) == "SUCCEEDED":
+            log.info("stage %s already finished; skipping", name)
+            continue
+        stage = cfg.stage(name)
+        scfg = stage_cfgs[name]
+        if ctx.is_main:
+            state.status["stages"][name] = "RUNNING"
+            state.write_status(stage=name, epoch=0, epochs=scfg.training.epochs
+                               if stage.mode != "eval_only" else 0)
 
-            def heartbeat(stage: str, epoch: int, epochs: int) -> None:
-                if ctx.is_main:
-                    state.write_status(stage=stage, epoch=epoch, epochs=epochs)
-
-            runner = StageRunner(ctx, scfg, stage, run, datasets[name], stop, heartbeat)
-            result = runner.execute()
-            if result.state == "PREEMPTED":
-                if ctx.is_main:
-                    state.status["stages"][name] = "PREEMPTED"
-                    state.finish("PREEMPTED", f"stop requested (SIGUSR1/SIGTERM) during stage "
-                                 f"{name}; resume continues after epoch {result.epochs_run}")
-                    rundir.write_manifest(run.root)
-                log.warning("preempted during stage %s: checkpoint saved, exiting with %d",
-                            name, EXIT_REQUEUE)
-                return EXIT_REQUEUE
-            results[name] = result
+        def heartbeat(stage: str, epoch: int, epochs: int) -> None:
             if ctx.is_main:
-                state.status["stages"][name] = "SUCCEEDED"
-                state.write_status()
-    finally:
-        stop.restore()
+                state.write_status(stage=stage, epoch=epoch, epochs=epochs)
+
+        runner = StageRunner(ctx, scfg, stage, run, datasets[name], stop, heartbeat)
+        result = runner.execute()
+        if result.state == "PREEMPTED":
+            if ctx.is_main:
+                state.status["stages"][name] = "PREEMPTED"
+                state.finish("PREEMPTED", f"stop requested (SIGUSR1/SIGTERM) during stage "
+                             f"{name}; resume continues after epoch {result.epochs_run}")
+                rundir.write_manifest(run.root)
+            log.warning("preempted during stage %s: checkpoint saved, exiting with %d",
+                        name, EXIT_REQUEUE)
+            return EXIT_REQUEUE
+        results[name] = result
+        if ctx.is_main:
+            state.status["stages"][name] = "SUCCEEDED"
+            state.write_status()
 
     if ctx.is_main:
         remaining = [s.name for s in cfg.pipeline if state.status["stages"].get(s.name)
