@@ -21,9 +21,12 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-## make demo: the v3 pipeline under torchrun with 2 local processes on synthetic data
+## make demo: submit v3 on the local backend (torchrun, 2 processes, synthetic data), watch it,
+## then verify and summarise the run and write its report
 demo: $(STAMP)
-	$(BIN)/torchrun --standalone --nproc_per_node=2 -m hpcrun.train --config v3 --stage all
+	$(BIN)/hpcrun submit v3 --backend local --follow
+	$(BIN)/hpcrun fetch
+	$(BIN)/hpcrun report
 
 ## make bench: performance ratios measured in one run (not part of the tests)
 bench: $(STAMP)

@@ -1,11 +1,32 @@
-"""What a job runs: the code's git state (and, for remote backends, the bundle shipped)."""
+"""What a job runs: the files a bundle ships, their secret filter, hashes and git state.
+
+``snapshot`` copies the selected files into a content-addressed cache, so a job that waits in a
+queue runs the code as it was at submit time, whatever is edited afterwards.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import fnmatch
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import BundleConfig
+from .rundir import sha256_file
 from .shell import CommandFailed, LocalRunner
+
+#: never shipped unless a pattern in ``bundle.allow`` or ``--allow`` lets them through
+SECRET_PATTERNS = (
+    ".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.p12", "*.pfx", "*.keystore",
+    "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".netrc", ".pgpass", "*credentials*",
+    "*secret*", ".git-credentials", ".npmrc", ".pypirc", ".aws/", ".ssh/", ".gnupg/",
+    ".azure/", ".kube/", ".config/gcloud/", ".docker/config.json",
+)
+MANIFEST_NAME = "BUNDLE.sha256"
 
 
 @dataclass(frozen=True)
@@ -15,6 +36,19 @@ class GitState:
 
     def as_dict(self) -> dict[str, object]:
         return {"commit": self.commit, "dirty": self.dirty}
+
+
+@dataclass
+class Bundle:
+    project_dir: Path
+    files: list[str]
+    held_back: list[str]
+    digests: dict[str, str]
+    hash: str
+    git: GitState
+    path: Path | None = None  # the snapshot, once taken
+    size: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
 
 
 def git_state(path: Path, runner: LocalRunner | None = None) -> GitState:
@@ -29,3 +63,116 @@ def git_state(path: Path, runner: LocalRunner | None = None) -> GitState:
     except CommandFailed:
         return GitState(None, None)
     return GitState(commit.strip() or None, bool(status.strip()))
+
+
+def _matches(rel: str, pattern: str) -> bool:
+    """gitignore-like: ``dir/`` matches a directory at any depth, a pattern without ``/``
+    matches a file name at any depth, anything else matches the whole relative path."""
+    parts = rel.split("/")
+    if pattern in ("**", "*"):
+        return True
+    if pattern.endswith("/"):
+        name = pattern.rstrip("/")
+        if "/" in name:
+            return rel.startswith(name + "/")
+        return any(fnmatch.fnmatch(part, name) for part in parts[:-1])
+    if "/" in pattern:
+        return fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(rel, pattern.rstrip("*") + "*")
+    return fnmatch.fnmatch(parts[-1], pattern)
+
+
+def _any(rel: str, patterns: Iterable[str]) -> bool:
+    return any(_matches(rel, p) for p in patterns)
+
+
+def candidate_files(project_dir: Path, runner: LocalRunner | None = None) -> list[str]:
+    """Every file of the project that git does not ignore (all files outside git)."""
+    runner = runner or LocalRunner()
+    if runner.which("git") is not None:
+        try:
+            out = runner.run(["git", "-C", str(project_dir), "ls-files", "-z", "--cached",
+                              "--others", "--exclude-standard"], timeout=60).stdout
+            top = runner.run(["git", "-C", str(project_dir), "rev-parse", "--show-prefix"],
+                             timeout=10).stdout.strip()
+            if top == "":
+                files = sorted({f for f in out.split("\0") if f})
+                return [f for f in files if (project_dir / f).is_file()
+                        and not (project_dir / f).is_symlink()]
+        except CommandFailed:
+            pass
+    found = []
+    for folder, dirs, names in os.walk(project_dir):
+        dirs[:] = [d for d in dirs if d != ".git"]
+        for name in names:
+            path = Path(folder, name)
+            if path.is_file() and not path.is_symlink():
+                found.append(path.relative_to(project_dir).as_posix())
+    return sorted(found)
+
+
+def select(project_dir: Path, cfg: BundleConfig, allow: Iterable[str] = (),
+           runner: LocalRunner | None = None) -> tuple[list[str], list[str]]:
+    """(files to ship, files held back by the secret filter)."""
+    allowed = [*cfg.allow, *allow]
+    files, held = [], []
+    for rel in candidate_files(project_dir, runner):
+        if not _any(rel, cfg.include) or _any(rel, cfg.exclude):
+            continue
+        if _any(rel, SECRET_PATTERNS) and not _any(rel, allowed):
+            held.append(rel)
+            continue
+        files.append(rel)
+    return files, held
+
+
+def describe(project_dir: Path, cfg: BundleConfig, allow: Iterable[str] = (),
+             runner: LocalRunner | None = None) -> Bundle:
+    """Select and hash the bundle without copying anything."""
+    project_dir = project_dir.resolve()
+    files, held = select(project_dir, cfg, allow, runner)
+    digests = {rel: sha256_file(project_dir / rel) for rel in files}
+    total = hashlib.sha256()
+    for rel in files:
+        total.update(f"{rel}\0{digests[rel]}\n".encode())
+    size = sum((project_dir / rel).stat().st_size for rel in files)
+    return Bundle(project_dir, files, held, digests, total.hexdigest(),
+                  git_state(project_dir, runner), size=size)
+
+
+def manifest_text(bundle: Bundle) -> str:
+    return "".join(f"{bundle.digests[rel]}  {rel}\n" for rel in bundle.files)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hpcrun" / "bundles"
+
+
+def snapshot(bundle: Bundle, root: Path | None = None) -> Path:
+    """Copy the bundle into ``root/<hash>`` (once: an existing snapshot is reused)."""
+    root = root or cache_dir()
+    target = root / bundle.hash[:24]
+    if (target / MANIFEST_NAME).is_file():
+        bundle.path = target
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    try:
+        for rel in bundle.files:
+            dest = staging / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(bundle.project_dir / rel, dest)
+            if sha256_file(dest) != bundle.digests[rel]:  # edited while we copied
+                raise OSError(f"{rel} changed while the bundle was being taken; submit again")
+        (staging / MANIFEST_NAME).write_text(manifest_text(bundle))
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / MANIFEST_NAME).is_file():  # not a concurrent identical snapshot
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    bundle.path = target
+    return target

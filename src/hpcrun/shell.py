@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import OperationFailed
 
@@ -52,6 +53,21 @@ class LocalRunner:
         if check and proc.returncode not in ok_codes:
             raise CommandFailed(argv, proc.returncode, proc.stderr)
         return result
+
+    def spawn_detached(self, argv: Sequence[str], *, cwd: str, output: str,
+                       env: Mapping[str, str] | None = None) -> int:
+        """Start ``argv`` in a new session (it outlives this process and the terminal) with
+        stdin from /dev/null and stdout+stderr appended to ``output``; return its pid."""
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "ab") as out:
+            try:
+                proc = subprocess.Popen(list(argv), cwd=cwd, stdin=subprocess.DEVNULL,
+                                        stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True, close_fds=True,
+                                        env=dict(env) if env is not None else None)
+            except FileNotFoundError:
+                raise CommandFailed(argv, 127, f"{argv[0]}: command not found") from None
+        return proc.pid
 
     @staticmethod
     def which(name: str) -> str | None:

@@ -1,0 +1,197 @@
+"""The local backend: the job runs detached on this machine (a new session, so it survives the
+CLI exiting and the terminal closing) and leaves pid and exit-code files in its run directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import psutil
+
+from .. import rundir
+from ..job import JobRecord, JobStatus, is_terminal
+from ..render import JobSpec, SubmitPlan, job_files, render_local, render_template
+from ..resources import launchers_dir
+from ..shell import LocalRunner
+
+CANCEL_MARKER = rundir.JOB_CANCELLED
+#: seconds between SIGTERM (the trainer saves and stops) and SIGKILL of the job's processes
+CANCEL_GRACE_S = 15.0
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, runner: LocalRunner | None = None):
+        self.runner = runner or LocalRunner()
+        self.host = socket.gethostname()
+
+    # -- rendering and submission -----------------------------------------------------------
+
+    def render(self, spec: JobSpec, project_dir: Path | None = None) -> SubmitPlan:
+        return render_local(spec, str(launchers_dir() / "torchrun.sh"), project_dir)
+
+    def render_sweep(self, group: JobRecord, plans: Sequence[SubmitPlan], parallel: int,
+                     project_dir: Path | None = None) -> SubmitPlan:
+        """A driver that runs the points' scripts, at most ``parallel`` at a time."""
+        files = job_files(group.run_dir)
+        script = render_template("local-sweep.sh.j2", {
+            "group": group, "parallel": parallel, "scripts": [p.script_path for p in plans],
+            "files": files, "cancel_marker": str(Path(group.run_dir) / CANCEL_MARKER)},
+            project_dir)
+        return SubmitPlan(job_id=group.id, script=script, script_path=files["script"],
+                          argv=("bash", files["script"]), files=files)
+
+    def write(self, plan: SubmitPlan) -> None:
+        path = Path(plan.script_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.parent / "logs").mkdir(exist_ok=True)
+        rundir.write_atomic(path, plan.script.encode())
+        path.chmod(0o755)
+
+    def submit(self, plan: SubmitPlan) -> str:
+        self.write(plan)
+        pid = self.runner.spawn_detached(plan.argv, cwd=str(Path(plan.script_path).parent),
+                                         output=plan.files["output"])
+        return str(pid)
+
+    # -- state ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _process(record: JobRecord) -> psutil.Process | None:
+        """The job's script process, if it is alive (guarding against pid reuse)."""
+        files = job_files(record.run_dir)
+        pid = _read_int(Path(files["pid_file"]))
+        if pid is None:
+            return None
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            if files["script"] not in " ".join(proc.cmdline()):
+                return None
+            return proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+
+    def _one(self, record: JobRecord) -> JobStatus:
+        files = job_files(record.run_dir)
+        root = Path(record.run_dir)
+        trainer = rundir.read_json(root / rundir.STATUS) or {}
+        detail = {k: trainer.get(k) for k in ("stage", "epoch", "epochs", "stages", "message")
+                  if trainer.get(k) is not None}
+        cancelled = (root / CANCEL_MARKER).exists()
+        code = _read_int(Path(files["exit_file"]))
+        if code is None and self._process(record) is not None:
+            return JobStatus("RUNNING", detail=detail)
+        if code is None:
+            code = _read_int(Path(files["exit_file"]))  # it may have ended just now
+        if cancelled:
+            return JobStatus("CANCELLED", reason="cancelled by the user", exit_code=code,
+                             detail=detail)
+        if code is None:
+            if not Path(files["pid_file"]).exists():
+                return JobStatus("PENDING", reason="waiting to start", detail=detail)
+            return JobStatus("FAILED", reason="the job's process ended without an exit code "
+                             "(killed, or the machine restarted)", detail=detail)
+        if code == 0:
+            return JobStatus("SUCCEEDED", exit_code=0, detail=detail)
+        if trainer.get("state") == "PREEMPTED":
+            return JobStatus("PREEMPTED", reason=trainer.get("message"), exit_code=code,
+                             detail=detail)
+        failure = rundir.read_json(root / rundir.FAILURE) or {}
+        reason = failure.get("exception") or trainer.get("message") or f"exit code {code}"
+        if failure.get("rank") is not None:
+            reason = f"rank {failure['rank']} on {failure.get('host')}: {reason}"
+        return JobStatus("FAILED", reason=reason, exit_code=code, detail=detail)
+
+    def status(self, records: Sequence[JobRecord]) -> dict[str, JobStatus]:
+        return {record.id: self._one(record) for record in records}
+
+    # -- logs -----------------------------------------------------------------------------
+
+    def logs(self, record: JobRecord, rank: int | None = None) -> Path:
+        if rank is None:
+            return Path(job_files(record.run_dir)["output"])
+        return Path(record.run_dir) / rundir.LOGS / f"train.rank{rank}.log"
+
+    def follow(self, record: JobRecord, rank: int | None = None,
+               interval: float = 0.5) -> Iterator[str]:
+        path = self.logs(record, rank)
+        offset = 0
+        pending = ""
+        while True:
+            finished = is_terminal(self._one(record).state)
+            if path.exists():
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    handle.seek(offset)
+                    chunk = handle.read()
+                    offset = handle.tell()
+                pending += chunk
+                *lines, pending = pending.split("\n")
+                yield from lines
+            if finished:
+                if pending:
+                    yield pending
+                return
+            time.sleep(interval)
+
+    # -- cancel ---------------------------------------------------------------------------
+
+    def cancel(self, record: JobRecord) -> JobStatus:
+        current = self._one(record)
+        if is_terminal(current.state):
+            return current
+        root = Path(record.run_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / CANCEL_MARKER).write_text(f"{time.time()}\n")
+        proc = self._process(record)
+        if proc is not None:
+            self._stop_tree(proc)
+        return self._one(record)
+
+    @staticmethod
+    def _stop_tree(root: psutil.Process, grace: float = CANCEL_GRACE_S) -> None:
+        """SIGTERM the job's processes (torchrun puts its workers in sessions of their own, so
+        the tree is walked, not just the process group); SIGKILL what is left after
+        ``grace``."""
+        def tree() -> list[psutil.Process]:
+            with contextlib.suppress(psutil.Error):
+                return [root, *root.children(recursive=True)]
+            return []
+
+        members = tree()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(root.pid, signal.SIGTERM)
+        for proc in members[1:]:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            members = [p for p in {*members, *tree()} if _alive(p)]
+            if not members:
+                return
+            time.sleep(0.2)
+        for proc in {*members, *tree()}:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(members, timeout=5)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -1,0 +1,539 @@
+"""The ``hpcrun`` command. Each command parses its options, calls one function of ``ops`` and
+renders the result (rich tables, plain lines when not a terminal, or JSON with ``--json``).
+
+Nothing heavy is imported at module level: ``hpcrun --help`` imports neither torch nor pandas.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from .errors import EXIT_FAILED, HpcrunError
+
+app = typer.Typer(
+    name="hpcrun",
+    help="Submit, watch and fetch PyTorch training jobs on this machine, SLURM/PBS clusters "
+    "and ssh GPU pods.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+config_app = typer.Typer(help="Inspect experiment configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+class Output:
+    """Where results go: JSON on stdout, or human text through rich (which honours NO_COLOR
+    and drops colour and live redraws when stdout is not a terminal)."""
+
+    def __init__(self, as_json: bool):
+        self.json = as_json
+        self._console = None
+
+    @property
+    def console(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(highlight=False, soft_wrap=False)
+        return self._console
+
+    def emit(self, data: Any) -> None:
+        sys.stdout.write(json.dumps(data, default=str, indent=None) + "\n")
+        sys.stdout.flush()
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        self.console.print(*args, **kwargs)
+
+
+def _out(ctx: typer.Context) -> Output:
+    return ctx.obj if isinstance(ctx.obj, Output) else Output(False)
+
+
+def run_op(fn: Callable[[], Any]) -> Any:
+    """Run a use case; expected errors become one line on stderr and the exit code."""
+    try:
+        return fn()
+    except HpcrunError as exc:
+        text = f"hpcrun: error: {exc.message}"
+        if exc.hint:
+            text += f" (hint: {exc.hint})"
+        typer.echo(text, err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("hpcrun: interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+def _cwd() -> Path:
+    return Path.cwd()
+
+
+STATE_STYLE = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow",
+               "PREEMPTED": "magenta", "RUNNING": "cyan", "PENDING": "blue", "UNKNOWN": "dim"}
+
+
+def _state(state: str) -> str:
+    return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (one JSON "
+                                 "document per result)."),
+) -> None:
+    ctx.obj = Output(as_json)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@config_app.command("show")
+def config_show(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Experiment name (configs/NAME.yaml) or path."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a key: KEY=VALUE "
+                                        "(repeatable)."),
+) -> None:
+    """Print the resolved config (extends, --set and ${VAR} applied)."""
+    from . import ops
+
+    text = run_op(lambda: ops.config_show(name, overrides, _cwd()))
+    out = _out(ctx)
+    if out.json:
+        import yaml
+
+        out.emit(yaml.safe_load(text))
+    else:
+        sys.stdout.write(text)
+
+
+# --------------------------------------------------------------------------- submit
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Experiment name (configs/NAME.yaml) or path."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a key: KEY=VALUE "
+                                        "(repeatable)."),
+    sweeps: list[str] = typer.Option([], "--sweep", help="Sweep a key: KEY=V1,V2,... "
+                                     "(repeatable; points are the cartesian product)."),
+    parallel: int = typer.Option(1, "--parallel", "-P", help="Sweep points run at once "
+                                 "(local backend)."),
+    backend: str | None = typer.Option(None, "--backend", "-b", help="local, slurm, pbs, "
+                                       "pod (default: the config's `backend`)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact script and command; "
+                                 "write and start nothing."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Watch the job until it ends "
+                                "(like `hpcrun monitor`)."),
+    allow: list[str] = typer.Option([], "--allow", help="Ship files the secret filter would "
+                                    "hold back (glob, repeatable)."),
+) -> None:
+    """Render and start an experiment (a pipeline, or one job per sweep point)."""
+    from . import ops
+
+    out = _out(ctx)
+    result = run_op(lambda: ops.submit(name, overrides=overrides, sweeps=sweeps,
+                                       parallel=parallel, backend=backend, dry_run=dry_run,
+                                       allow=allow, project_dir=_cwd()))
+    if out.json:
+        out.emit(result.to_dict())
+    elif dry_run:
+        for plan in result.plans + ([result.driver] if result.driver else []):
+            sys.stdout.write(f"# {plan.script_path}\n# command: {plan.command()}\n")
+            sys.stdout.write(plan.script)
+            sys.stdout.write("\n")
+    else:
+        bundle = result.bundle
+        git = bundle.git.commit[:10] if bundle.git.commit else "not in git"
+        dirty = " (dirty)" if bundle.git.dirty else ""
+        out.print(f"bundle {bundle.hash[:12]}: {len(bundle.files)} files, git {git}{dirty}")
+        if bundle.held_back:
+            out.print(f"held back (secret filter): {', '.join(bundle.held_back)}")
+        if result.group:
+            out.print(f"sweep {result.group.handle}: {len(result.jobs)} points, "
+                      f"{result.group.info['parallel']} at a time")
+        for job in result.jobs:
+            point = job.info.get("sweep_point") or {}
+            label = " ".join(f"{k}={v}" for k, v in point.items())
+            out.print(f"submitted {job.handle}  {job.run_dir}" + (f"  [{label}]" if label else ""))
+    if follow and not dry_run:
+        target = result.group or result.jobs[0]
+        if result.group:
+            code = _watch_group(out, target.id)
+        else:
+            code = _watch(out, target.id, once=False, interval=1.0)
+        raise typer.Exit(code)
+
+
+# --------------------------------------------------------------------------- status, list
+
+
+def _view_row(view: Any) -> list[str]:
+    record, status = view.record, view.status
+    detail = status.detail
+    progress = ""
+    if detail.get("stage") and status.state == "RUNNING":
+        progress = f"{detail['stage']} {detail.get('epoch', 0)}/{detail.get('epochs') or '-'}"
+    if status.reason and status.state not in ("SUCCEEDED", "RUNNING"):
+        progress = (progress + "  " if progress else "") + status.reason
+    return [record.id, _state(status.state), record.experiment, progress,
+            _ago(time.time() - record.submitted_at), record.run_dir]
+
+
+def _table(out: Output, views: list[Any]) -> None:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("JOB", "STATE", "EXPERIMENT", "PROGRESS", "AGE", "RUN DIR"):
+        table.add_column(column, overflow="fold")
+    for view in views:
+        table.add_row(*_view_row(view))
+        for child in view.children:
+            row = _view_row(child)
+            row[0] = "  " + row[0]
+            table.add_row(*row)
+    out.print(table)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    jobs: list[str] = typer.Argument(None, help="Job ids, unique prefixes, handles or "
+                                     "'latest' (default)."),
+) -> None:
+    """Show the state of jobs (per stage, with the failure reason)."""
+    from . import ops
+
+    out = _out(ctx)
+    views = run_op(lambda: ops.status(jobs or [], _cwd()))
+    if out.json:
+        out.emit([v.to_dict() for v in views])
+        return
+    for view in views:
+        record, st = view.record, view.status
+        out.print(f"{record.handle}  {_state(st.state)}  {record.experiment}")
+        if st.reason:
+            out.print(f"  reason: {st.reason}")
+        stages = st.detail.get("stages") or {}
+        for stage, state in stages.items():
+            mark = ""
+            if stage == st.detail.get("stage") and state == "RUNNING":
+                mark = f"  epoch {st.detail.get('epoch', 0)}/{st.detail.get('epochs') or '-'}"
+            out.print(f"  stage {stage}: {_state(state)}{mark}")
+        for child in view.children:
+            out.print(f"  point {child.record.id}  {_state(child.status.state)}  "
+                      f"{child.record.info.get('sweep_point')}")
+        out.print(f"  run dir: {record.run_dir}")
+    bad = [v for v in views if v.status.state in ("FAILED", "CANCELLED")]
+    if bad:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("list")
+def list_cmd(
+    ctx: typer.Context,
+    all_projects: bool = typer.Option(False, "--all", "-a", help="Jobs of every project."),
+    limit: int = typer.Option(50, "--limit", "-n", help="At most this many jobs."),
+) -> None:
+    """List this project's jobs, newest first."""
+    from . import ops
+
+    out = _out(ctx)
+    views = run_op(lambda: ops.list_jobs(_cwd(), all_projects, limit))
+    if out.json:
+        out.emit([v.to_dict() for v in views])
+    elif not views:
+        out.print("no jobs yet (hpcrun submit v3)")
+    else:
+        _table(out, [v for v in views if v.record.group is None])
+
+
+# --------------------------------------------------------------------------- logs, cancel
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    job: str = typer.Argument("latest", help="Job id, prefix, handle or 'latest'."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job "
+                                "ends."),
+    rank: int | None = typer.Option(None, "--rank", "-r", help="Show one rank's trainer log "
+                                    "instead of the job's output."),
+    tail: int = typer.Option(0, "--tail", "-n", help="Only the last N lines (0: all)."),
+) -> None:
+    """Print a job's output (or one rank's log)."""
+    from . import ops
+
+    record, path = run_op(lambda: ops.log_file(job, rank, _cwd()))
+    if follow:
+        for line in run_op(lambda: ops.follow_logs(record, rank)):
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        return
+    if not path.exists():
+        typer.echo(f"(no output yet: {path})", err=True)
+        return
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    sys.stdout.write("\n".join(lines[-tail:] if tail else lines) + ("\n" if lines else ""))
+
+
+@app.command()
+def cancel(
+    ctx: typer.Context,
+    job: str = typer.Argument(..., help="Job id, prefix, handle or 'latest'."),
+) -> None:
+    """Stop a job (SIGTERM, then SIGKILL after a grace period). Cancelling twice is harmless."""
+    from . import ops
+
+    out = _out(ctx)
+    views = run_op(lambda: ops.cancel(job, _cwd()))
+    if out.json:
+        out.emit([v.to_dict() for v in views])
+        return
+    for view in views:
+        out.print(f"{view.record.handle}  {_state(view.status.state)}")
+
+
+# --------------------------------------------------------------------------- monitor
+
+
+def _snapshot_lines(snap: Any) -> list[str]:
+    record, st = snap.view.record, snap.view.status
+    lines = [f"{record.handle}  {st.state}  {record.experiment}  elapsed "
+             f"{_ago(snap.elapsed_s)}"]
+    if st.reason and st.state != "RUNNING":
+        lines.append(f"  reason: {st.reason}")
+    if snap.stages:
+        lines.append("  stages: " + "  ".join(f"{k}={v}" for k, v in snap.stages.items()))
+    if snap.stage:
+        lines.append(f"  stage {snap.stage}: epoch {snap.epoch}/{snap.epochs or '-'}")
+    for label, row in (("latest", snap.latest), ("best", snap.best)):
+        if row:
+            cells = [f"{k}={_num(v)}" for k, v in row.items() if k != "Epoch Time"]
+            lines.append(f"  {label}: " + "  ".join(cells))
+    return lines
+
+
+def _num(text: str) -> str:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return str(text)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e9 else f"{value:.4g}"
+
+
+def _render_snapshot(snap: Any) -> Any:
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    record, st = snap.view.record, snap.view.status
+    head = Text.from_markup(f"[bold]{record.handle}[/]  {_state(st.state)}  "
+                            f"{record.experiment}  elapsed {_ago(snap.elapsed_s)}")
+    parts: list[Any] = [head]
+    if st.reason and st.state != "RUNNING":
+        parts.append(Text(f"reason: {st.reason}"))
+    if snap.stages:
+        parts.append(Text.from_markup("stages: " + "  ".join(
+            f"{k} {_state(v)}" for k, v in snap.stages.items())))
+    if snap.stage and snap.epochs:
+        parts.append(Text(f"stage {snap.stage}: epoch {snap.epoch}/{snap.epochs}"))
+        parts.append(ProgressBar(total=snap.epochs, completed=snap.epoch, width=50))
+    rows = [(label, row) for label, row in (("latest", snap.latest), ("best", snap.best)) if row]
+    if rows:
+        table = Table(box=None)
+        columns = [c for c in rows[0][1] if c != "Epoch Time"]
+        table.add_column("")
+        for column in columns:
+            table.add_column(column, justify="right")
+        for label, row in rows:
+            table.add_row(label, *(_num(row.get(c, "")) for c in columns))
+        parts.append(table)
+    return Group(*parts)
+
+
+def _watch(out: Output, job: str | None, once: bool, interval: float) -> int:
+    from . import ops
+    from .job import is_terminal
+
+    def done(snap: Any) -> bool:
+        return is_terminal(snap.view.status.state)
+
+    snap = run_op(lambda: ops.monitor_snapshot(job, _cwd()))
+    job = snap.view.record.id
+    if out.json:
+        while True:
+            out.emit(snap.to_dict())
+            if once or done(snap):
+                break
+            time.sleep(interval)
+            snap = run_op(lambda: ops.monitor_snapshot(job, _cwd()))
+    elif once or not out.console.is_terminal:
+        last: list[str] = []
+        while True:
+            lines = _snapshot_lines(snap)
+            if lines != last:
+                sys.stdout.write("\n".join(lines) + "\n")
+                sys.stdout.flush()
+                last = lines
+            if once or done(snap):
+                break
+            time.sleep(interval)
+            snap = run_op(lambda: ops.monitor_snapshot(job, _cwd()))
+    else:
+        from rich.live import Live
+
+        with Live(_render_snapshot(snap), console=out.console, refresh_per_second=4) as live:
+            while not done(snap):
+                time.sleep(interval)
+                snap = run_op(lambda: ops.monitor_snapshot(job, _cwd()))
+                live.update(_render_snapshot(snap))
+    state = snap.view.status.state
+    if once:
+        return EXIT_FAILED if state in ("FAILED", "CANCELLED") else 0
+    return 0 if state == "SUCCEEDED" else EXIT_FAILED
+
+
+def _watch_group(out: Output, group: str, interval: float = 2.0) -> int:
+    from . import ops
+    from .job import is_terminal
+
+    last = ""
+    while True:
+        view = run_op(lambda: ops.status([group], _cwd()))[0]
+        line = f"sweep {view.record.id}: {view.status.state} ({view.status.reason})"
+        if out.json:
+            out.emit(view.to_dict())
+        elif line != last:
+            out.print(line)
+            last = line
+        if is_terminal(view.status.state):
+            return 0 if view.status.state == "SUCCEEDED" else EXIT_FAILED
+        time.sleep(interval)
+
+
+@app.command()
+def monitor(
+    ctx: typer.Context,
+    job: str = typer.Argument("latest", help="Job id, prefix, handle or 'latest'."),
+    once: bool = typer.Option(False, "--once", help="Print one snapshot and exit."),
+    interval: float = typer.Option(2.0, "--interval", help="Seconds between refreshes."),
+) -> None:
+    """Watch a job live until it ends; the exit code reflects its outcome."""
+    raise typer.Exit(_watch(_out(ctx), job, once, interval))
+
+
+# --------------------------------------------------------------------------- fetch, report
+
+
+@app.command()
+def fetch(
+    ctx: typer.Context,
+    job: str = typer.Argument("latest", help="Job id, prefix, handle or 'latest'."),
+) -> None:
+    """Verify a job's artifacts against MANIFEST.sha256 and print the run summary."""
+    from . import ops
+    from .report import format_summary
+
+    out = _out(ctx)
+    result = run_op(lambda: ops.fetch(job, _cwd()))
+    if out.json:
+        out.emit(result.to_dict())
+        return
+    verified = ("verified against MANIFEST.sha256" if result.verified
+                else f"job is {result.view.status.state}: not verified yet")
+    sys.stdout.write(f"{result.run_dir}  ({verified})\n")
+    sys.stdout.write("\n".join(format_summary(result.summary)) + "\n")
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    run: str = typer.Argument("latest", help="A run directory, or a job id/prefix/handle/"
+                              "'latest'."),
+    out_dir: Path | None = typer.Option(None, "--out", "-o", help="Where to write (default: "
+                                        "RUN/report)."),
+) -> None:
+    """Write PNG plots and a self-contained HTML report of a run; print their paths."""
+    from . import ops
+
+    out = _out(ctx)
+    files = run_op(lambda: ops.report(run, _cwd(), out_dir))
+    if out.json:
+        out.emit({"html": str(files.html), "pngs": [str(p) for p in files.pngs]})
+        return
+    for path in files.pngs:
+        sys.stdout.write(f"{path}\n")
+    sys.stdout.write(f"{files.html}\n")
+
+
+# --------------------------------------------------------------------------- doctor
+
+
+@app.command()
+def doctor(ctx: typer.Context) -> None:
+    """Check which tools hpcrun can use here: ssh, rsync, sbatch, qsub, torch, CUDA, NVML."""
+    from . import ops
+
+    out = _out(ctx)
+    checks = run_op(ops.doctor)
+    if out.json:
+        out.emit([{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks])
+        return
+    for check in checks:
+        mark = "[green]ok[/]  " if check.ok else "[yellow]--[/]  "
+        out.print(f"{mark}{check.name:<7} {check.detail}")
+
+
+def _global_json_first(args: list[str]) -> list[str]:
+    """``--json`` is global: accept it after the command too (``hpcrun status --json``)."""
+    head, sep, tail = (args[:args.index("--")], ["--"], args[args.index("--") + 1:]) \
+        if "--" in args else (args, [], [])
+    if "--json" not in head:
+        return args
+    return ["--json", *(a for a in head if a != "--json"), *sep, *tail]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: usage errors become one line and exit code 2."""
+    args = _global_json_first(list(sys.argv[1:] if argv is None else argv))
+    try:
+        code = app(args, prog_name="hpcrun", standalone_mode=False)
+    except typer.Abort:
+        typer.echo("hpcrun: interrupted", err=True)
+        code = 130
+    except typer.TyperException as exc:  # usage errors: unknown option, missing argument, ...
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "hpcrun"
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if message:  # empty when the help was shown for a bare command group
+            typer.echo(f"hpcrun: error: {message} (hint: {command} --help)", err=True)
+        code = getattr(exc, "exit_code", 2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,475 @@
+"""The use cases behind each command. They return values and raise ``HpcrunError``s; they
+never print. The CLI renders what they return."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import rundir
+from .backends import get_backend
+from .bundle import Bundle, cache_dir, describe, snapshot
+from .config import ExperimentConfig, load_config
+from .errors import BadInput, OperationFailed
+from .job import JobRecord, JobStatus, is_terminal
+from .render import JobSpec, SubmitPlan
+from .shell import LocalRunner
+from .store import JobStore
+
+# --------------------------------------------------------------------------- config
+
+
+def config_show(name: str, overrides: Sequence[str] = (), project_dir: Path | None = None) -> str:
+    return load_config(name, overrides, project_dir=project_dir).to_yaml()
+
+
+# --------------------------------------------------------------------------- submit
+
+
+@dataclass
+class SubmitResult:
+    jobs: list[JobRecord]
+    plans: list[SubmitPlan]
+    dry_run: bool
+    bundle: Bundle
+    group: JobRecord | None = None
+    driver: SubmitPlan | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "jobs": [j.to_dict() for j in self.jobs],
+            "group": self.group.to_dict() if self.group else None,
+            "plans": [{"job_id": p.job_id, "command": p.command(), "script_path": p.script_path,
+                       "script": p.script} for p in self.plans],
+            "bundle": {"hash": self.bundle.hash, "files": len(self.bundle.files),
+                       "bytes": self.bundle.size, "held_back": self.bundle.held_back,
+                       "path": str(self.bundle.path) if self.bundle.path else None,
+                       "git": self.bundle.git.as_dict()},
+        }
+
+
+def parse_sweep(expression: str) -> tuple[str, list[str]]:
+    """``key=v1,v2,...`` -> (key, [v1, v2, ...])."""
+    key, sep, values = expression.partition("=")
+    items = [v.strip() for v in values.split(",")] if sep else []
+    if not key.strip() or not items or any(v == "" for v in items):
+        raise BadInput(f"--sweep {expression!r}: expected KEY=V1,V2,... e.g. "
+                       "training.lr=0.001,0.01")
+    return key.strip(), items
+
+
+def sweep_points(cfg: ExperimentConfig, sweeps: Sequence[str]) -> list[dict[str, str]]:
+    """The cartesian grid of the config's ``sweep:`` section and ``--sweep`` options."""
+    grid: dict[str, list[str]] = {
+        key: [yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...")
+              for v in values] for key, values in cfg.sweep.items()}
+    for expression in sweeps:
+        key, values = parse_sweep(expression)
+        grid[key] = values
+    if not grid:
+        return [{}]
+    keys = list(grid)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*grid.values())]
+
+
+def _new_id() -> str:
+    return secrets.token_hex(4)
+
+
+def _resolve_backend(name: str | None, cfg: ExperimentConfig, runner: LocalRunner) -> str:
+    choice = name or cfg.backend
+    if choice == "auto":
+        if runner.which("sbatch"):
+            return "slurm"
+        if runner.which("qsub"):
+            return "pbs"
+        return "local"
+    return choice
+
+
+def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = (),
+           parallel: int = 1, backend: str | None = None, dry_run: bool = False,
+           allow: Sequence[str] = (), project_dir: Path, store: JobStore | None = None,
+           runner: LocalRunner | None = None) -> SubmitResult:
+    runner = runner or LocalRunner()
+    project_dir = project_dir.resolve()
+    if parallel < 1:
+        raise BadInput(f"--parallel must be at least 1 (got {parallel})")
+    base = load_config(name, overrides, project_dir=project_dir)
+    points = sweep_points(base, sweeps)
+    configs = []
+    for point in points:  # every point is validated before anything is written
+        sets = [*overrides, *(f"{k}={v}" for k, v in point.items())]
+        configs.append(load_config(name, sets, project_dir=project_dir) if point else base)
+    backend_name = _resolve_backend(backend, base, runner)
+    impl = get_backend(backend_name)
+
+    bundle = describe(project_dir, base.bundle, allow, runner)
+    bundle.path = cache_dir() / bundle.hash[:24]
+    run_id = rundir.new_run_id(time.time(), secrets.token_hex(2))
+    runs_root = (project_dir / base.runs_dir / base.experiment).resolve()
+    env_common = {
+        "HPCRUN_BACKEND": backend_name,
+        "HPCRUN_GIT_COMMIT": bundle.git.commit or "",
+        "HPCRUN_GIT_DIRTY": {True: "1", False: "0", None: ""}[bundle.git.dirty],
+        "HPCRUN_BUNDLE_HASH": bundle.hash,
+    }
+    jobs: list[JobRecord] = []
+    plans: list[SubmitPlan] = []
+    configs_text: list[str] = []
+    group_id = _new_id() if len(points) > 1 else None
+    for index, (point, cfg) in enumerate(zip(points, configs, strict=True)):
+        job_id = _new_id()
+        run_dir = runs_root / (run_id if len(points) == 1 else f"{run_id}-p{index:03d}")
+        env = {**env_common, "HPCRUN_JOB_ID": job_id}
+        if point:
+            env["HPCRUN_SWEEP_OVERRIDES"] = json.dumps(point, sort_keys=True)
+        spec = JobSpec(
+            id=job_id, experiment=cfg.experiment, run_dir=str(run_dir),
+            config_path=str(run_dir / rundir.CONFIG), bundle_dir=str(bundle.path),
+            nproc=str(cfg.distributed.nproc_per_node), cpus=cfg.resources.cpus_per_task,
+            python=sys.executable, env=env,
+            setup=tuple(cfg.resources.setup),
+        )
+        plans.append(impl.render(spec, project_dir))
+        configs_text.append(cfg.to_yaml())
+        jobs.append(JobRecord(
+            id=job_id, backend=backend_name, host=socket.gethostname(),
+            experiment=cfg.experiment, run_dir=str(run_dir), project_dir=str(project_dir),
+            group=group_id,
+            info={"config": name, "overrides": list(overrides), "sweep_point": point,
+                  "stages": [s.name for s in cfg.pipeline], "bundle_hash": bundle.hash,
+                  "script": plans[-1].script_path, "command": plans[-1].command()}))
+
+    group = driver = None
+    if group_id is not None:
+        sweep_dir = runs_root / f"{run_id}-sweep"
+        group = JobRecord(
+            id=group_id, backend=backend_name, host=socket.gethostname(),
+            experiment=base.experiment, run_dir=str(sweep_dir), project_dir=str(project_dir),
+            info={"kind": "sweep", "points": [j.id for j in jobs], "parallel": parallel,
+                  "config": name, "grid": points})
+        driver = impl.render_sweep(group, plans, parallel, project_dir)
+
+    result = SubmitResult(jobs, plans, dry_run, bundle, group, driver)
+    if dry_run:
+        return result
+
+    snapshot(bundle)
+    created: list[Path] = []
+    try:
+        for job, plan, text in zip(jobs, plans, configs_text, strict=True):
+            root = Path(job.run_dir)
+            root.mkdir(parents=True, exist_ok=False)
+            created.append(root)
+            (root / rundir.LOGS).mkdir()
+            rundir.write_atomic(root / rundir.CONFIG, text.encode())
+            if driver is not None:
+                impl.write(plan)
+        if driver is not None:
+            Path(driver.script_path).parent.mkdir(parents=True)
+            created.append(Path(driver.script_path).parent)
+    except OSError as exc:
+        for path in created:
+            shutil.rmtree(path, ignore_errors=True)
+        raise OperationFailed(f"cannot create the run directory: {exc}") from None
+
+    store = store or JobStore()
+    store.add(([group] if group else []) + jobs)
+    try:
+        if driver is not None:
+            store.update(group.id, native_id=impl.submit(driver), state="RUNNING")
+        else:
+            native = impl.submit(plans[0])
+            store.update(jobs[0].id, native_id=native)
+    except Exception as exc:
+        for job in ([group] if group else []) + jobs:
+            store.update(job.id, state="FAILED")
+        raise OperationFailed(f"could not start the job: {exc}") from None
+    return result
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass
+class JobView:
+    record: JobRecord
+    status: JobStatus
+    children: list[JobView] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.record.to_dict()
+        out.update(state=self.status.state, reason=self.status.reason,
+                   exit_code=self.status.exit_code, **self.status.detail)
+        if self.children:
+            out["points"] = [c.to_dict() for c in self.children]
+        return out
+
+
+def _group_status(children: list[JobView]) -> JobStatus:
+    states = [c.status.state for c in children]
+    counts = {s: states.count(s) for s in dict.fromkeys(states)}
+    summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items())
+    if all(is_terminal(s) for s in states):
+        state = ("SUCCEEDED" if all(s == "SUCCEEDED" for s in states)
+                 else "CANCELLED" if "CANCELLED" in states and "FAILED" not in states
+                 else "FAILED")
+    elif "RUNNING" in states:
+        state = "RUNNING"
+    else:
+        state = "PENDING"
+    return JobStatus(state, reason=summary)
+
+
+def views(records: Sequence[JobRecord], store: JobStore) -> list[JobView]:
+    """Fresh states for ``records`` (one backend query per backend); the store is updated."""
+    by_backend: dict[str, list[JobRecord]] = {}
+    for record in records:
+        if record.info.get("kind") != "sweep":
+            by_backend.setdefault(record.backend, []).append(record)
+    states: dict[str, JobStatus] = {}
+    for name, group in by_backend.items():
+        states.update(get_backend(name).status(group))
+    out = []
+    for record in records:
+        if record.info.get("kind") == "sweep":
+            children = views([c for c in (store.get(i) for i in record.info.get("points", []))
+                              if c is not None], store)
+            status = _group_status(children)
+            view = JobView(record, status, children)
+        else:
+            status = states[record.id]
+            view = JobView(record, status)
+        if status.state != record.state:
+            store.update(record.id, state=status.state)
+            record.state = status.state
+        out.append(view)
+    return out
+
+
+def status(refs: Sequence[str], project_dir: Path, store: JobStore | None = None) -> list[JobView]:
+    store = store or JobStore()
+    records = [store.resolve(ref, str(project_dir.resolve())) for ref in (refs or ["latest"])]
+    return views(records, store)
+
+
+def list_jobs(project_dir: Path, all_projects: bool = False, limit: int = 50,
+              store: JobStore | None = None) -> list[JobView]:
+    store = store or JobStore()
+    records = store.list(None if all_projects else str(project_dir.resolve()), limit=limit)
+    return views(records, store)
+
+
+# --------------------------------------------------------------------------- logs, cancel
+
+
+def _single(record: JobRecord) -> None:
+    if record.info.get("kind") == "sweep":
+        points = ", ".join(record.info.get("points", []))
+        raise BadInput(f"job {record.id} is a sweep; name one of its points: {points}")
+
+
+def log_file(ref: str | None, rank: int | None, project_dir: Path,
+             store: JobStore | None = None) -> tuple[JobRecord, Path]:
+    store = store or JobStore()
+    record = store.resolve(ref, str(project_dir.resolve()))
+    _single(record)
+    path = get_backend(record.backend).logs(record, rank)
+    if rank is not None and not path.exists():
+        ranks = sorted(p.name for p in (Path(record.run_dir) / rundir.LOGS).glob("train.rank*"))
+        raise BadInput(f"no log for rank {rank} in {path.parent}"
+                       + (f"; present: {', '.join(ranks)}" if ranks else " (not started yet)"))
+    return record, path
+
+
+def follow_logs(record: JobRecord, rank: int | None) -> Iterator[str]:
+    return get_backend(record.backend).follow(record, rank)
+
+
+def cancel(ref: str | None, project_dir: Path, store: JobStore | None = None) -> list[JobView]:
+    store = store or JobStore()
+    record = store.resolve(ref, str(project_dir.resolve()))
+    backend = get_backend(record.backend)
+    targets = [record]
+    if record.info.get("kind") == "sweep":
+        marker = Path(record.run_dir) / "job.cancelled"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{time.time()}\n")
+        targets = [r for r in (store.get(i) for i in record.info.get("points", [])) if r]
+    for target in targets:
+        backend.cancel(target)
+    return views([record], store)
+
+
+# --------------------------------------------------------------------------- monitor
+
+
+@dataclass
+class Snapshot:
+    view: JobView
+    stage: str | None
+    epoch: int
+    epochs: int
+    latest: dict[str, str] | None
+    best: dict[str, str] | None
+    elapsed_s: float | None
+    stages: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job": self.view.to_dict(), "stage": self.stage, "epoch": self.epoch,
+                "epochs": self.epochs, "latest": self.latest, "best": self.best,
+                "elapsed_s": self.elapsed_s, "stages": self.stages}
+
+
+def snapshot_of(view: JobView) -> Snapshot:
+    root = rundir.RunDir(view.record.run_dir)
+    trainer = rundir.read_json(root.status) or {}
+    stage = trainer.get("stage")
+    rows = rundir.read_rows(root.stage(stage) / rundir.TRAINING) if stage else []
+    latest = rows[-1] if rows else None
+    best = min(rows, key=lambda r: rundir.to_float(r.get("Val Loss"))) if rows else None
+    end = time.time() if not is_terminal(view.status.state) else trainer.get("updated_at")
+    elapsed = (end - view.record.submitted_at) if end else None
+    return Snapshot(view, stage, int(trainer.get("epoch") or 0), int(trainer.get("epochs") or 0),
+                    latest, best, elapsed, dict(trainer.get("stages") or {}))
+
+
+def monitor_snapshot(ref: str | None, project_dir: Path,
+                     store: JobStore | None = None) -> Snapshot:
+    store = store or JobStore()
+    record = store.resolve(ref, str(project_dir.resolve()))
+    _single(record)
+    return snapshot_of(views([record], store)[0])
+
+
+# --------------------------------------------------------------------------- fetch, report
+
+
+@dataclass
+class FetchResult:
+    view: JobView
+    run_dir: Path
+    verified: bool
+    summary: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job": self.view.to_dict(), "run_dir": str(self.run_dir),
+                "verified": self.verified, "summary": self.summary.to_dict()}
+
+
+def fetch(ref: str | None, project_dir: Path, store: JobStore | None = None) -> FetchResult:
+    from .report import summarize
+
+    store = store or JobStore()
+    record = store.resolve(ref, str(project_dir.resolve()))
+    _single(record)
+    view = views([record], store)[0]
+    run = Path(record.run_dir)
+    verified = False
+    if is_terminal(view.status.state) or view.status.state == "PREEMPTED":
+        problems = rundir.verify_manifest(run)
+        if problems:
+            raise OperationFailed(f"{run}: {problems[0]}"
+                                  + (f" (and {len(problems) - 1} more)" if len(problems) > 1
+                                     else ""), hint="the run directory was changed after the "
+                                  "job wrote its manifest")
+        verified = True
+    return FetchResult(view, run, verified, summarize(run))
+
+
+def resolve_run_dir(ref: str | None, project_dir: Path, store: JobStore | None = None) -> Path:
+    """A run directory given as a path, or the run of a job reference."""
+    if ref and ("/" in ref or ref.startswith(".")) and Path(ref).is_dir():
+        return Path(ref)
+    store = store or JobStore()
+    record = store.resolve(ref, str(project_dir.resolve()))
+    _single(record)
+    return Path(record.run_dir)
+
+
+def report(ref: str | None, project_dir: Path, out_dir: Path | None = None,
+           store: JobStore | None = None) -> Any:
+    from .report import write_report
+
+    run = resolve_run_dir(ref, project_dir, store)
+    if not (run / rundir.STATUS).exists():
+        raise BadInput(f"{run} is not a run directory (no {rundir.STATUS})")
+    return write_report(run, out_dir)
+
+
+# --------------------------------------------------------------------------- doctor
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+_PROBE = """
+import json
+out = {}
+try:
+    import torch
+    out["torch"] = torch.__version__
+    out["cuda"] = torch.cuda.is_available()
+    out["cuda_version"] = torch.version.cuda
+    out["gpus"] = torch.cuda.device_count()
+except Exception as exc:
+    out["torch_error"] = str(exc)
+try:
+    import pynvml
+    pynvml.nvmlInit()
+    out["nvml"] = pynvml.nvmlSystemGetDriverVersion()
+except Exception as exc:
+    out["nvml_error"] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+
+def doctor(runner: LocalRunner | None = None) -> list[Check]:
+    runner = runner or LocalRunner()
+    checks = []
+    for tool, argv in (("ssh", ["ssh", "-V"]), ("rsync", ["rsync", "--version"]),
+                       ("sbatch", ["sbatch", "--version"]), ("qsub", ["qsub", "--version"]),
+                       ("git", ["git", "--version"])):
+        path = runner.which(tool)
+        if path is None:
+            checks.append(Check(tool, False, "not found on PATH"))
+            continue
+        result = runner.run(argv, check=False, timeout=20)
+        text = (result.stdout.strip() or result.stderr.strip()).splitlines()
+        checks.append(Check(tool, True, f"{text[0] if text else 'present'} ({path})"))
+    probe = runner.run([sys.executable, "-c", _PROBE], check=False, timeout=120)
+    try:
+        found = json.loads(probe.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        found = {"torch_error": probe.stderr.strip()[-200:] or "probe failed"}
+    if "torch" in found:
+        checks.append(Check("torch", True, found["torch"]))
+        checks.append(Check("CUDA", bool(found.get("cuda")),
+                            f"CUDA {found['cuda_version']}, {found['gpus']} GPU(s)"
+                            if found.get("cuda")
+                            else "no CUDA device (training runs on CPU, gloo)"))
+    else:
+        checks.append(Check("torch", False, found.get("torch_error", "not importable")))
+        checks.append(Check("CUDA", False, "needs torch"))
+    checks.append(Check("NVML", "nvml" in found,
+                        f"driver {found['nvml']}" if "nvml" in found
+                        else f"unavailable ({found.get('nvml_error', 'pynvml missing')}): GPU "
+                        "memory columns stay empty"))
+    return checks

@@ -1,0 +1,109 @@
+"""Pure rendering: a job spec and a template -> the exact script and command that will run.
+
+Nothing here touches the filesystem beyond reading templates, starts a process or asks a
+scheduler anything; ``hpcrun submit --dry-run`` prints what this returns. Every value that
+reaches a shell line goes through the ``q`` filter (``shlex.quote``).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from . import rundir
+from .resources import templates_dir
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a backend needs to render one job."""
+
+    id: str
+    experiment: str
+    run_dir: str
+    config_path: str
+    bundle_dir: str
+    stage: str = "all"
+    nproc: str = "auto"
+    cpus: int | None = None
+    python: str = "python3"
+    env: dict[str, str] = field(default_factory=dict)
+    setup: tuple[str, ...] = ()
+    resources: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SubmitPlan:
+    """The exact script and argv a backend will run, and the files it will write."""
+
+    job_id: str
+    script: str
+    script_path: str
+    argv: tuple[str, ...]
+    files: dict[str, str]
+
+    def command(self) -> str:
+        return shlex.join(self.argv)
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _quote(value: Any) -> str:
+    return shlex.quote(str(value))
+
+
+def environment(project_dir: Path | None = None) -> jinja2.Environment:
+    """Templates from the project's own ``templates/`` first, then hpcrun's."""
+    folders = []
+    if project_dir is not None and (project_dir / "templates").is_dir():
+        folders.append(str(project_dir / "templates"))
+    folders.append(str(templates_dir()))
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folders), autoescape=False,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             trim_blocks=False)
+    env.filters["q"] = _quote
+    return env
+
+
+def render_template(name: str, context: dict[str, Any], project_dir: Path | None = None) -> str:
+    return environment(project_dir).get_template(name).render(**context)
+
+
+def job_files(run_dir: str) -> dict[str, str]:
+    """Where a job's script, pid, exit code and output live inside its run directory."""
+    root = Path(run_dir)
+    return {
+        "script": str(root / rundir.JOB_SCRIPT),
+        "pid_file": str(root / rundir.JOB_PID),
+        "exit_file": str(root / rundir.JOB_EXIT),
+        "output": str(root / rundir.JOB_OUTPUT),
+    }
+
+
+def trainer_args(spec: JobSpec) -> list[str]:
+    return ["--config", spec.config_path, "--stage", spec.stage, "--run-dir", spec.run_dir]
+
+
+def render_local(spec: JobSpec, launcher: str, project_dir: Path | None = None) -> SubmitPlan:
+    files = job_files(spec.run_dir)
+    bundle = Path(spec.bundle_dir)
+    pythonpath = ":".join(str(p) for p in (bundle / "src", bundle))
+    env = {"HPCRUN_PYTHON": spec.python, "HPCRUN_NPROC": spec.nproc, **spec.env}
+    if spec.cpus:
+        env["HPCRUN_CPUS"] = str(spec.cpus)
+    bad = [name for name in env if not _ENV_NAME.match(name)]
+    if bad:
+        raise ValueError(f"not an environment variable name: {bad[0]!r}")
+    script = render_template("local.sh.j2", {
+        "job": spec, "files": files, "bundle_dir": spec.bundle_dir, "pythonpath": pythonpath,
+        "env": dict(sorted(env.items())), "setup": list(spec.setup), "launcher": launcher,
+        "trainer_args": trainer_args(spec),
+    }, project_dir)
+    return SubmitPlan(job_id=spec.id, script=script, script_path=files["script"],
+                      argv=("bash", files["script"]), files=files)

@@ -1,0 +1,712 @@
+"""Summaries and reports of one run directory: text for the terminal, PNGs and one HTML page.
+
+``summarize`` reads a run directory (finished, failed or still running) through
+:mod:`hpcrun.rundir` and returns a :class:`RunSummary`; ``format_summary`` turns it into plain
+text lines; ``write_report`` adds per-stage plots and a self-contained ``report.html``.
+
+Reading is pure Python (csv rows, plain lists): no pandas, no torch. matplotlib is imported
+only inside :func:`write_report`, so importing this module stays cheap for the CLI.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import html
+import io
+import math
+import re
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcrun import rundir
+
+REPORT_DIR = rundir.REPORT
+REPORT_HTML = "report.html"
+
+#: files whose presence makes a directory of the run a stage directory
+_STAGE_FILES = (rundir.TRAINING, rundir.LOSS_COMPONENTS, rundir.GRADIENT_STATS,
+                rundir.PROBABILITY_STATS, rundir.GPU_MEMORY, rundir.EVALUATION,
+                rundir.PREDICTIONS, rundir.CHECKPOINTS)
+_VAL_LOSS = "Val Loss"
+
+
+# --------------------------------------------------------------------------- data model
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    """One pipeline stage. Floats are ``nan`` where the run has no data for them."""
+
+    name: str
+    state: str | None = None
+    #: the stage's run mode from config.yaml (``train_only``, ``eval_only``, ...), if known
+    mode: str | None = None
+    #: whether the stage trains (has a training.csv)
+    trained: bool = False
+    epochs: int = 0
+    #: training.csv column the best epoch is chosen on, e.g. ``Val AUROC``
+    metric: str | None = None
+    metric_mode: str = "min"
+    best_epoch: int | None = None
+    best_value: float = math.nan
+    first_train_loss: float = math.nan
+    last_train_loss: float = math.nan
+    #: first minus last Train Loss (positive when the loss went down) and that as % of first
+    loss_decrease: float = math.nan
+    loss_decrease_pct: float = math.nan
+    #: validation separation (pos_mean - neg_mean) at the best and at the last epoch
+    separation_best: float = math.nan
+    separation_last: float = math.nan
+    median_epoch_time: float = math.nan
+    peak_host_rss_mb: float = math.nan
+    peak_gpu_mb: float = math.nan
+    #: rows of evaluation.csv: ``{"split": str, "<metric>": float, ...}``
+    evaluation: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    path: str
+    run_id: str
+    experiment: str
+    state: str
+    message: str | None = None
+    stages: tuple[StageSummary, ...] = ()
+    #: the evaluation table of the last stage that has one, and that stage's name
+    final_evaluation: tuple[dict[str, Any], ...] = ()
+    final_evaluation_stage: str | None = None
+
+    def stage(self, name: str) -> StageSummary:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-safe data: tuples become lists, NaN and infinities become ``None``."""
+        return _json_safe(asdict(self))
+
+
+@dataclass
+class ReportFiles:
+    pngs: list[Path]
+    html: Path
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _StageData:
+    """The CSVs of one stage directory, each read once and only when asked for."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+
+    def _rows(self, name: str) -> list[dict[str, str]]:
+        try:
+            return rundir.read_rows(self.dir / name)
+        except (OSError, UnicodeDecodeError, ValueError):
+            return []
+
+    @functools.cached_property
+    def has_training(self) -> bool:
+        return (self.dir / rundir.TRAINING).is_file()
+
+    @functools.cached_property
+    def training(self) -> list[dict[str, str]]:
+        return self._rows(rundir.TRAINING)
+
+    @functools.cached_property
+    def loss_components(self) -> list[dict[str, str]]:
+        return self._rows(rundir.LOSS_COMPONENTS)
+
+    @functools.cached_property
+    def gradients(self) -> list[dict[str, str]]:
+        return self._rows(rundir.GRADIENT_STATS)
+
+    @functools.cached_property
+    def probabilities(self) -> list[dict[str, str]]:
+        return self._rows(rundir.PROBABILITY_STATS)
+
+    @functools.cached_property
+    def memory(self) -> list[dict[str, str]]:
+        return self._rows(rundir.GPU_MEMORY)
+
+    @functools.cached_property
+    def evaluation(self) -> list[dict[str, str]]:
+        return self._rows(rundir.EVALUATION)
+
+
+def _epoch(text: str | None) -> int | None:
+    value = rundir.to_float(text)
+    return int(value) if math.isfinite(value) else None
+
+
+def _column(rows: Iterable[dict[str, str]], name: str) -> list[float]:
+    return [rundir.to_float(row.get(name)) for row in rows]
+
+
+def _finite(values: Iterable[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]
+
+
+def _max(values: Iterable[float]) -> float:
+    finite = _finite(values)
+    return max(finite) if finite else math.nan
+
+
+def _phase_series(rows: Iterable[dict[str, str]], phase: str,
+                  column: str) -> tuple[list[int], list[float]]:
+    epochs, values = [], []
+    for row in rows:
+        epoch = _epoch(row.get("epoch"))
+        if row.get("phase") == phase and epoch is not None:
+            epochs.append(epoch)
+            values.append(rundir.to_float(row.get(column)))
+    return epochs, values
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """How the trainer picks the best epoch of a stage (training.early_stopping)."""
+
+    column: str = _VAL_LOSS
+    mode: str = "min"
+    min_delta: float = 0.0
+    stage_mode: str | None = None
+
+
+@functools.lru_cache(maxsize=64)
+def _selections(config_text: str) -> dict[str, _Selection]:
+    """Per stage name, from a run's config.yaml text (empty when it cannot be read)."""
+    from hpcrun.config import load_config_text  # pydantic + yaml: only when needed
+
+    try:
+        config = load_config_text(config_text, source=rundir.CONFIG)
+        out = {}
+        for stage in config.pipeline:
+            es = config.for_stage(stage.name).training.early_stopping
+            metric = es.metric.removeprefix("val_")
+            column = (_VAL_LOSS if metric == "loss"
+                      else f"Val {rundir.METRIC_LABELS.get(metric, metric)}")
+            out[stage.name] = _Selection(column, es.resolved_mode, es.min_delta, stage.mode)
+        return out
+    except Exception:  # noqa: BLE001 - a damaged config only costs the metric choice
+        return {}
+
+
+def _read_selections(run: rundir.RunDir) -> dict[str, _Selection]:
+    try:
+        text = run.config.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    return _selections(text)
+
+
+def _best(epochs: Sequence[int | None], values: Sequence[float],
+          selection: _Selection) -> tuple[int | None, float]:
+    """The trainer's rule: first epoch that beats the best so far by more than min_delta."""
+    best_epoch, best = None, math.nan
+    for epoch, value in zip(epochs, values, strict=True):
+        if epoch is None or not math.isfinite(value):
+            continue
+        if best_epoch is None or (value < best - selection.min_delta if selection.mode == "min"
+                                  else value > best + selection.min_delta):
+            best_epoch, best = epoch, value
+    return best_epoch, best
+
+
+def _evaluation_table(rows: Iterable[dict[str, str]]) -> tuple[dict[str, Any], ...]:
+    table = []
+    for row in rows:
+        entry: dict[str, Any] = {"split": row.get("split") or ""}
+        for key, text in row.items():
+            if key is not None and key != "split":
+                entry[key] = rundir.to_float(text)
+        table.append(entry)
+    return tuple(table)
+
+
+def _summarize_stage(name: str, data: _StageData, state: str | None,
+                     selection: _Selection | None) -> StageSummary:
+    rows = data.training
+    header = set(rows[0]) if rows else set()
+    chosen = selection or _Selection()
+    if chosen.column not in header:  # metric not logged (or no config): lowest Val Loss
+        chosen = _Selection(stage_mode=chosen.stage_mode)
+    epochs = [_epoch(r.get("Epoch")) for r in rows]
+    best_epoch, best_value = _best(epochs, _column(rows, chosen.column), chosen)
+
+    losses = _column(rows, "Train Loss")
+    first = losses[0] if losses else math.nan
+    last = losses[-1] if losses else math.nan
+    decrease = first - last
+    pct = 100.0 * decrease / first if math.isfinite(decrease) and first != 0 else math.nan
+
+    sep_epochs, seps = _phase_series(data.probabilities, "val", "separation")
+    by_epoch = dict(zip(sep_epochs, seps, strict=True))
+    sep_best = by_epoch.get(best_epoch, math.nan) if best_epoch is not None else math.nan
+    last_epoch = next((e for e in reversed(epochs) if e is not None), None)
+    if last_epoch is not None and last_epoch in by_epoch:
+        sep_last = by_epoch[last_epoch]
+    else:
+        sep_last = seps[-1] if seps else math.nan
+
+    times = _finite(_column(rows, "Epoch Time"))
+    return StageSummary(
+        name=name, state=state, mode=chosen.stage_mode, trained=data.has_training,
+        epochs=len(rows), metric=chosen.column if data.has_training else None,
+        metric_mode=chosen.mode, best_epoch=best_epoch, best_value=best_value,
+        first_train_loss=first, last_train_loss=last, loss_decrease=decrease,
+        loss_decrease_pct=pct, separation_best=sep_best, separation_last=sep_last,
+        median_epoch_time=statistics.median(times) if times else math.nan,
+        peak_host_rss_mb=_max(_column(data.memory, "host_rss_mb")),
+        peak_gpu_mb=_max(_column(data.memory, "peak_mb")),
+        evaluation=_evaluation_table(data.evaluation),
+    )
+
+
+def _stage_names(run: rundir.RunDir, status: dict[str, Any], metadata: dict[str, Any],
+                 selections: dict[str, _Selection]) -> list[str]:
+    """Stage directories in pipeline order; other directories (e.g. report/) are left out."""
+    known = [*(status.get("stages") or {}), *(metadata.get("pipeline") or []), *selections]
+    order = {name: i for i, name in reversed(list(enumerate(known)))}
+    names = []
+    for position, name in enumerate(run.stages()):
+        directory = run.stage(name)
+        if name in order or any((directory / f).exists() for f in _STAGE_FILES):
+            names.append((order.get(name, len(order) + position), name))
+    return [name for _, name in sorted(names)]
+
+
+def _load(run_dir: Path) -> tuple[RunSummary, dict[str, _StageData]]:
+    run = rundir.RunDir(run_dir)
+    status = _dict(rundir.read_json(run.status))
+    metadata = _dict(rundir.read_json(run.metadata))
+    selections = _read_selections(run)
+    stage_states = _dict(status.get("stages"))
+    data: dict[str, _StageData] = {}
+    stages = []
+    for name in _stage_names(run, status, metadata, selections):
+        data[name] = _StageData(run.stage(name))
+        state = stage_states.get(name)
+        stages.append(_summarize_stage(name, data[name], None if state is None else str(state),
+                                       selections.get(name)))
+    final = next((s for s in reversed(stages) if s.evaluation), None)
+    experiment = (status.get("experiment") or metadata.get("experiment")
+                  or run.root.resolve().parent.name)
+    message = status.get("message")
+    summary = RunSummary(
+        path=str(run.root),
+        run_id=str(status.get("run_id") or metadata.get("run_id") or run.root.resolve().name),
+        experiment=str(experiment),
+        state=str(status.get("state") or metadata.get("state") or "UNKNOWN"),
+        message=None if message is None else str(message),
+        stages=tuple(stages),
+        final_evaluation=final.evaluation if final else (),
+        final_evaluation_stage=final.name if final else None,
+    )
+    return summary, data
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def summarize(run_dir: Path) -> RunSummary:
+    """Summarise one run directory; copes with missing files and runs still in progress."""
+    return _load(Path(run_dir))[0]
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def _table_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    return columns
+
+
+def format_table(rows: Sequence[dict[str, Any]], indent: str = "") -> list[str]:
+    """Rows of dicts as aligned text: text left-aligned, numbers right-aligned (4 decimals)."""
+    if not rows:
+        return []
+    columns = _table_columns(rows)
+    cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(row.get(c), float) for row in rows) for c in columns]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if n else v.ljust(w)
+                 for v, w, n in zip(values, widths, numeric, strict=True)]
+        return (indent + "  ".join(parts)).rstrip()
+
+    return [line(columns), *(line(r) for r in cells)]
+
+
+def format_summary(summary: RunSummary) -> list[str]:
+    """Plain-text lines (no colour codes) for a terminal."""
+    lines = [f"Run {summary.run_id}  experiment {summary.experiment}  state {summary.state}",
+             f"  {summary.path}"]
+    if summary.message:
+        lines.append(f"  message: {summary.message}")
+    if not summary.stages:
+        lines.append("  (no stage directories yet)")
+    for stage in summary.stages:
+        lines.append("")
+        head = f"Stage {stage.name}"
+        if stage.state:
+            head += f" [{stage.state}]"
+        if stage.trained:
+            head += f"  {stage.epochs} epoch{'s' if stage.epochs != 1 else ''}"
+        elif stage.mode == "eval_only":
+            head += "  evaluation only"
+        lines.append(head)
+        if stage.trained:
+            direction = "lowest" if stage.metric_mode == "min" else "highest"
+            if stage.best_epoch is not None:
+                lines.append(f"  best {stage.metric:<16} {_num(stage.best_value)} at epoch "
+                             f"{stage.best_epoch} ({direction})")
+            else:
+                lines.append(f"  best {stage.metric:<16} - (no finished epoch yet)")
+            pct = (f", {_num(stage.loss_decrease_pct, 1)}%"
+                   if math.isfinite(stage.loss_decrease_pct) else "")
+            lines.append(f"  train loss            {_num(stage.first_train_loss)} -> "
+                         f"{_num(stage.last_train_loss)}  (decrease {_num(stage.loss_decrease)}"
+                         f"{pct})")
+            lines.append(f"  val separation        best {_num(stage.separation_best)}  last "
+                         f"{_num(stage.separation_last)}")
+            lines.append(f"  epoch time (median)   {_num(stage.median_epoch_time, 3)} s")
+        memory = [f"host RSS {_num(stage.peak_host_rss_mb, 1)} MB"]
+        if math.isfinite(stage.peak_gpu_mb):
+            memory.append(f"GPU peak {_num(stage.peak_gpu_mb, 1)} MB")
+        if math.isfinite(stage.peak_host_rss_mb) or math.isfinite(stage.peak_gpu_mb):
+            lines.append(f"  peak memory           {'  '.join(memory)}")
+        if stage.evaluation:
+            lines.append("  evaluation:")
+            lines += format_table(stage.evaluation, indent="    ")
+    lines.append("")
+    if summary.final_evaluation:
+        lines.append(f"Final evaluation ({summary.final_evaluation_stage}):")
+        lines += format_table(summary.final_evaluation, indent="  ")
+    else:
+        lines.append("Final evaluation: none yet")
+    return lines
+
+
+# --------------------------------------------------------------------------- plots
+
+
+_FIGSIZE = (6.4, 3.4)
+_DPI = 80
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "stage"
+
+
+def _new_axes(plt: Any, title: str, ylabel: str) -> tuple[Any, Any]:
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=_FIGSIZE, dpi=_DPI)
+    fig.subplots_adjust(left=0.12, right=0.98, top=0.91, bottom=0.14)  # no layout engine: fast
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("epoch", fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _png(plt: Any, fig: Any, ax: Any) -> bytes:
+    handles = ax.get_legend_handles_labels()[0]
+    if handles:
+        ax.legend(fontsize=7, loc="best", ncols=2 if len(handles) > 4 else 1, framealpha=0.7)
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None})
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
+
+
+def _has_data(values: Iterable[float]) -> bool:
+    return any(math.isfinite(v) for v in values)
+
+
+def _plot_losses(plt: Any, stage: str, data: _StageData) -> bytes | None:
+    rows = data.training
+    epochs = [_epoch(r.get("Epoch")) for r in rows]
+    train, val = _column(rows, "Train Loss"), _column(rows, _VAL_LOSS)
+    components = []
+    if data.loss_components:
+        components = [c for c in data.loss_components[0] if c is not None and c not in
+                      ("epoch", "phase", "total") and not c.startswith(("weight_", "sigma_"))]
+    series = []
+    for phase in ("train", "val"):
+        totals = dict(zip(*_phase_series(data.loss_components, phase, "total"), strict=True))
+        for component in components:
+            xs, ys = _phase_series(data.loss_components, phase, component)
+            # a lone component equal to the total would only hide the total's line
+            if len(components) == 1 and all(totals.get(x) == y for x, y in zip(xs, ys,
+                                                                               strict=True)):
+                continue
+            series.append((f"{phase} {component}", xs, ys, "-" if phase == "train" else "--",
+                           f"C{2 + components.index(component) % 8}"))
+    if not (_has_data(train) or _has_data(val) or any(_has_data(s[2]) for s in series)):
+        return None
+    fig, ax = _new_axes(plt, f"{stage}: loss", "loss")
+    ax.plot(epochs, train, color="C0", linewidth=2, marker=".", label="train loss")
+    ax.plot(epochs, val, color="C1", linewidth=2, marker=".", label="val loss")
+    for label, xs, ys, style, colour in series:
+        ax.plot(xs, ys, linestyle=style, linewidth=0.9, color=colour, label=label)
+    return _png(plt, fig, ax)
+
+
+def _plot_metrics(plt: Any, stage: str, data: _StageData, summary: StageSummary) -> bytes | None:
+    rows = data.training
+    columns = [c for c in (rows[0] if rows else {}) if c and c.startswith("Val ")
+               and c != _VAL_LOSS]
+    epochs = [_epoch(r.get("Epoch")) for r in rows]
+    curves = [(c, _column(rows, c)) for c in columns]
+    curves = [(c, ys) for c, ys in curves if _has_data(ys)]
+    if not curves:
+        return None
+    fig, ax = _new_axes(plt, f"{stage}: validation metrics", "value")
+    for column, ys in curves:
+        width = 2 if column == summary.metric else 1.2
+        ax.plot(epochs, ys, linewidth=width, marker=".", label=column.removeprefix("Val "))
+    if summary.best_epoch is not None:
+        ax.axvline(summary.best_epoch, color="grey", linestyle=":", linewidth=1,
+                   label=f"best epoch {summary.best_epoch} ({summary.metric})")
+    return _png(plt, fig, ax)
+
+
+def _plot_separation(plt: Any, stage: str, data: _StageData) -> bytes | None:
+    train = _phase_series(data.probabilities, "train", "separation")
+    val = _phase_series(data.probabilities, "val", "separation")
+    if not (_has_data(train[1]) or _has_data(val[1])):
+        return None
+    fig, ax = _new_axes(plt, f"{stage}: separation (pos mean - neg mean)", "separation")
+    ax.plot(*train, marker=".", label="train")
+    ax.plot(*val, marker=".", label="val")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    return _png(plt, fig, ax)
+
+
+def _plot_gradients(plt: Any, stage: str, data: _StageData) -> bytes | None:
+    rows = data.gradients
+    epochs = [_epoch(r.get("epoch")) for r in rows]
+    mean, low, high = (_column(rows, c) for c in ("norm_mean", "norm_min", "norm_max"))
+    if not (_has_data(mean) or _has_data(high)):
+        return None
+    fig, ax = _new_axes(plt, f"{stage}: gradient norm", "total gradient norm")
+    ax.fill_between(epochs, low, high, alpha=0.2, color="C0", label="min-max")
+    ax.plot(epochs, mean, color="C0", marker=".", label="mean")
+    ax.plot(epochs, high, color="C3", linewidth=1, linestyle="--", label="max")
+    values = _finite(mean + low + high)
+    if values and min(values) > 0:
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
+        ax.set_yscale("log")  # labelled 0.2, 0.3, ... rather than 2x10^-1 when the span is short
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        if max(values) / min(values) < 100:
+            def minor(v: float, _: Any) -> str:
+                return f"{v:g}" if f"{v:.0e}"[0] in "235" else ""
+
+            ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+        else:
+            ax.yaxis.set_minor_formatter(NullFormatter())
+    return _png(plt, fig, ax)
+
+
+def _plot_memory(plt: Any, stage: str, data: _StageData) -> bytes | None:
+    ranks: dict[str, list[dict[str, str]]] = {}
+    for row in data.memory:
+        ranks.setdefault(row.get("rank") or "?", []).append(row)
+    curves = []
+    for rank, rows in sorted(ranks.items(), key=lambda item: rundir.to_float(item[0])):
+        epochs = [_epoch(r.get("epoch")) for r in rows]
+        for column, label in (("host_rss_mb", "host RSS"), ("peak_mb", "GPU peak")):
+            ys = _column(rows, column)
+            if _has_data(ys):
+                curves.append((f"{label} rank {rank}", epochs, ys, column == "peak_mb"))
+    if not curves:
+        return None
+    fig, ax = _new_axes(plt, f"{stage}: memory", "MB")
+    for label, epochs, ys, gpu in curves:
+        ax.plot(epochs, ys, marker=".", linestyle="--" if gpu else "-", label=label)
+    return _png(plt, fig, ax)
+
+
+def _stage_plots(plt: Any, summary: StageSummary,
+                 data: _StageData) -> list[tuple[str, str, bytes]]:
+    """``(kind, caption, png bytes)`` for each plot the stage has data for."""
+    makers = (
+        ("losses", "Loss per epoch", lambda: _plot_losses(plt, summary.name, data)),
+        ("metrics", "Validation metrics", lambda: _plot_metrics(plt, summary.name, data,
+                                                                summary)),
+        ("separation", "Separation", lambda: _plot_separation(plt, summary.name, data)),
+        ("gradients", "Gradient norms", lambda: _plot_gradients(plt, summary.name, data)),
+        ("memory", "Memory", lambda: _plot_memory(plt, summary.name, data)),
+    )
+    out = []
+    for kind, caption, make in makers:
+        png = make()
+        if png is not None:
+            out.append((kind, caption, png))
+    return out
+
+
+# --------------------------------------------------------------------------- html
+
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em;color:#222;
+max-width:1400px}
+h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ccc}
+h3{font-size:1em}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em}
+th,td{border:1px solid #ddd;padding:.25em .6em}th{background:#f3f3f3;text-align:left}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+.plots{display:flex;flex-wrap:wrap;gap:.8em}
+figure{margin:0}figcaption{font-size:.85em;color:#555}
+img{border:1px solid #eee;max-width:100%}
+.state{font-weight:bold}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    out = ["<table><tr>", *(f"<th>{_e(h)}</th>" for h in header), "</tr>"]
+    for row in rows:
+        out.append("<tr>")
+        for value in row:
+            if isinstance(value, float):
+                out.append(f'<td class="n">{_e(_cell(value))}</td>')
+            else:
+                out.append(f"<td>{_e('' if value is None else value)}</td>")
+        out.append("</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _evaluation_html(rows: Sequence[dict[str, Any]]) -> str:
+    columns = _table_columns(rows)
+    return _html_table(columns, [[row.get(c, "") for c in columns] for row in rows])
+
+
+def _stage_row(stage: StageSummary) -> list[Any]:
+    def num(value: float, digits: int = 4) -> str:
+        return _num(value, digits)
+
+    return [stage.name, stage.state or "", stage.mode or "", stage.epochs if stage.trained
+            else "", stage.metric or "", "" if stage.best_epoch is None else stage.best_epoch,
+            num(stage.best_value), f"{num(stage.first_train_loss)} → {num(stage.last_train_loss)}"
+            if stage.trained else "", num(stage.loss_decrease), num(stage.loss_decrease_pct, 1),
+            num(stage.separation_best), num(stage.separation_last),
+            num(stage.median_epoch_time, 3), num(stage.peak_host_rss_mb, 1),
+            num(stage.peak_gpu_mb, 1)]
+
+
+def render_html(summary: RunSummary,
+                images: dict[str, list[tuple[str, str, bytes]]] | None = None) -> str:
+    """One self-contained page: inline style, images as data URIs, every value escaped."""
+    images = images or {}
+    title = f"{summary.experiment} / {summary.run_id}"
+    parts = ["<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+             f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>",
+             f"<h1>Run {_e(summary.run_id)}</h1>",
+             _html_table(["experiment", "run id", "state", "path"],
+                         [[summary.experiment, summary.run_id, summary.state, summary.path]])]
+    if summary.message:
+        parts.append(f"<p>Message: {_e(summary.message)}</p>")
+    parts.append("<h2>Final evaluation</h2>")
+    if summary.final_evaluation:
+        parts.append(f"<p>Stage {_e(summary.final_evaluation_stage)}</p>")
+        parts.append(_evaluation_html(summary.final_evaluation))
+    else:
+        parts.append("<p>No evaluation yet.</p>")
+    parts.append("<h2>Stages</h2>")
+    if summary.stages:
+        parts.append(_html_table(
+            ["stage", "state", "mode", "epochs", "selection metric", "best epoch", "best value",
+             "train loss first → last", "loss decrease", "decrease %", "val separation (best)",
+             "val separation (last)", "median epoch time (s)", "peak host RSS (MB)",
+             "peak GPU (MB)"],
+            [_stage_row(s) for s in summary.stages]))
+    else:
+        parts.append("<p>No stage directories yet.</p>")
+    for stage in summary.stages:
+        parts.append(f"<h2>Stage {_e(stage.name)}</h2>")
+        if stage.evaluation:
+            parts.append("<h3>Evaluation</h3>")
+            parts.append(_evaluation_html(stage.evaluation))
+        plots = images.get(stage.name) or []
+        if plots:
+            parts.append('<div class="plots">')
+            for _, caption, png in plots:
+                data = base64.b64encode(png).decode("ascii")
+                label = f"{stage.name}: {caption}"
+                parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{_e(label)}">'
+                             f"<figcaption>{_e(label)}</figcaption></figure>")
+            parts.append("</div>")
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def write_report(run_dir: Path, out_dir: Path | None = None) -> ReportFiles:
+    """Write ``<stage>_<kind>.png`` per training stage and ``report.html`` into ``out_dir``
+    (default ``run_dir/report``). Plots without data are skipped. Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR
+    summary, data = _load(run_dir)
+    files = ReportFiles(pngs=[], html=out_dir / REPORT_HTML)
+    images: dict[str, list[tuple[str, str, bytes]]] = {}
+    for stage in summary.stages:
+        if not stage.trained:
+            continue
+        plots = _stage_plots(plt, stage, data[stage.name])
+        images[stage.name] = plots
+        for kind, _, png in plots:
+            path = out_dir / f"{_safe_name(stage.name)}_{kind}.png"
+            rundir.write_atomic(path, png)
+            files.pngs.append(path)
+    rundir.write_atomic(files.html, render_html(summary, images).encode("utf-8"))
+    return files

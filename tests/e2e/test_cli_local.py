@@ -1,0 +1,352 @@
+"""The installed ``hpcrun`` command, run as a user types it, on the local backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+
+HPCRUN = str(Path(sys.executable).parent / "hpcrun")
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+
+TINY = """\
+extends: v3
+experiment: {name}
+data: {{rows: 600}}
+training: {{epochs: 1}}
+resources: {{cpus_per_task: 1}}
+pipeline:
+  - {{name: train, mode: full_pipeline}}
+"""
+
+LONG = """\
+extends: v3
+experiment: long
+data: {rows: 40000}
+training: {epochs: 50, early_stopping: {enabled: false}}
+pipeline:
+  - {name: train, mode: full_pipeline}
+"""
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    root = tmp_path / "project"
+    (root / "configs").mkdir(parents=True)
+    env = {
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "NO_COLOR": "1",
+        "COLUMNS": "200",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return root
+
+
+def hp(cwd: Path, *args: str, timeout: float = 300, check: bool = False):
+    proc = subprocess.run(
+        [HPCRUN, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
+
+
+def hpj(cwd: Path, *args: str, **kwargs):
+    proc = hp(cwd, "--json", *args, **kwargs)
+    return proc, json.loads(proc.stdout) if proc.stdout.strip() else None
+
+
+def tiny(project: Path, name: str = "tiny") -> str:
+    (project / "configs" / f"{name}.yaml").write_text(TINY.format(name=name))
+    return name
+
+
+def wait_state(cwd: Path, job: str, states: set[str], timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, data = hpj(cwd, "status", job)
+        if data and data[0]["state"] in states:
+            return data[0]
+        time.sleep(0.5)
+    raise AssertionError(f"job {job} never reached {states}: {data}")
+
+
+def test_v3_submit_status_list_logs_monitor_fetch_report(project):
+    proc, data = hpj(project, "submit", "--backend", "local", "v3")
+    assert proc.returncode == 0, proc.stderr
+    job = data["jobs"][0]
+    assert job["handle"] == f"local://{job['host']}/{job['id']}"
+    run_dir = Path(job["run_dir"])
+    assert run_dir.parent == project / "runs" / "v3"
+
+    once = hp(project, "monitor", "--once", job["id"][:5])
+    assert once.returncode == 0 and job["id"] in once.stdout
+
+    watched = hp(project, "monitor", "latest", "--interval", "0.5")
+    assert watched.returncode == 0, watched.stdout[-2000:]
+    assert "SUCCEEDED" in watched.stdout
+
+    _, status = hpj(project, "status")
+    assert status[0]["state"] == "SUCCEEDED"
+    assert status[0]["stages"] == {
+        "pretrain": "SUCCEEDED",
+        "finetune": "SUCCEEDED",
+        "eval": "SUCCEEDED",
+    }
+    _, listed = hpj(project, "list")
+    assert [j["id"] for j in listed] == [job["id"]]
+
+    logs = hp(project, "logs", job["id"], check=True)
+    assert "nproc=2" in logs.stdout and "Final evaluation" in logs.stdout
+    assert (
+        "[finetune] epoch" in hp(project, "logs", "--rank", "1", check=True).stdout
+        or (run_dir / "logs" / "train.rank1.log").exists()
+    )
+
+    fetched = hp(project, "fetch", check=True)
+    assert "verified against MANIFEST.sha256" in fetched.stdout
+    assert "test" in fetched.stdout and "auroc" in fetched.stdout.lower()
+    _, fetched_json = hpj(project, "fetch")
+    assert fetched_json["verified"] is True
+
+    reported = hp(project, "report", check=True)
+    paths = [Path(p) for p in reported.stdout.split()]
+    assert paths[-1].name == "report.html" and paths[-1].is_file()
+    assert all(p.is_file() for p in paths) and any(p.suffix == ".png" for p in paths)
+
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    assert meta["backend"] == "local" and meta["world_size"] == 2
+    assert meta["job_ids"] == [job["id"]] and meta["bundle_hash"] == data["bundle"]["hash"]
+
+
+def normalise(text: str, run_dir: str, bundle: str, job_id: str) -> str:
+    text = text.replace(run_dir, "<RUN_DIR>").replace(bundle, "<BUNDLE>")
+    text = text.replace(job_id, "<JOB_ID>")
+    text = re.sub(r"HPCRUN_PYTHON=\S+", "HPCRUN_PYTHON=<PYTHON>", text)
+    text = re.sub(r"HPCRUN_BUNDLE_HASH=\w+", "HPCRUN_BUNDLE_HASH=<HASH>", text)
+    text = re.sub(r"HPCRUN_GIT_(COMMIT|DIRTY)=\S*", r"HPCRUN_GIT_\1=<GIT>", text)
+    return re.sub(r"\S+/launchers/torchrun.sh", "<LAUNCHERS>/torchrun.sh", text)
+
+
+def test_dry_run_prints_the_golden_script_and_touches_nothing(project, tmp_path):
+    proc, data = hpj(project, "submit", "--backend", "local", "v3", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    plan = data["plans"][0]
+    job = data["jobs"][0]
+    got = normalise(plan["script"], job["run_dir"], data["bundle"]["path"], job["id"])
+    golden = GOLDEN / "local_v3.sh"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(got)
+    assert got == golden.read_text()
+    text = hp(project, "submit", "--backend", "local", "v3", "--dry-run", check=True).stdout
+    assert "# command: bash " in text and "torchrun.sh --config" in text
+    assert not (project / "runs").exists()
+    assert not (tmp_path / "cache").exists()
+    _, listed = hpj(project, "list")
+    assert listed == []
+
+
+def test_cancel_stops_every_process_and_is_idempotent(project):
+    (project / "configs" / "long.yaml").write_text(LONG)
+    _, data = hpj(project, "submit", "--backend", "local", "long", check=True)
+    job = data["jobs"][0]
+    wait_state(project, job["id"], {"RUNNING"})
+    run_dir = Path(job["run_dir"])
+    assert wait_for_file(run_dir / "train" / "training.csv", 120)
+    root = psutil.Process(int((run_dir / "job.pid").read_text()))
+    group = [root, *root.children(recursive=True)]
+    assert len(group) >= 4  # job script, torchrun, 2 workers
+
+    proc, views = hpj(project, "cancel", job["id"])
+    assert proc.returncode == 0 and views[0]["state"] == "CANCELLED"
+    assert [p for p in group if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+    again, views = hpj(project, "cancel", job["id"])
+    assert again.returncode == 0 and views[0]["state"] == "CANCELLED"
+    assert hp(project, "status", job["id"]).returncode == 1  # a cancelled job is not success
+
+
+def wait_for_file(path: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size > 0:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--set", "training.epochs=many"], ["training.epochs", "'many'"]),
+        (["--set", "training.epocs=3"], ["training.epocs", "did you mean 'epochs'"]),
+        (["--set", "training"], ["KEY=VALUE"]),
+        (["--set", "remote=${HPCRUN_TEST_UNSET_VAR}"], ["HPCRUN_TEST_UNSET_VAR is not set"]),
+        (["--sweep", "training.lr"], ["KEY=V1,V2"]),
+        (["--set", "experiment=$(touch /tmp/hpcrun-pwned)"], ["experiment name"]),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_records_nothing(project, args, needles):
+    proc = hp(project, "submit", "--backend", "local", "v3", *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in lines[0]
+    assert not (project / "runs").exists()
+    assert hpj(project, "list")[1] == []
+    assert not Path("/tmp/hpcrun-pwned").exists()
+
+
+def test_unknown_experiment_lists_the_available_ones(project):
+    proc = hp(project, "submit", "--backend", "local", "v33")
+    assert proc.returncode == 2
+    assert "unknown experiment 'v33'" in proc.stderr and "v3" in proc.stderr
+
+
+def test_hostile_project_path_is_quoted_and_nothing_executes(tmp_path, monkeypatch):
+    for key in ("XDG_STATE_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(key, str(tmp_path / key))
+    project = tmp_path / "my proj; touch PWNED 'x' $(touch PWNED2)"
+    (project / "configs").mkdir(parents=True)
+    name = tiny(project)
+    _, data = hpj(project, "submit", "--backend", "local", name, check=True)
+    state = wait_state(project, data["jobs"][0]["id"], {"SUCCEEDED", "FAILED"})
+    assert state["state"] == "SUCCEEDED", hp(project, "logs").stdout[-2000:]
+    assert not list(tmp_path.rglob("PWNED*"))
+
+
+def test_a_failed_stage_cancels_the_later_ones_with_the_reason(project):
+    proc, data = hpj(
+        project,
+        "submit",
+        "--backend",
+        "local",
+        "v3",
+        "--set",
+        "pipeline.1.overrides.model.name=no_such_module:build",
+    )
+    assert proc.returncode == 0, proc.stderr
+    state = wait_state(project, data["jobs"][0]["id"], {"SUCCEEDED", "FAILED"})
+    assert state["state"] == "FAILED"
+    assert state["stages"] == {"pretrain": "SUCCEEDED", "finetune": "FAILED", "eval": "CANCELLED"}
+    assert "no_such_module" in state["reason"]
+    assert "stage finetune failed" in state["message"]
+
+
+def test_sweep_runs_every_point_with_its_overrides(project):
+    name = tiny(project, "sw")
+    proc, data = hpj(
+        project,
+        "submit",
+        "--backend",
+        "local",
+        name,
+        "--sweep",
+        "training.lr=0.001,0.01",
+        "--sweep",
+        "model.dropout=0.0,0.2",
+        "--parallel",
+        "2",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(data["jobs"]) == 4 and data["group"]["info"]["kind"] == "sweep"
+    group = wait_state(project, data["group"]["id"], {"SUCCEEDED", "FAILED"}, timeout=400)
+    assert group["state"] == "SUCCEEDED", group
+    seen = set()
+    for job in data["jobs"]:
+        meta = json.loads((Path(job["run_dir"]) / "metadata.json").read_text())
+        point = meta["sweep_overrides"]
+        config = (Path(job["run_dir"]) / "config.yaml").read_text()
+        assert f"lr: {point['training.lr']}" in config
+        seen.add((point["training.lr"], point["model.dropout"]))
+    assert seen == {("0.001", "0.0"), ("0.001", "0.2"), ("0.01", "0.0"), ("0.01", "0.2")}
+
+
+def test_eight_concurrent_submits_lose_no_record(project):
+    name = tiny(project, "many")
+
+    def one(_):
+        return hp(project, "submit", "--backend", "local", name, "--json")
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(8)))
+    assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
+    ids = {json.loads(r.stdout)["jobs"][0]["id"] for r in results}
+    _, listed = hpj(project, "list")
+    assert {j["id"] for j in listed} == ids and len(ids) == 8
+    for job_id in ids:
+        assert wait_state(project, job_id, {"SUCCEEDED", "FAILED"}, 400)["state"] == "SUCCEEDED"
+
+
+def test_the_bundle_is_frozen_at_submit(project):
+    (project / "mymodel.py").write_text(
+        "import os, pathlib\nfrom hpcrun.train.models import MLP\nVERSION = 'one'\n"
+        "def build(n_features, *, reconstruction, **options):\n"
+        "    pathlib.Path(os.environ['MARK_DIR'], 'version').write_text(VERSION)\n"
+        "    return MLP(n_features, [8], reconstruction=reconstruction)\n"
+    )
+    name = tiny(project, "frozen")
+    marks = project.parent / "marks"
+    marks.mkdir()
+    (project / "configs" / f"{name}.yaml").write_text(
+        TINY.format(name=name)
+        + "model: {name: 'mymodel:build'}\n"
+        + f"resources: {{cpus_per_task: 1, setup: ['export MARK_DIR={marks}']}}\n"
+    )
+    _, data = hpj(project, "submit", "--backend", "local", name, check=True)
+    (project / "mymodel.py").write_text("raise SystemExit('edited after submit')\n")
+    state = wait_state(project, data["jobs"][0]["id"], {"SUCCEEDED", "FAILED"})
+    assert state["state"] == "SUCCEEDED", hp(project, "logs").stdout[-2000:]
+    assert (marks / "version").read_text() == "one"
+    assert data["bundle"]["files"] >= 2
+
+
+def test_secret_files_are_held_back_from_the_bundle(project):
+    (project / ".env").write_text("TOKEN=secret\n")
+    (project / "id_rsa").write_text("key\n")
+    (project / "train.py").write_text("print('hi')\n")
+    _, data = hpj(project, "submit", "--backend", "local", "v3", "--dry-run", check=True)
+    assert sorted(data["bundle"]["held_back"]) == [".env", "id_rsa"]
+    _, allowed = hpj(
+        project, "submit", "--backend", "local", "v3", "--dry-run", "--allow", ".env", check=True
+    )
+    assert allowed["bundle"]["held_back"] == ["id_rsa"]
+
+
+def test_help_imports_neither_torch_nor_pandas():
+    code = (
+        "import sys\n"
+        "from hpcrun import cli\n"
+        "for argv in (['--help'], ['submit', '--help'], ['monitor', '--help'],"
+        " ['config', 'show', '--help'], ['fetch', '--help'], ['report', '--help']):\n"
+        "    try:\n"
+        "        cli.app(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "HEAVY []" in proc.stdout, proc.stdout[-500:] + proc.stderr[-2000:]
+
+
+def test_doctor_reports_tools_with_versions(project):
+    proc, checks = hpj(project, "doctor")
+    assert proc.returncode == 0
+    names = {c["name"]: c for c in checks}
+    assert {"ssh", "rsync", "sbatch", "qsub", "torch", "CUDA", "NVML"} <= set(names)
+    assert names["torch"]["ok"] and names["torch"]["detail"].startswith("2.")

@@ -1,0 +1,331 @@
+"""Run summaries and reports, on small synthetic run directories written through rundir."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcrun import report, rundir
+from hpcrun.config import load_config
+
+METRICS = ["auroc", "auprc", "accuracy", "f1", "mcc"]  # v3's validation_metrics
+HOSTILE = "<script>alert(1)</script>"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TRAINING_PLOTS = {"losses", "metrics", "separation", "gradients", "memory"}
+
+# pretrain selects on val_loss (min), finetune on val_auroc (max) in the shipped v3 config
+PRETRAIN = {
+    "Train Loss": [1.0, 0.8, 0.6, 0.5],
+    "Val Loss": [0.9, 0.7, 0.75, 0.72],     # lowest at epoch 2
+    "Val AUROC": [0.5, 0.55, 0.6, 0.95],    # highest at 4: must not be used for pretrain
+    "separation": [0.01, 0.02, 0.03, 0.04],
+    "Epoch Time": [2.0, 1.0, 1.5, 9.0],
+}
+FINETUNE = {
+    "Train Loss": [0.7, 0.5, 0.4, 0.35, 0.3],
+    "Val Loss": [0.6, 0.5, 0.45, 0.4, 0.35],  # lowest at 5: must not be used for finetune
+    "Val AUROC": [0.6, 0.8, 0.85, 0.85, 0.83],  # best at 3 (a tie does not improve)
+    "separation": [0.1, 0.2, 0.3, 0.25, 0.22],
+    "Epoch Time": [1.0, 2.0, 3.0, 4.0, 100.0],
+}
+EVALUATION = {
+    "pretrain": [["val", 0.5, 0.3, 0.6, 0.1, 0.9, 0.2, 0.1, 0.15, math.nan]],
+    "finetune": [["val", 0.85, 0.7, 0.8, 0.7, 0.9, 0.75, 0.7, 0.72, 0.6]],
+    "eval": [["val", 0.85, 0.7, 0.8, 0.7, 0.9, 0.75, 0.7, 0.72, 0.6],
+             ["test", 0.91234, 0.81, 0.87, 0.66, 0.95, 0.8, 0.66, 0.7234567, 0.61]],
+}
+
+
+def write_training_stage(stage: Path, values: dict[str, list[float]], *, ranks: int = 2,
+                         gpu: bool = True, components: tuple[str, ...] = ("reconstruction",
+                                                                          "classification"),
+                         grad_min: float = 0.1) -> None:
+    n = len(values["Train Loss"])
+    log = rundir.CsvLog(stage / rundir.TRAINING, rundir.training_columns(METRICS))
+    for i in range(n):
+        row = {c: 0.5 for c in log.columns}
+        row.update({"Epoch": i + 1, "Epoch Time": values["Epoch Time"][i],
+                    "Train Loss": values["Train Loss"][i], "Val Loss": values["Val Loss"][i],
+                    "Val AUROC": values["Val AUROC"][i], "Val MCC": 0.1 * i,
+                    "Learning Rate": 1e-3})
+        log.write(row)
+    log.close()
+
+    log = rundir.CsvLog(stage / rundir.LOSS_COMPONENTS,
+                        rundir.loss_component_columns(list(components), learned=False))
+    for i in range(n):
+        for phase, key in (("train", "Train Loss"), ("val", "Val Loss")):
+            total = values[key][i]
+            log.write([i + 1, phase, *(total / len(components) for _ in components), total])
+    log.close()
+
+    log = rundir.CsvLog(stage / rundir.PROBABILITY_STATS, rundir.PROBABILITY_COLUMNS)
+    for i in range(n):
+        sep = values["separation"][i]
+        log.write([i + 1, "train", 0.5 + sep, 0.1, 0.5, 0.1, sep + 0.05])
+        log.write([i + 1, "val", 0.5 + sep, 0.1, 0.5, 0.1, sep])
+    log.close()
+
+    rundir.write_csv(stage / rundir.GRADIENT_STATS, rundir.GRADIENT_COLUMNS,
+                     [[i + 1, 10, 1.0 / (i + 1), 0.1, grad_min, 2.0, 0.5, 0.0, 0]
+                      for i in range(n)])
+    memory = []
+    for i in range(n):
+        for rank in range(ranks):
+            memory.append([i + 1, rank, "node1", f"cuda:{rank}" if gpu else "cpu",
+                           100.0 if gpu else None, 200.0 if gpu else None,
+                           (300.0 + 10 * i + rank) if gpu else None, None, None, None,
+                           400.0 + i + 50 * rank])
+    rundir.write_csv(stage / rundir.GPU_MEMORY, rundir.MEMORY_COLUMNS, memory)
+
+
+def make_run(root: Path, *, experiment: str = "v3", state: str = "SUCCEEDED",
+             config: bool = True) -> Path:
+    run = root / "runs" / "v3" / "20260101-000000-abcd"
+    run.mkdir(parents=True)
+    if config:
+        (run / rundir.CONFIG).write_text(load_config("v3").to_yaml())
+    stages = {"pretrain": "SUCCEEDED", "finetune": "SUCCEEDED", "eval": "SUCCEEDED"}
+    rundir.write_json(run / rundir.STATUS, {
+        "state": state, "run_id": run.name, "experiment": experiment, "stage": "eval",
+        "epoch": 0, "epochs": 0, "stages": stages, "message": None, "updated_at": 0.0})
+    rundir.write_json(run / rundir.METADATA, {"run_id": run.name, "experiment": experiment,
+                                              "pipeline": list(stages)})
+    write_training_stage(run / "pretrain", PRETRAIN, gpu=True, grad_min=0.0)
+    write_training_stage(run / "finetune", FINETUNE, gpu=False, ranks=1,
+                         components=("classification",))
+    for name, rows in EVALUATION.items():
+        rundir.write_csv(run / name / rundir.EVALUATION, rundir.EVALUATION_COLUMNS, rows)
+    rundir.write_csv(run / "eval" / rundir.GPU_MEMORY, rundir.MEMORY_COLUMNS,
+                     [[5, 0, "node1", "cpu", None, None, None, None, None, None, 500.0]])
+    rundir.write_csv(run / "eval" / rundir.PROBABILITY_STATS, rundir.PROBABILITY_COLUMNS,
+                     [[5, "eval_test", 0.8, 0.1, 0.2, 0.1, 0.6]])
+    return run
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    return make_run(tmp_path)
+
+
+def evaluation_csv(path: Path) -> list[dict]:
+    return [{k: (v if k == "split" else float(v)) for k, v in row.items()}
+            for row in rundir.read_rows(path)]
+
+
+# --------------------------------------------------------------------------- summarize
+
+
+def test_summary_finds_stages_in_pipeline_order_with_run_identity(run):
+    summary = report.summarize(run)
+    assert summary.run_id == run.name
+    assert summary.experiment == "v3"
+    assert summary.state == "SUCCEEDED"
+    assert [s.name for s in summary.stages] == ["pretrain", "finetune", "eval"]
+    assert [s.state for s in summary.stages] == ["SUCCEEDED"] * 3
+
+
+def test_best_epoch_follows_each_stages_early_stopping_metric(run):
+    summary = report.summarize(run)
+    pretrain, finetune = summary.stage("pretrain"), summary.stage("finetune")
+    assert (pretrain.metric, pretrain.metric_mode) == ("Val Loss", "min")
+    assert (pretrain.best_epoch, pretrain.best_value) == (2, 0.7)
+    assert (finetune.metric, finetune.metric_mode) == ("Val AUROC", "max")
+    assert (finetune.best_epoch, finetune.best_value) == (3, 0.85)
+    assert (pretrain.epochs, finetune.epochs) == (4, 5)
+
+
+def test_without_a_config_the_best_epoch_is_the_lowest_val_loss(tmp_path):
+    summary = report.summarize(make_run(tmp_path, config=False))
+    finetune = summary.stage("finetune")
+    assert (finetune.metric, finetune.best_epoch, finetune.best_value) == ("Val Loss", 5, 0.35)
+
+
+def test_loss_decrease_separation_time_and_memory(run):
+    pretrain = report.summarize(run).stage("pretrain")
+    assert (pretrain.first_train_loss, pretrain.last_train_loss) == (1.0, 0.5)
+    assert pretrain.loss_decrease == pytest.approx(0.5)
+    assert pretrain.loss_decrease_pct == pytest.approx(50.0)
+    assert pretrain.separation_best == 0.02  # val phase at epoch 2, not train's 0.07
+    assert pretrain.separation_last == 0.04
+    assert pretrain.median_epoch_time == 1.75
+    assert pretrain.peak_host_rss_mb == 453.0  # rank 1, last epoch
+    assert pretrain.peak_gpu_mb == 331.0
+    finetune = report.summarize(run).stage("finetune")
+    assert (finetune.separation_best, finetune.separation_last) == (0.3, 0.22)
+    assert finetune.median_epoch_time == 3.0
+    assert math.isnan(finetune.peak_gpu_mb)  # CPU run: empty peak_mb cells
+    assert finetune.peak_host_rss_mb == 404.0
+
+
+def test_evaluation_tables_and_final_evaluation_equal_evaluation_csv(run):
+    summary = report.summarize(run)
+    expected = evaluation_csv(run / "eval" / rundir.EVALUATION)
+    assert list(summary.final_evaluation) == expected
+    assert summary.final_evaluation_stage == "eval"
+    assert list(summary.stage("finetune").evaluation) == evaluation_csv(
+        run / "finetune" / rundir.EVALUATION)
+    assert math.isnan(summary.stage("pretrain").evaluation[0]["mcc"])
+
+
+def test_eval_only_stage_has_no_training_figures(run):
+    stage = report.summarize(run).stage("eval")
+    assert not stage.trained
+    assert stage.mode == "eval_only"
+    assert (stage.epochs, stage.best_epoch, stage.metric) == (0, None, None)
+    assert math.isnan(stage.best_value) and math.isnan(stage.loss_decrease)
+    assert stage.peak_host_rss_mb == 500.0
+    assert [row["split"] for row in stage.evaluation] == ["val", "test"]
+
+
+def test_to_dict_is_json_safe(run):
+    data = report.summarize(run).to_dict()
+    text = json.dumps(data, allow_nan=False)
+    stages = {s["name"]: s for s in json.loads(text)["stages"]}
+    assert stages["eval"]["best_value"] is None
+    assert stages["finetune"]["peak_gpu_mb"] is None
+    assert stages["pretrain"]["evaluation"][0]["mcc"] is None
+    assert stages["pretrain"]["best_epoch"] == 2
+    assert data["final_evaluation"][1]["split"] == "test"
+
+
+def test_run_in_progress_with_torn_line_and_missing_files(tmp_path):
+    run = make_run(tmp_path, state="RUNNING")
+    status = rundir.read_json(run / rundir.STATUS)
+    status["stages"] = {"pretrain": "SUCCEEDED", "finetune": "RUNNING"}
+    rundir.write_json(run / rundir.STATUS, status)
+    for path in (run / "eval").iterdir():
+        path.unlink()
+    (run / "eval").rmdir()
+    finetune = run / "finetune"
+    (finetune / rundir.GPU_MEMORY).unlink()
+    (finetune / rundir.EVALUATION).unlink()
+    (finetune / rundir.PROBABILITY_STATS).write_text("")  # created, nothing written yet
+    with open(finetune / rundir.TRAINING, "a") as handle:
+        handle.write("6,0.5,0.0001,0.0")  # the epoch being written: no newline yet
+
+    summary = report.summarize(run)
+    assert summary.state == "RUNNING"
+    assert [s.name for s in summary.stages] == ["pretrain", "finetune"]
+    stage = summary.stage("finetune")
+    assert stage.state == "RUNNING"
+    assert stage.epochs == 5 and stage.last_train_loss == 0.3  # torn row ignored
+    assert stage.best_epoch == 3
+    assert math.isnan(stage.separation_best) and math.isnan(stage.peak_host_rss_mb)
+    assert stage.evaluation == ()
+    assert summary.final_evaluation_stage == "pretrain"  # last stage that has one
+    assert "\n".join(report.format_summary(summary))
+    files = report.write_report(run, tmp_path / "out")
+    assert files.html == tmp_path / "out" / "report.html" and files.html.is_file()
+    names = {p.name for p in files.pngs}
+    assert "finetune_losses.png" in names and "finetune_memory.png" not in names
+    assert "finetune_separation.png" not in names
+
+
+def test_empty_and_header_only_csvs_and_a_bare_run_directory(tmp_path):
+    run = tmp_path / "run"
+    (run / "train").mkdir(parents=True)
+    (run / "train" / rundir.TRAINING).write_text("")
+    rundir.write_csv(run / "train" / rundir.GRADIENT_STATS, rundir.GRADIENT_COLUMNS, [])
+    summary = report.summarize(run)
+    assert summary.state == "UNKNOWN" and summary.run_id == "run"
+    stage = summary.stage("train")
+    assert stage.trained and stage.epochs == 0 and stage.best_epoch is None
+    assert summary.final_evaluation == ()
+    files = report.write_report(run)
+    assert files.pngs == [] and files.html.is_file()
+    assert report.summarize(tmp_path / "missing").stages == ()
+
+
+# --------------------------------------------------------------------------- text
+
+
+def test_format_summary_reads_well_in_a_terminal(run):
+    lines = report.format_summary(report.summarize(run))
+    text = "\n".join(lines)
+    assert "\x1b" not in text
+    assert "Stage pretrain [SUCCEEDED]  4 epochs" in lines
+    assert "  best Val Loss         0.7000 at epoch 2 (lowest)" in lines
+    assert "  best Val AUROC        0.8500 at epoch 3 (highest)" in lines
+    assert "1.0000 -> 0.5000  (decrease 0.5000, 50.0%)" in text
+    assert "Stage eval [SUCCEEDED]  evaluation only" in lines
+    final = lines[lines.index("Final evaluation (eval):") + 1:]
+    assert final[0].split() == rundir.EVALUATION_COLUMNS
+    assert final[2].split()[:2] == ["test", "0.9123"] and "0.7235" in final[2]
+    assert len({len(line) for line in final}) == 1  # numbers right-aligned under headers
+    assert final[0].index("auroc") + len("auroc") == final[2].index("0.9123") + len("0.9123")
+
+
+# --------------------------------------------------------------------------- report
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory) -> tuple[Path, report.ReportFiles]:
+    """One report, written once for the tests below (matplotlib is the slow part)."""
+    run = make_run(tmp_path_factory.mktemp("reported"), experiment=HOSTILE)
+    return run, report.write_report(run)
+
+
+def test_write_report_writes_valid_pngs_per_training_stage(reported):
+    run, files = reported
+    assert files.html == run / "report" / "report.html"
+    expected = {f"{stage}_{kind}.png" for stage in ("pretrain", "finetune")
+                for kind in TRAINING_PLOTS}
+    assert {p.name for p in files.pngs} == expected
+    assert all(p.parent == run / "report" for p in files.pngs)
+    for png in files.pngs:
+        data = png.read_bytes()
+        assert data.startswith(PNG_SIGNATURE), png
+        assert len(data) > 3000, png
+    assert not list((run / "report").glob(".*"))  # no temporary files left
+
+
+def test_html_is_self_contained_with_every_png_embedded(reported):
+    _, files = reported
+    page = files.html.read_text(encoding="utf-8")
+    assert page.count('<img src="data:image/png;base64,') == len(files.pngs) == 10
+    for png in files.pngs:
+        assert base64.b64encode(png.read_bytes()).decode() in page
+    assert "http://" not in page and "https://" not in page
+    assert "<link" not in page and " src=\"data:" in page
+    assert "0.9123" in page and "0.7235" in page  # the final evaluation table
+    assert "<td>Val AUROC</td><td>3</td>" in page  # finetune's best epoch
+
+
+def test_html_escapes_a_hostile_experiment_name(reported):
+    run, files = reported
+    assert report.summarize(run).experiment == HOSTILE
+    page = files.html.read_text(encoding="utf-8")
+    assert HOSTILE not in page and "<script" not in page
+    assert html.escape(HOSTILE) in page
+
+
+def test_the_report_directory_is_not_taken_for_a_stage(reported):
+    run, _ = reported
+    assert [s.name for s in report.summarize(run).stages] == ["pretrain", "finetune", "eval"]
+
+
+def test_plots_without_data_are_skipped(tmp_path):
+    run = tmp_path / "run"
+    stage = run / "only"
+    log = rundir.CsvLog(stage / rundir.TRAINING, rundir.training_columns([]))
+    log.write([1, 0.1, 1.0, 0.9, 1e-3])
+    log.write([2, 0.1, 0.8, 0.7, 1e-3])
+    log.close()
+    files = report.write_report(run)
+    assert [p.name for p in files.pngs] == ["only_losses.png"]
+
+
+def test_importing_report_does_not_import_plotting_or_dataframes():
+    code = ("import sys, hpcrun.report; "
+            "print(sorted(m for m in ('matplotlib', 'pandas', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
