@@ -3,8 +3,9 @@
 # It works out the torchrun arguments for where it runs, then execs torchrun:
 #   nodes         HPCRUN_NNODES, else SLURM_JOB_NUM_NODES / SLURM_NNODES, else PBS_NODEFILE, else 1
 #   node rank     SLURM_NODEID, else the position of this host in PBS_NODEFILE, else 0
-#   rendezvous    first host of SLURM_JOB_NODELIST (scontrol show hostnames) or of PBS_NODEFILE,
-#                 HPCRUN_RDZV_HOST overrides; port HPCRUN_RDZV_PORT or one derived from the job id
+#   rendezvous    first host of SLURM_JOB_NODELIST (scontrol show hostnames, then its NodeAddr)
+#                 or of PBS_NODEFILE; HPCRUN_RDZV_HOST overrides; port HPCRUN_RDZV_PORT or one
+#                 derived from the job id
 #   processes     HPCRUN_NPROC if a number; else visible GPUs; else the CPUs/tasks given
 #                 (SLURM_NTASKS_PER_NODE, SLURM_CPUS_PER_TASK, HPCRUN_CPUS); else 1
 # Usage: torchrun.sh [trainer arguments...]   (they are passed to `python -m hpcrun.train`)
@@ -40,7 +41,10 @@ if [[ -n ${SLURM_JOB_ID-} ]]; then
   nnodes=${nnodes:-${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}}
   node_rank=${SLURM_NODEID:-0}
   if [[ -z $rdzv_host && -n ${SLURM_JOB_NODELIST-} ]]; then
-    rdzv_host=$(scontrol show hostnames "$SLURM_JOB_NODELIST" 2>/dev/null | head -n 1 || true)
+    first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" 2>/dev/null | head -n 1 || true)
+    # the node's address as SLURM knows it (node names need not resolve)
+    addr=$(scontrol show node -o "$first" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2 || true)
+    rdzv_host=${addr:-$first}
   fi
 elif [[ -n ${PBS_NODEFILE-} && -r ${PBS_NODEFILE-} ]]; then
   mapfile -t pbs_hosts < <(awk '!seen[$0]++' "$PBS_NODEFILE")
@@ -71,6 +75,9 @@ fi
 
 args=(-m torch.distributed.run --nproc_per_node="$nproc")
 if [[ $nnodes -gt 1 ]]; then
+  # torchrun sets OMP_NUM_THREADS=1 only for several processes per node; agents of one
+  # process each would otherwise oversubscribe the cores of a shared host
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
   if [[ -z $rdzv_host ]]; then
     echo "hpcrun launcher: $nnodes nodes but no rendezvous host (set HPCRUN_RDZV_HOST)" >&2
     exit 2

@@ -160,7 +160,7 @@ def submit(
     if out.json:
         out.emit(result.to_dict())
     elif dry_run:
-        for plan in result.plans + ([result.driver] if result.driver else []):
+        for plan in result.plans:
             sys.stdout.write(f"# {plan.script_path}\n# command: {plan.command()}\n")
             sys.stdout.write(plan.script)
             sys.stdout.write("\n")

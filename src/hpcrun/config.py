@@ -38,6 +38,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_]\w*$")
 _MEM_RE = re.compile(r"^\d+(\.\d+)?[KMGT]?B?$", re.IGNORECASE)
 _TIME_RE = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")
+_DIRECTIVE_RE = re.compile(r"^-[-A-Za-z0-9][^\n\r]*$")
+_CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9_&|\[\]*:,.()!-]+$")
 
 #: Caps that keep hostile YAML (huge files, alias bombs, deep nesting) from eating the machine.
 MAX_CONFIG_BYTES = 1 << 20
@@ -261,8 +263,25 @@ class DistributedConfig(_Section):
 
 
 class SchedulerExtras(_Section):
+    #: extra scheduler options, one per line as on an #SBATCH/#PBS line: "--exclusive"
     directives: list[str] = Field(default_factory=list)
     setup: list[str] = Field(default_factory=list)
+
+    @field_validator("directives")
+    @classmethod
+    def _one_line_options(cls, value: list[str]) -> list[str]:
+        for line in value:
+            if not _DIRECTIVE_RE.match(line):
+                raise ValueError(f"directive {line!r} must be one option starting with '-' "
+                                 "(e.g. --exclusive, -l place=scatter) on one line")
+        return value
+
+    @field_validator("setup")
+    @classmethod
+    def _one_line(cls, value: list[str]) -> list[str]:
+        if any("\n" in line or "\r" in line for line in value):
+            raise ValueError("each setup entry must be one shell line")
+        return value
 
 
 class ResourcesConfig(_Section):
@@ -292,6 +311,20 @@ class ResourcesConfig(_Section):
     def _time(cls, value: str | None) -> str | None:
         if value is not None and not _TIME_RE.match(value):
             raise ValueError(f"time {value!r} must look like MM, HH:MM:SS or D-HH:MM:SS")
+        return value
+
+    @field_validator("constraint")
+    @classmethod
+    def _constraint(cls, value: str | None) -> str | None:
+        if value is not None and not _CONSTRAINT_RE.match(value):
+            raise ValueError(f"constraint {value!r} may use letters, digits and & | [ ] * : , ( )")
+        return value
+
+    @field_validator("setup")
+    @classmethod
+    def _setup_lines(cls, value: list[str]) -> list[str]:
+        if any("\n" in line or "\r" in line for line in value):
+            raise ValueError("each setup entry must be one shell line")
         return value
 
     @field_validator("partition", "queue", "account", "qos")

@@ -21,7 +21,7 @@ from . import rundir
 from .backends import get_backend
 from .bundle import Bundle, cache_dir, describe, snapshot
 from .config import ExperimentConfig, load_config
-from .errors import BadInput, OperationFailed
+from .errors import BadInput, HpcrunError, OperationFailed
 from .job import JobRecord, JobStatus, is_terminal
 from .render import JobSpec, SubmitPlan
 from .shell import LocalRunner
@@ -44,14 +44,14 @@ class SubmitResult:
     dry_run: bool
     bundle: Bundle
     group: JobRecord | None = None
-    driver: SubmitPlan | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "dry_run": self.dry_run,
             "jobs": [j.to_dict() for j in self.jobs],
             "group": self.group.to_dict() if self.group else None,
-            "plans": [{"job_id": p.job_id, "command": p.command(), "script_path": p.script_path,
+            "plans": [{"job_id": p.job_id, "stage": p.stage, "kind": p.kind,
+                       "command": p.command(), "script_path": p.script_path,
                        "script": p.script} for p in self.plans],
             "bundle": {"hash": self.bundle.hash, "files": len(self.bundle.files),
                        "bytes": self.bundle.size, "held_back": self.bundle.held_back,
@@ -127,7 +127,7 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
         "HPCRUN_BUNDLE_HASH": bundle.hash,
     }
     jobs: list[JobRecord] = []
-    plans: list[SubmitPlan] = []
+    specs: list[JobSpec] = []
     configs_text: list[str] = []
     group_id = _new_id() if len(points) > 1 else None
     for index, (point, cfg) in enumerate(zip(points, configs, strict=True)):
@@ -140,20 +140,20 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
             id=job_id, experiment=cfg.experiment, run_dir=str(run_dir),
             config_path=str(run_dir / rundir.CONFIG), bundle_dir=str(bundle.path),
             nproc=str(cfg.distributed.nproc_per_node), cpus=cfg.resources.cpus_per_task,
-            python=sys.executable, env=env,
-            setup=tuple(cfg.resources.setup),
+            python=sys.executable, env=env, stages=tuple(s.name for s in cfg.pipeline),
+            setup=tuple(cfg.resources.setup), resources=cfg.resources,
+            rdzv_timeout=cfg.distributed.rdzv_timeout,
         )
-        plans.append(impl.render(spec, project_dir))
+        specs.append(spec)
         configs_text.append(cfg.to_yaml())
         jobs.append(JobRecord(
             id=job_id, backend=backend_name, host=socket.gethostname(),
             experiment=cfg.experiment, run_dir=str(run_dir), project_dir=str(project_dir),
             group=group_id,
             info={"config": name, "overrides": list(overrides), "sweep_point": point,
-                  "stages": [s.name for s in cfg.pipeline], "bundle_hash": bundle.hash,
-                  "script": plans[-1].script_path, "command": plans[-1].command()}))
+                  "stages": [s.name for s in cfg.pipeline], "bundle_hash": bundle.hash}))
 
-    group = driver = None
+    group = None
     if group_id is not None:
         sweep_dir = runs_root / f"{run_id}-sweep"
         group = JobRecord(
@@ -161,43 +161,53 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
             experiment=base.experiment, run_dir=str(sweep_dir), project_dir=str(project_dir),
             info={"kind": "sweep", "points": [j.id for j in jobs], "parallel": parallel,
                   "config": name, "grid": points})
-        driver = impl.render_sweep(group, plans, parallel, project_dir)
+    plans = impl.render(specs, group=group, parallel=parallel, project_dir=project_dir)
+    for job in jobs:
+        mine = [p for p in plans if p.job_id in (job.id, group_id)]
+        job.info["scripts"] = [p.script_path for p in mine]
+        job.info["commands"] = [p.command() for p in mine]
 
-    result = SubmitResult(jobs, plans, dry_run, bundle, group, driver)
+    result = SubmitResult(jobs, plans, dry_run, bundle, group)
     if dry_run:
         return result
+    impl.preflight(plans)  # the scheduler's own check; raises BadInput, queues nothing
 
     snapshot(bundle)
     created: list[Path] = []
     try:
-        for job, plan, text in zip(jobs, plans, configs_text, strict=True):
+        for job, text in zip(jobs, configs_text, strict=True):
             root = Path(job.run_dir)
             root.mkdir(parents=True, exist_ok=False)
             created.append(root)
             (root / rundir.LOGS).mkdir()
             rundir.write_atomic(root / rundir.CONFIG, text.encode())
-            if driver is not None:
-                impl.write(plan)
-        if driver is not None:
-            Path(driver.script_path).parent.mkdir(parents=True)
-            created.append(Path(driver.script_path).parent)
+        if group is not None:
+            Path(group.run_dir).mkdir(parents=True)
+            created.append(Path(group.run_dir))
     except OSError as exc:
         for path in created:
             shutil.rmtree(path, ignore_errors=True)
         raise OperationFailed(f"cannot create the run directory: {exc}") from None
 
     store = store or JobStore()
-    store.add(([group] if group else []) + jobs)
+    records = ([group] if group else []) + jobs
+    store.add(records)
     try:
-        if driver is not None:
-            store.update(group.id, native_id=impl.submit(driver), state="RUNNING")
-        else:
-            native = impl.submit(plans[0])
-            store.update(jobs[0].id, native_id=native)
+        natives = impl.submit(plans)
+    except HpcrunError:
+        for record in records:
+            store.update(record.id, state="FAILED")
+        raise
     except Exception as exc:
-        for job in ([group] if group else []) + jobs:
-            store.update(job.id, state="FAILED")
+        for record in records:
+            store.update(record.id, state="FAILED")
         raise OperationFailed(f"could not start the job: {exc}") from None
+    for record in records:
+        native = natives.get(record.id)
+        if native is not None:
+            record.native_id = native.get("id")
+            record.info.update(native.get("info", {}))
+            store.update(record.id, native_id=record.native_id, info=record.info)
     return result
 
 

@@ -21,31 +21,38 @@ from .resources import templates_dir
 
 @dataclass(frozen=True)
 class JobSpec:
-    """Everything a backend needs to render one job."""
+    """Everything a backend needs to render one job (a pipeline run or one sweep point)."""
 
     id: str
     experiment: str
     run_dir: str
     config_path: str
     bundle_dir: str
-    stage: str = "all"
+    stages: tuple[str, ...] = ()
     nproc: str = "auto"
     cpus: int | None = None
     python: str = "python3"
     env: dict[str, str] = field(default_factory=dict)
     setup: tuple[str, ...] = ()
-    resources: dict[str, Any] = field(default_factory=dict)
+    resources: Any = None  # config.ResourcesConfig
+    rdzv_timeout: int = 900
 
 
 @dataclass(frozen=True)
 class SubmitPlan:
-    """The exact script and argv a backend will run, and the files it will write."""
+    """The exact script and argv a backend will run, and the files it will write.
+
+    ``argv`` may hold ``{NAME}`` placeholders for ids known only once an earlier plan of the
+    same submission is queued (a dependency on the previous stage)."""
 
     job_id: str
     script: str
     script_path: str
     argv: tuple[str, ...]
     files: dict[str, str]
+    stage: str | None = None
+    kind: str = "job"  # job | driver (runs other plans' scripts) | array
+    members: tuple[str, ...] = ()  # an array's tasks: the job id each index runs
 
     def command(self) -> str:
         return shlex.join(self.argv)
@@ -86,8 +93,8 @@ def job_files(run_dir: str) -> dict[str, str]:
     }
 
 
-def trainer_args(spec: JobSpec) -> list[str]:
-    return ["--config", spec.config_path, "--stage", spec.stage, "--run-dir", spec.run_dir]
+def trainer_args(spec: JobSpec, stage: str = "all") -> list[str]:
+    return ["--config", spec.config_path, "--stage", stage, "--run-dir", spec.run_dir]
 
 
 def render_local(spec: JobSpec, launcher: str, project_dir: Path | None = None) -> SubmitPlan:

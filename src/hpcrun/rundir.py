@@ -46,7 +46,7 @@ REPORT = "report"
 #: so the manifest cannot cover them
 _UNMANIFESTED = (JOB_SCRIPT, JOB_PID, JOB_EXIT, JOB_CANCELLED)
 _UNMANIFESTED_DIRS = (f"{REPORT}/",)
-_UNMANIFESTED_LOGS = ("job.", "slurm-", "pbs-", "scheduler.")
+_UNMANIFESTED_LOGS = ("job.", "slurm-", "pbs-", "scheduler.", "rank")
 
 TRAINING = "training.csv"
 LOSS_COMPONENTS = "loss_components.csv"
@@ -367,7 +367,8 @@ def manifested(rel: str) -> bool:
     """Whether the trainer's manifest covers this run-relative path."""
     if rel in _UNMANIFESTED or rel.startswith(_UNMANIFESTED_DIRS):
         return False
-    return not (rel.startswith(f"{LOGS}/") and rel[len(LOGS) + 1:].startswith(_UNMANIFESTED_LOGS))
+    name = rel[len(LOGS) + 1:]
+    return not (rel.startswith(f"{LOGS}/") and name.startswith(_UNMANIFESTED_LOGS))
 
 
 def manifest_entries(root: Path) -> list[tuple[str, str]]:

@@ -131,7 +131,8 @@ def test_v3_submit_status_list_logs_monitor_fetch_report(project):
 
     meta = json.loads((run_dir / "metadata.json").read_text())
     assert meta["backend"] == "local" and meta["world_size"] == 2
-    assert meta["job_ids"] == [job["id"]] and meta["bundle_hash"] == data["bundle"]["hash"]
+    assert meta["job_ids"] == [job["id"]] and meta["hpcrun_job_id"] == job["id"]
+    assert meta["bundle_hash"] == data["bundle"]["hash"]
 
 
 def normalise(text: str, run_dir: str, bundle: str, job_id: str) -> str:
@@ -350,3 +351,33 @@ def test_doctor_reports_tools_with_versions(project):
     names = {c["name"]: c for c in checks}
     assert {"ssh", "rsync", "sbatch", "qsub", "torch", "CUDA", "NVML"} <= set(names)
     assert names["torch"]["ok"] and names["torch"]["detail"].startswith("2.")
+
+
+@pytest.mark.parametrize(
+    "backend, args, golden",
+    [
+        ("slurm", [], "slurm_v3_{stage}.sbatch"),
+        (
+            "slurm",
+            ["--sweep", "training.lr=0.001,0.01", "--parallel", "1"],
+            "slurm_sweep_{stage}.sbatch",
+        ),
+    ],
+)
+def test_scheduler_scripts_match_golden_files(project, backend, args, golden):
+    proc, data = hpj(project, "submit", "--backend", backend, "v3", "--dry-run", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert len(data["plans"]) == 3  # one job (or one array job) per stage
+    bundle = data["bundle"]["path"]
+    for plan in data["plans"]:
+        text = plan["script"] + "\n# argv: " + plan["command"] + "\n"
+        for index, job in enumerate(data["jobs"]):
+            text = normalise(text, job["run_dir"], bundle, job["id"])
+            text = text.replace(f"<JOB_ID>", f"<JOB_ID_{index}>")
+        if data["group"]:
+            text = text.replace(data["group"]["run_dir"], "<SWEEP_DIR>")
+        text = re.sub(r"\S+/launchers/signal-trainer.sh", "<LAUNCHERS>/signal-trainer.sh", text)
+        path = GOLDEN / golden.format(stage=plan["stage"])
+        if os.environ.get("UPDATE_GOLDEN"):
+            path.write_text(text)
+        assert text == path.read_text(), path.name

@@ -13,7 +13,7 @@ export HPCRUN_GIT_DIRTY=<GIT>
 export HPCRUN_JOB_ID=<JOB_ID>
 export HPCRUN_NPROC=auto
 export HPCRUN_PYTHON=<PYTHON>
-<LAUNCHERS>/torchrun.sh --config <RUN_DIR>/config.yaml --stage all --run-dir <RUN_DIR> 
+<LAUNCHERS>/torchrun.sh --config <RUN_DIR>/config.yaml --stage all --run-dir <RUN_DIR>
 code=$?
 printf '%s\n' "$code" > <RUN_DIR>/job.exit.tmp && mv <RUN_DIR>/job.exit.tmp <RUN_DIR>/job.exit
 exit "$code"

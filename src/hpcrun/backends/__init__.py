@@ -10,7 +10,8 @@ from ..errors import BadInput
 if TYPE_CHECKING:
     from .base import Backend
 
-_REGISTRY = {"local": "hpcrun.backends.local:LocalBackend"}
+_REGISTRY = {"local": "hpcrun.backends.local:LocalBackend",
+             "slurm": "hpcrun.backends.slurm:SlurmBackend"}
 KNOWN = ("local", "slurm", "pbs", "pod")
 
 

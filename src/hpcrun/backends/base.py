@@ -13,11 +13,19 @@ from ..render import JobSpec, SubmitPlan
 class Backend(Protocol):
     name: str
 
-    def render(self, spec: JobSpec, project_dir: Path | None = None) -> SubmitPlan:
-        """Pure: the exact script and command for ``spec`` (what --dry-run prints)."""
+    def render(self, specs: Sequence[JobSpec], *, group: JobRecord | None = None,
+               parallel: int = 1, project_dir: Path | None = None) -> list[SubmitPlan]:
+        """Pure: the exact scripts and commands for ``specs`` (what --dry-run prints). A
+        ``group`` is a sweep whose points are ``specs``; ``parallel`` caps how many run at
+        once."""
 
-    def submit(self, plan: SubmitPlan) -> str:
-        """Start or queue the rendered job; return its native id (pid, scheduler id)."""
+    def preflight(self, plans: Sequence[SubmitPlan]) -> None:
+        """Ask the scheduler whether it would accept the plans, queueing nothing; raise
+        ``BadInput`` naming the directive it refuses."""
+
+    def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
+        """Write the scripts and start or queue them. Returns, per job (or sweep) id,
+        ``{"id": native id, "info": {extra facts for the job store}}``."""
 
     def status(self, records: Sequence[JobRecord]) -> dict[str, JobStatus]:
         """States of many jobs in one query, keyed by job id."""

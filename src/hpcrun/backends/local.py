@@ -40,19 +40,24 @@ class LocalBackend:
 
     # -- rendering and submission -----------------------------------------------------------
 
-    def render(self, spec: JobSpec, project_dir: Path | None = None) -> SubmitPlan:
-        return render_local(spec, str(launchers_dir() / "torchrun.sh"), project_dir)
-
-    def render_sweep(self, group: JobRecord, plans: Sequence[SubmitPlan], parallel: int,
-                     project_dir: Path | None = None) -> SubmitPlan:
-        """A driver that runs the points' scripts, at most ``parallel`` at a time."""
+    def render(self, specs: Sequence[JobSpec], *, group: JobRecord | None = None,
+               parallel: int = 1, project_dir: Path | None = None) -> list[SubmitPlan]:
+        """One script per job running its whole pipeline; for a sweep, also a driver that runs
+        the points' scripts, at most ``parallel`` at a time."""
+        launcher = str(launchers_dir() / "torchrun.sh")
+        plans = [render_local(spec, launcher, project_dir) for spec in specs]
+        if group is None:
+            return plans
         files = job_files(group.run_dir)
         script = render_template("local-sweep.sh.j2", {
             "group": group, "parallel": parallel, "scripts": [p.script_path for p in plans],
             "files": files, "cancel_marker": str(Path(group.run_dir) / CANCEL_MARKER)},
             project_dir)
-        return SubmitPlan(job_id=group.id, script=script, script_path=files["script"],
-                          argv=("bash", files["script"]), files=files)
+        return [*plans, SubmitPlan(job_id=group.id, script=script, script_path=files["script"],
+                                   argv=("bash", files["script"]), files=files, kind="driver")]
+
+    def preflight(self, plans: Sequence[SubmitPlan]) -> None:
+        """Nothing to ask: this machine runs what it is given."""
 
     def write(self, plan: SubmitPlan) -> None:
         path = Path(plan.script_path)
@@ -61,11 +66,18 @@ class LocalBackend:
         rundir.write_atomic(path, plan.script.encode())
         path.chmod(0o755)
 
-    def submit(self, plan: SubmitPlan) -> str:
-        self.write(plan)
-        pid = self.runner.spawn_detached(plan.argv, cwd=str(Path(plan.script_path).parent),
-                                         output=plan.files["output"])
-        return str(pid)
+    def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
+        """Write every script; start the driver if there is one, else the single job."""
+        for plan in plans:
+            self.write(plan)
+        drivers = [p for p in plans if p.kind == "driver"]
+        started = drivers or list(plans)
+        out = {}
+        for plan in started:
+            pid = self.runner.spawn_detached(plan.argv, cwd=str(Path(plan.script_path).parent),
+                                             output=plan.files["output"])
+            out[plan.job_id] = {"id": str(pid)}
+        return out
 
     # -- state ----------------------------------------------------------------------------
 

@@ -65,7 +65,8 @@ def _versions() -> dict[str, Any]:
 
 
 def _job_id() -> str | None:
-    for name in ("HPCRUN_JOB_ID", "SLURM_JOB_ID", "PBS_JOBID"):
+    """The scheduler's id for this start (array tasks as ARRAYID_TASK), else hpcrun's."""
+    for name in ("SLURM_JOB_ID", "PBS_JOBID", "HPCRUN_JOB_ID"):
         if os.environ.get(name):
             value = os.environ[name]
             if name == "SLURM_JOB_ID" and os.environ.get("SLURM_ARRAY_TASK_ID"):
@@ -106,6 +107,7 @@ class Run:
         if job_id and job_id not in meta["job_ids"]:
             meta["job_ids"].append(job_id)
         meta.update({
+            "hpcrun_job_id": os.environ.get("HPCRUN_JOB_ID"),
             "backend": os.environ.get("HPCRUN_BACKEND", "local"),
             "hosts": hosts, "world_size": self.ctx.world_size,
             "device": str(self.ctx.device), "dist_backend": self.ctx.backend,
@@ -114,7 +116,8 @@ class Run:
             "sweep_overrides": json.loads(os.environ.get("HPCRUN_SWEEP_OVERRIDES", "null")),
             "pipeline": [s.name for s in self.cfg.pipeline],
         })
-        meta["runs"].append({"job_id": job_id, "started_at": _now(), "ended_at": None,
+        meta["runs"].append({"job_id": job_id, "restart": os.environ.get("SLURM_RESTART_COUNT"),
+                             "started_at": _now(), "ended_at": None,
                              "state": "RUNNING", "pid": os.getpid(), "host": self.ctx.host,
                              "resumed": run.status.exists()})
         rundir.write_json(run.metadata, meta)
@@ -199,6 +202,8 @@ def run_pipeline(ctx: DistContext, cfg: ExperimentConfig, stage_arg: str, run: r
         holder["run"] = state
     ctx.barrier()
     _setup_file_logging(ctx, run)
+    # where a job script finds this rank to forward a preemption signal (signal-trainer.sh)
+    rundir.write_atomic(run.logs / f"rank{ctx.rank}.pid", f"{ctx.host} {os.getpid()}\n".encode())
     done = ctx.broadcast_object(state.status.get("stages", {}))
 
     stop = StopRequest(ctx)

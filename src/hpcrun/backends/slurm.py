@@ -1,0 +1,420 @@
+"""The SLURM backend: sbatch scripts from a template, one job per pipeline stage chained with
+``afterok``, sweeps as ONE array job, a ``sbatch --test-only`` preflight, batched status.
+
+Status: one ``squeue -t all`` for every watched job (filtered here); jobs that have left the
+queue are looked up with ``sacct`` when accounting is on, else ``scontrol show job``, else the
+jobcomp/filetxt log. Each source's states go through one table to hpcrun's states.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import rundir
+from ..errors import BadInput, OperationFailed
+from ..job import JobRecord, JobStatus, is_terminal
+from ..render import JobSpec, SubmitPlan, render_template
+from ..resources import launchers_dir
+from ..shell import CommandFailed, LocalRunner
+
+#: seconds before the time limit at which SLURM sends USR1 to the batch shell
+SIGNAL_GRACE_S = 120
+
+#: native SLURM state -> hpcrun state
+STATE_TABLE = {
+    "PENDING": "PENDING", "CONFIGURING": "RUNNING", "RUNNING": "RUNNING",
+    "COMPLETING": "RUNNING", "SUSPENDED": "RUNNING", "RESIZING": "RUNNING",
+    "STAGE_OUT": "RUNNING", "SIGNALING": "RUNNING", "COMPLETED": "SUCCEEDED",
+    "FAILED": "FAILED", "NODE_FAIL": "FAILED", "BOOT_FAIL": "FAILED",
+    "OUT_OF_MEMORY": "FAILED", "DEADLINE": "FAILED", "TIMEOUT": "FAILED",
+    "SPECIAL_EXIT": "FAILED", "CANCELLED": "CANCELLED", "REVOKED": "CANCELLED",
+    "PREEMPTED": "PREEMPTED", "REQUEUED": "PENDING", "REQUEUE_HOLD": "PENDING",
+    "REQUEUE_FED": "PENDING", "RESV_DEL_HOLD": "PENDING",
+}
+
+_PREFLIGHT_HINTS = (
+    ("invalid partition", "partition", "the partition does not exist here (sinfo -s lists them)"),
+    ("invalid account", "account", "no such account, or not allowed in this partition"),
+    ("invalid qos", "qos", "no such QOS, or not allowed for this account"),
+    ("time limit", "time", "the time limit is invalid or exceeds the partition's limit"),
+    ("memory required", "mem", "no node has that much memory"),
+    ("node configuration is not available", "nodes/cpus_per_task/gpus_per_node/mem/constraint",
+     "no node (or not enough nodes) can satisfy this request"),
+    ("node count specification invalid", "nodes", "more nodes than the partition has"),
+    ("invalid feature", "constraint", "no node has that feature"),
+    ("invalid generic resource", "gpus_per_node", "no GPUs (gres) of that kind here"),
+)
+
+
+@dataclass
+class NativeState:
+    job_id: str
+    state: str
+    reason: str | None = None
+    exit_code: int | None = None
+    source: str = "squeue"
+
+
+def parse_squeue(text: str) -> dict[str, NativeState]:
+    """``squeue -h -t all -o '%i|%A|%T|%r|%E'`` -> states keyed by job id (``12``, ``12_3``).
+
+    Pending array ranges (``6_[0-2]``, ``6_[1,4-5%2]``) are expanded to one entry per task."""
+    states: dict[str, NativeState] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 4:
+            continue
+        job_id, _, state, reason = parts[:4]
+        reason = None if reason in ("None", "(null)", "") else reason
+        match = re.match(r"^(\d+)_\[(.+)\]$", job_id)
+        ids = [job_id]
+        if match:
+            ids = [f"{match.group(1)}_{i}" for i in _expand_range(match.group(2))]
+        for one in ids:
+            states[one] = NativeState(one, state.split()[0], reason)
+    return states
+
+
+def _expand_range(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split("%")[0].split(","):
+        if "-" in part:
+            low, high = part.split("-", 1)
+            out.extend(range(int(low), int(high) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def _exit_code(text: str | None) -> int | None:
+    """``2:0`` (exit:signal) -> 2; a signal alone -> 128 + signal."""
+    if not text:
+        return None
+    code, _, sig = text.partition(":")
+    try:
+        if int(code) == 0 and sig and int(sig):
+            return 128 + int(sig)
+        return int(code)
+    except ValueError:
+        return None
+
+
+def parse_sacct(text: str) -> dict[str, NativeState]:
+    """``sacct -n -P -X -o JobID,State,ExitCode`` -> states."""
+    states = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 3 or not parts[0]:
+            continue
+        state = parts[1].split()[0]
+        states[parts[0]] = NativeState(parts[0], state, None, _exit_code(parts[2]), "sacct")
+    return states
+
+
+def _key_values(line: str) -> dict[str, str]:
+    return dict(re.findall(r"(\w+)=(\S*)", line))
+
+
+def parse_scontrol(text: str) -> dict[str, NativeState]:
+    """``scontrol show job -o ID...`` (one line per job) -> states."""
+    states = {}
+    for line in text.splitlines():
+        fields = _key_values(line)
+        if "JobId" not in fields:
+            continue
+        job_id = fields["JobId"]
+        if fields.get("ArrayJobId") and fields.get("ArrayTaskId"):
+            job_id = f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}"
+        reason = fields.get("Reason")
+        states[job_id] = NativeState(job_id, fields.get("JobState", "UNKNOWN"),
+                                     None if reason in (None, "None") else reason,
+                                     _exit_code(fields.get("ExitCode")), "scontrol")
+    return states
+
+
+def parse_jobcomp(text: str) -> dict[str, NativeState]:
+    """jobcomp/filetxt lines (``JobId=12 ... JobState=COMPLETED ... ExitCode=0:0``)."""
+    states = {}
+    for line in text.splitlines():
+        fields = _key_values(line)
+        if "JobId" not in fields:
+            continue
+        job_id = fields["JobId"]
+        if fields.get("ArrayJobId") and fields.get("ArrayTaskId") not in (None, "4294967294"):
+            job_id = f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}"
+        states[job_id] = NativeState(job_id, fields.get("JobState", "UNKNOWN"), None,
+                                     _exit_code(fields.get("ExitCode")), "jobcomp")
+    return states
+
+
+def preflight_error(stderr: str) -> str:
+    """One line naming the directive ``sbatch --test-only`` refused."""
+    message = " ".join(stderr.strip().splitlines()[-1:]) or "rejected"
+    message = re.sub(r"^sbatch: error: ", "", message)
+    message = re.sub(r"^Batch job submission failed: ", "", message)
+    lowered = message.lower()
+    for needle, directive, meaning in _PREFLIGHT_HINTS:
+        if needle in lowered:
+            return f"slurm refused {directive}: {message} ({meaning})"
+    return f"slurm refused the job: {message}"
+
+
+class SlurmBackend:
+    name = "slurm"
+
+    def __init__(self, runner: LocalRunner | None = None):
+        self.runner = runner or LocalRunner()
+        self._accounting: bool | None = None
+
+    # -- rendering ------------------------------------------------------------------------
+
+    def render(self, specs: Sequence[JobSpec], *, group: JobRecord | None = None,
+               parallel: int = 1, project_dir: Path | None = None) -> list[SubmitPlan]:
+        """One script per stage; with several specs (a sweep) each stage is one array job
+        whose task i runs point i. Stages are chained: ``afterok`` on the previous stage
+        (``aftercorr`` between arrays, task by task)."""
+        first = specs[0]
+        array = None
+        if len(specs) > 1:
+            array = f"0-{len(specs) - 1}" + (f"%{parallel}" if parallel < len(specs) else "")
+        owner = group.id if group is not None else first.id
+        log_dir = Path(group.run_dir if group is not None else first.run_dir) / rundir.LOGS
+        bundle = Path(first.bundle_dir)
+        pythonpath = ":".join(str(p) for p in (bundle / "src", bundle))
+        env = {"HPCRUN_PYTHON": first.python, "HPCRUN_NPROC": first.nproc,
+               "HPCRUN_RDZV_TIMEOUT": str(first.rdzv_timeout),
+               **{k: v for k, v in first.env.items()
+                  if k not in ("HPCRUN_JOB_ID", "HPCRUN_SWEEP_OVERRIDES")}}
+        if first.cpus:
+            env["HPCRUN_CPUS"] = str(first.cpus)
+        resources = first.resources
+        plans: list[SubmitPlan] = []
+        previous: str | None = None
+        for stage in first.stages:
+            script_dir = Path(group.run_dir) if group is not None else Path(first.run_dir)
+            script_path = script_dir / f"job-{stage}.sbatch"
+            pattern = "%A_%a" if array else "%j"
+            output = log_dir / f"slurm-{stage}-{pattern}.out"
+            script = render_template("slurm.sbatch.j2", {
+                "name": f"{first.experiment}-{stage}", "r": resources, "grace": SIGNAL_GRACE_S,
+                "array": array, "directives": list(resources.slurm.directives),
+                "stage": stage, "experiment": first.experiment,
+                "run_dirs": [s.run_dir for s in specs], "job_ids": [s.id for s in specs],
+                "overrides": [s.env.get("HPCRUN_SWEEP_OVERRIDES", "") for s in specs],
+                "bundle_dir": first.bundle_dir, "pythonpath": pythonpath,
+                "env": dict(sorted(env.items())),
+                "setup": [*resources.setup, *resources.slurm.setup],
+                "signal_helper": str(launchers_dir() / "signal-trainer.sh"),
+                "launcher": str(launchers_dir() / "torchrun.sh"),
+            }, project_dir)
+            argv = ["sbatch", "--parsable", f"--output={output}", f"--error={output}",
+                    f"--chdir={script_dir}"]
+            if previous is not None:
+                kind = "aftercorr" if array else "afterok"
+                argv.append(f"--dependency={kind}:{{{previous}}}")
+            argv.append(str(script_path))
+            plans.append(SubmitPlan(job_id=owner, script=script, script_path=str(script_path),
+                                    argv=tuple(argv), files={"output": str(output)},
+                                    stage=stage, kind="array" if array else "job",
+                                    members=tuple(s.id for s in specs) if array else ()))
+            previous = stage
+        return plans
+
+    # -- submission -----------------------------------------------------------------------
+
+    def preflight(self, plans: Sequence[SubmitPlan]) -> None:
+        """``sbatch --test-only`` of the first stage (the later ones only add a dependency):
+        a bad partition, account, time or resource request is refused here, queueing
+        nothing."""
+        plan = plans[0]
+        argv = ["sbatch", "--test-only", *(a for a in plan.argv[2:-1]
+                                           if not a.startswith("--dependency="))]
+        try:
+            self.runner.run(argv, input=plan.script, timeout=60)
+        except CommandFailed as exc:
+            if exc.returncode == 127:
+                raise OperationFailed("sbatch is not installed here", hint="hpcrun doctor") \
+                    from None
+            raise BadInput(preflight_error(exc.stderr), hint="fix resources: in the config, or "
+                           "--set resources.KEY=VALUE") from None
+
+    def write(self, plan: SubmitPlan) -> None:
+        path = Path(plan.script_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Path(plan.files["output"]).parent.mkdir(parents=True, exist_ok=True)
+        rundir.write_atomic(path, plan.script.encode())
+        path.chmod(0o755)
+
+    def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
+        """Queue the stages in order, each depending on the one before. If one is refused,
+        the ones already queued are cancelled: nothing is left half-submitted."""
+        ids: dict[str, str] = {}
+        try:
+            for plan in plans:
+                self.write(plan)
+                argv = [a.format(**ids) if a.startswith("--dependency=") else a
+                        for a in plan.argv]
+                out = self.runner.run(argv, timeout=120).stdout.strip()
+                ids[plan.stage or "all"] = out.split(";")[0].splitlines()[-1]
+        except CommandFailed:
+            if ids:
+                self.runner.run(["scancel", *ids.values()], check=False, timeout=60)
+            raise
+        owner = plans[0].job_id
+        out = {owner: {"id": ",".join(ids.values()), "info": {"native": ids}}}
+        for index, member in enumerate(plans[0].members):  # each sweep point: its array tasks
+            tasks = {stage: f"{sid}_{index}" for stage, sid in ids.items()}
+            out[member] = {"id": ",".join(tasks.values()), "info": {"native": tasks}}
+        return out
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _query(self, ids: Sequence[str]) -> dict[str, NativeState]:
+        found: dict[str, NativeState] = {}
+        try:
+            out = self.runner.run(["squeue", "-h", "-t", "all", "-o", "%i|%A|%T|%r|%E"],
+                                  timeout=60).stdout
+            found.update(parse_squeue(out))
+        except CommandFailed as exc:
+            raise OperationFailed(f"cannot reach the SLURM controller: {exc.stderr.strip()}",
+                                  hint="is slurmctld up? (hpcrun doctor)") from None
+        missing = [i for i in ids if i not in found]
+        if missing and self._accounting is not False:
+            result = self.runner.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode",
+                                      "-j", ",".join(missing)], check=False, timeout=60)
+            self._accounting = result.returncode == 0
+            if self._accounting:
+                found.update(parse_sacct(result.stdout))
+        missing = [i for i in ids if i not in found]
+        if missing:
+            result = self.runner.run(["scontrol", "show", "job", "-o", *missing], check=False,
+                                     timeout=60)
+            found.update(parse_scontrol(result.stdout))
+        missing = [i for i in ids if i not in found]
+        if missing:
+            found.update(self._jobcomp())
+        return found
+
+    def _jobcomp(self) -> dict[str, NativeState]:
+        result = self.runner.run(["scontrol", "show", "config"], check=False, timeout=60)
+        fields = dict(re.findall(r"^(\w+)\s*=\s*(.*)$", result.stdout, re.M))
+        if fields.get("JobCompType", "").strip() != "jobcomp/filetxt":
+            return {}
+        try:
+            return parse_jobcomp(Path(fields.get("JobCompLoc", "").strip()).read_text())
+        except OSError:
+            return {}
+
+    def _exit_codes(self, states: dict[str, NativeState], ids: Sequence[str]) -> None:
+        """squeue has no exit codes: ask scontrol for the failed ones."""
+        failed = [i for i in ids if i in states and states[i].exit_code is None
+                  and STATE_TABLE.get(states[i].state) == "FAILED"]
+        if failed:
+            result = self.runner.run(["scontrol", "show", "job", "-o", *failed], check=False,
+                                     timeout=60)
+            for job_id, state in parse_scontrol(result.stdout).items():
+                if job_id in states:
+                    states[job_id].exit_code = state.exit_code
+
+    def status(self, records: Sequence[JobRecord]) -> dict[str, JobStatus]:
+        ids = [sid for r in records for sid in (r.info.get("native") or {}).values()]
+        states = self._query(ids) if ids else {}
+        self._exit_codes(states, ids)
+        return {r.id: self._combine(r, states) for r in records}
+
+    @staticmethod
+    def _combine(record: JobRecord, states: dict[str, NativeState]) -> JobStatus:
+        trainer = rundir.read_json(Path(record.run_dir) / rundir.STATUS) or {}
+        detail = {k: trainer.get(k) for k in ("stage", "epoch", "epochs", "message")
+                  if trainer.get(k) is not None}
+        native = record.info.get("native") or {}
+        stage_states: dict[str, str] = {}
+        failed = blocked = None
+        reason = None
+        for stage, sid in native.items():
+            st = states.get(sid)
+            mapped = STATE_TABLE.get(st.state, "UNKNOWN") if st else "UNKNOWN"
+            if st and st.state == "PENDING" and st.reason == "DependencyNeverSatisfied":
+                mapped = "BLOCKED"
+                blocked = blocked or stage
+            stage_states[stage] = mapped
+            if mapped == "FAILED" and failed is None:
+                failed = stage
+                code = f", exit code {st.exit_code}" if st.exit_code is not None else ""
+                reason = f"stage {stage} {st.state.lower()} (job {sid}{code})"
+            elif mapped in ("PENDING", "RUNNING") and reason is None and st and st.reason:
+                reason = f"stage {stage}: {st.reason}"
+        detail["stages"] = stage_states
+        detail["native"] = native
+        values = list(stage_states.values())
+        if failed is not None:
+            if blocked:
+                names = [s for s, v in stage_states.items() if v == "BLOCKED"]
+                reason += f"; {', '.join(names)} blocked by it (DependencyNeverSatisfied)"
+            failure = rundir.read_json(Path(record.run_dir) / rundir.FAILURE) or {}
+            if failure.get("exception"):
+                reason += f": {failure['exception']}"
+            return JobStatus("FAILED", reason=reason, detail=detail)
+        if "CANCELLED" in values:
+            return JobStatus("CANCELLED", reason="cancelled", detail=detail)
+        if values and all(v == "SUCCEEDED" for v in values):
+            return JobStatus("SUCCEEDED", exit_code=0, detail=detail)
+        if "UNKNOWN" in values and not any(v in ("RUNNING", "PENDING") for v in values):
+            return JobStatus("UNKNOWN", reason="SLURM no longer knows the job", detail=detail)
+        if "RUNNING" in values:
+            return JobStatus("RUNNING", reason=reason, detail=detail)
+        if "PREEMPTED" in values:
+            return JobStatus("PREEMPTED", reason=reason or "preempted", detail=detail)
+        return JobStatus("PENDING", reason=reason, detail=detail)
+
+    # -- logs, cancel ---------------------------------------------------------------------
+
+    def logs(self, record: JobRecord, rank: int | None = None) -> Path:
+        if rank is not None:
+            return Path(record.run_dir) / rundir.LOGS / f"train.rank{rank}.log"
+        native = record.info.get("native") or {}
+        candidates = []
+        for stage, sid in native.items():
+            job, _, task = sid.partition("_")
+            name = f"slurm-{stage}-{job}_{task}.out" if task else f"slurm-{stage}-{job}.out"
+            for folder in (Path(record.run_dir), Path(record.run_dir).parent):
+                for path in (folder / rundir.LOGS / name, *folder.glob(f"*/{rundir.LOGS}/{name}")):
+                    if path.exists():
+                        candidates.append(path)
+        candidates.sort(key=lambda p: p.stat().st_mtime)
+        if candidates:
+            return candidates[-1]
+        return Path(record.run_dir) / rundir.LOGS / "slurm-not-started.out"
+
+    def follow(self, record: JobRecord, rank: int | None = None,
+               interval: float = 1.0) -> Iterator[str]:
+        offsets: dict[Path, int] = {}
+        while True:
+            finished = is_terminal(self.status([record])[record.id].state)
+            path = self.logs(record, rank)
+            if path.exists():
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    handle.seek(offsets.get(path, 0))
+                    chunk = handle.read()
+                    offsets[path] = handle.tell()
+                yield from chunk.splitlines()
+            if finished:
+                return
+            time.sleep(interval)
+
+    def cancel(self, record: JobRecord) -> JobStatus:
+        current = self.status([record])[record.id]
+        ids = list((record.info.get("native") or {}).values())
+        blocked = "BLOCKED" in (current.detail.get("stages") or {}).values()
+        if ids and (blocked or not is_terminal(current.state)):
+            self.runner.run(["scancel", *ids], check=False, timeout=60)
+            for _ in range(50):
+                current = self.status([record])[record.id]
+                if is_terminal(current.state):
+                    break
+                time.sleep(0.2)
+        return current

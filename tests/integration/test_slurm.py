@@ -1,0 +1,234 @@
+"""The SLURM backend against a real cluster: slurmctld + 2 slurmd nodes on this machine, started
+by hpc/slurm/up.sh. In CI a cluster that cannot start is a failure, not a skip."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HPCRUN = str(Path(sys.executable).parent / "hpcrun")
+
+pytestmark = pytest.mark.slow
+
+TINY = """\
+extends: v3
+experiment: {name}
+data: {{rows: 600}}
+training: {{epochs: {epochs}, early_stopping: {{enabled: false}}}}
+resources: {{cpus_per_task: 1, time: "00:10:00"}}
+pipeline:
+  - {{name: train, mode: full_pipeline}}
+"""
+
+
+def _controller_up(state: Path) -> bool:
+    pidfile = state / "run" / "slurmctld.pid"
+    try:
+        os.kill(int(pidfile.read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def slurm_env():
+    """The sandbox cluster; stopped again at the end if this session started it."""
+    state = Path(os.environ.get("HPCRUN_SLURM_DIR", "/tmp/hpcrun-slurm"))
+    was_up = _controller_up(state)
+    proc = subprocess.run([str(REPO / "hpc" / "slurm" / "up.sh")], capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        message = f"SLURM sandbox did not start: {proc.stderr[-2000:]}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    yield dict(re.findall(r"^export (\w+)=(.*)$", proc.stdout, re.M))
+    if not was_up:
+        subprocess.run([str(REPO / "hpc" / "slurm" / "down.sh")], capture_output=True,
+                       timeout=120, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, slurm_env):
+    root = tmp_path / "project"
+    (root / "configs").mkdir(parents=True)
+    for key, value in {**slurm_env, "XDG_STATE_HOME": str(tmp_path / "state"),
+                       "XDG_CACHE_HOME": str(tmp_path / "cache"), "NO_COLOR": "1"}.items():
+        monkeypatch.setenv(key, value)
+    return root
+
+
+def hp(cwd, *args, timeout=300):
+    return subprocess.run([HPCRUN, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def hpj(cwd, *args, **kwargs):
+    proc = hp(cwd, "--json", *args, **kwargs)
+    assert proc.returncode in (0, 1), proc.stderr
+    return json.loads(proc.stdout)
+
+
+def tiny(project, name, epochs=1):
+    (project / "configs" / f"{name}.yaml").write_text(TINY.format(name=name, epochs=epochs))
+    return name
+
+
+def submit(project, *args):
+    proc = hp(project, "--json", "submit", "--backend", "slurm", *args)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def wait(project, job, states, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = hpj(project, "status", job)[0]
+        if view["state"] in states:
+            return view
+        time.sleep(1)
+    raise AssertionError(f"{job} never reached {states}: {view}")
+
+
+def squeue_ids() -> set[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    return set(out.split())
+
+
+def job_times(native_id: str) -> tuple[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", "-o", native_id], capture_output=True,
+                         text=True).stdout
+    fields = dict(re.findall(r"(\w+)=(\S*)", out))
+    return fields["StartTime"], fields["EndTime"]
+
+
+def test_v3_runs_as_three_chained_jobs_in_order(project):
+    data = submit(project, "v3")
+    job = data["jobs"][0]
+    view = wait(project, job["id"], {"SUCCEEDED", "FAILED", "CANCELLED"})
+    assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
+    native = view["native"]
+    assert list(native) == ["pretrain", "finetune", "eval"]
+    times = [job_times(native[s]) for s in native]
+    assert times[0][1] <= times[1][0] and times[1][1] <= times[2][0]  # afterok order
+    run = Path(job["run_dir"])
+    for stage in ("pretrain", "finetune"):
+        assert (run / stage / "training.csv").is_file()
+    assert (run / "eval" / "evaluation.csv").is_file()
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "SUCCEEDED"
+    meta = json.loads((run / "metadata.json").read_text())
+    assert meta["backend"] == "slurm" and len(meta["runs"]) == 3  # one start per stage job
+    assert hp(project, "monitor", "--once").returncode == 0
+    assert "Final evaluation" in hp(project, "logs").stdout
+    fetched = hp(project, "fetch")
+    assert fetched.returncode == 0 and "verified" in fetched.stdout
+
+
+def test_a_sweep_is_one_array_job_with_overrides_per_task(project):
+    name = tiny(project, "sweep")
+    data = submit(project, name, "--sweep", "training.lr=0.001,0.01",
+                  "--sweep", "model.dropout=0.0,0.2", "--parallel", "2")
+    assert len(data["plans"]) == 1 and "--array=0-3%2" in data["plans"][0]["script"]
+    group = wait(project, data["group"]["id"], {"SUCCEEDED", "FAILED"}, timeout=400)
+    assert group["state"] == "SUCCEEDED", group
+    array_ids = {p["native"]["train"].split("_")[0] for p in group["points"]}
+    assert len(array_ids) == 1  # ONE array job
+    seen = set()
+    for point in data["jobs"]:
+        meta = json.loads((Path(point["run_dir"]) / "metadata.json").read_text())
+        seen.add(tuple(sorted(meta["sweep_overrides"].items())))
+        assert re.match(r"^\d+_\d$", meta["job_ids"][0])  # ARRAYID_TASK
+    assert len(seen) == 4
+
+
+def test_cancel_makes_the_job_cancelled(project):
+    name = tiny(project, "long", epochs=200)
+    data = submit(project, name)
+    wait(project, data["jobs"][0]["id"], {"RUNNING"})
+    views = hpj(project, "cancel", data["jobs"][0]["id"])
+    assert views[0]["state"] == "CANCELLED"
+    assert hpj(project, "cancel", data["jobs"][0]["id"])[0]["state"] == "CANCELLED"
+
+
+def test_a_failed_parent_reports_its_dependents_as_blocked(project):
+    data = submit(project, "v3", "--set", "pipeline.0.overrides.model.name=no_such_module:f")
+    job = data["jobs"][0]["id"]
+    view = wait(project, job, {"FAILED", "SUCCEEDED"})
+    assert view["state"] == "FAILED"
+    deadline = time.monotonic() + 30
+    while "blocked" not in (view["reason"] or "") and time.monotonic() < deadline:
+        time.sleep(1)
+        view = hpj(project, "status", job)[0]
+    assert "stage pretrain failed" in view["reason"]
+    assert "blocked by it" in view["reason"], view
+    assert view["stages"]["finetune"] == "BLOCKED"
+    hpj(project, "cancel", job)  # clears the blocked dependents from the queue
+    assert not set(view["native"].values()) & squeue_ids()
+
+
+def test_preflight_rejects_a_bad_partition_and_queues_nothing(project):
+    before = squeue_ids()
+    proc = hp(project, "submit", "--backend", "slurm", "v3", "--set",
+              "resources.partition=nosuchpart")
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "partition" in lines[0] and "Invalid partition" in lines[0]
+    assert squeue_ids() == before
+    assert not (project / "runs").exists()
+    assert hpj(project, "list") == []
+
+
+def test_usr1_checkpoints_requeues_and_the_resumed_job_finishes(project):
+    name = tiny(project, "preempt", epochs=12)
+    (project / "configs" / f"{name}.yaml").write_text(
+        TINY.format(name=name, epochs=12).replace("rows: 600", "rows: 30000"))
+    data = submit(project, name)
+    job = data["jobs"][0]
+    run = Path(job["run_dir"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() \
+            else {}
+        if status.get("epoch", 0) >= 2:
+            break
+        time.sleep(0.3)
+    native = hpj(project, "status", job["id"])[0]["native"]["train"]
+    subprocess.run(["scancel", "--signal=USR1", "--batch", native], check=True)
+    view = wait(project, job["id"], {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=400)
+    assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
+    epochs = [line.split(",")[0] for line in
+              (run / "train" / "training.csv").read_text().splitlines()[1:]]
+    assert epochs == [str(e) for e in range(1, 13)]
+    meta = json.loads((run / "metadata.json").read_text())
+    assert len(meta["runs"]) == 2 and meta["runs"][0]["state"] == "PREEMPTED"
+    assert meta["runs"][1]["resumed"] is True
+    assert "requeueing" in hp(project, "logs").stdout
+
+
+def test_two_nodes_start_two_agents_that_rendezvous(project):
+    name = tiny(project, "multi", epochs=2)
+    data = submit(project, name, "--set", "resources.nodes=2")
+    view = wait(project, data["jobs"][0]["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
+    assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
+    run = Path(data["jobs"][0]["run_dir"])
+    meta = json.loads((run / "metadata.json").read_text())
+    assert meta["world_size"] == 2
+    out = hp(project, "logs").stdout
+    assert "nnodes=2 node_rank=0" in out and "nnodes=2 node_rank=1" in out
+
+
+def test_hostile_scheduler_names_are_rejected(project):
+    for setting in ("resources.partition=debug;touch /tmp/hpcrun-x",
+                    "resources.account=$(id)", "resources.slurm.directives=['--x\\n#SBATCH']"):
+        proc = hp(project, "submit", "--backend", "slurm", "v3", "--set", setting)
+        assert proc.returncode == 2, (setting, proc.stderr)
+    assert not Path("/tmp/hpcrun-x").exists()
