@@ -373,7 +373,7 @@ def test_scheduler_scripts_match_golden_files(project, backend, args, golden):
         text = plan["script"] + "\n# argv: " + plan["command"] + "\n"
         for index, job in enumerate(data["jobs"]):
             text = normalise(text, job["run_dir"], bundle, job["id"])
-            text = text.replace(f"<JOB_ID>", f"<JOB_ID_{index}>")
+            text = text.replace("<JOB_ID>", f"<JOB_ID_{index}>")
         if data["group"]:
             text = text.replace(data["group"]["run_dir"], "<SWEEP_DIR>")
         text = re.sub(r"\S+/launchers/signal-trainer.sh", "<LAUNCHERS>/signal-trainer.sh", text)
