@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hpcrun-installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv test demo bench lint clean
+.PHONY: venv test demo demo-slurm bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: $(STAMP)
 	$(BIN)/hpcrun submit v3 --backend local --follow
 	$(BIN)/hpcrun fetch
 	$(BIN)/hpcrun report
+
+## make demo-slurm: the same on a real SLURM cluster started on this machine (hpc/slurm/up.sh)
+demo-slurm: $(STAMP)
+	eval "$$(hpc/slurm/up.sh --env)" && $(BIN)/hpcrun submit v3 --backend slurm --follow \
+	  && $(BIN)/hpcrun fetch && $(BIN)/hpcrun report
 
 ## make bench: performance ratios measured in one run (not part of the tests)
 bench: $(STAMP)

@@ -139,8 +139,8 @@ def submit(
                                         "(repeatable)."),
     sweeps: list[str] = typer.Option([], "--sweep", help="Sweep a key: KEY=V1,V2,... "
                                      "(repeatable; points are the cartesian product)."),
-    parallel: int = typer.Option(1, "--parallel", "-P", help="Sweep points run at once "
-                                 "(local backend)."),
+    parallel: int | None = typer.Option(None, "--parallel", "-P", help="Sweep points run at "
+                                        "once (default: 1 locally, no limit on a scheduler)."),
     backend: str | None = typer.Option(None, "--backend", "-b", help="local, slurm, pbs, "
                                        "pod (default: the config's `backend`)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact script and command; "
@@ -149,11 +149,21 @@ def submit(
                                 "(like `hpcrun monitor`)."),
     allow: list[str] = typer.Option([], "--allow", help="Ship files the secret filter would "
                                     "hold back (glob, repeatable)."),
+    resubmit_failed: bool = typer.Option(False, "--resubmit-failed", help="NAME is a sweep job: "
+                                         "run its failed points again, and only those."),
 ) -> None:
     """Render and start an experiment (a pipeline, or one job per sweep point)."""
     from . import ops
 
     out = _out(ctx)
+    if resubmit_failed:
+        views = run_op(lambda: ops.resubmit_failed(name, _cwd()))
+        if out.json:
+            out.emit([v.to_dict() for v in views])
+        else:
+            for child in views[0].children:
+                out.print(f"  point {child.record.id}  {_state(child.status.state)}")
+        return
     result = run_op(lambda: ops.submit(name, overrides=overrides, sweeps=sweeps,
                                        parallel=parallel, backend=backend, dry_run=dry_run,
                                        allow=allow, project_dir=_cwd()))
@@ -172,8 +182,9 @@ def submit(
         if bundle.held_back:
             out.print(f"held back (secret filter): {', '.join(bundle.held_back)}")
         if result.group:
-            out.print(f"sweep {result.group.handle}: {len(result.jobs)} points, "
-                      f"{result.group.info['parallel']} at a time")
+            limit = result.group.info["parallel"]
+            out.print(f"sweep {result.group.handle}: {len(result.jobs)} points"
+                      + (f", {limit} at a time" if limit else ""))
         for job in result.jobs:
             point = job.info.get("sweep_point") or {}
             label = " ".join(f"{k}={v}" for k, v in point.items())

@@ -100,12 +100,12 @@ def _resolve_backend(name: str | None, cfg: ExperimentConfig, runner: LocalRunne
 
 
 def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = (),
-           parallel: int = 1, backend: str | None = None, dry_run: bool = False,
+           parallel: int | None = None, backend: str | None = None, dry_run: bool = False,
            allow: Sequence[str] = (), project_dir: Path, store: JobStore | None = None,
            runner: LocalRunner | None = None) -> SubmitResult:
     runner = runner or LocalRunner()
     project_dir = project_dir.resolve()
-    if parallel < 1:
+    if parallel is not None and parallel < 1:
         raise BadInput(f"--parallel must be at least 1 (got {parallel})")
     base = load_config(name, overrides, project_dir=project_dir)
     points = sweep_points(base, sweeps)
@@ -166,6 +166,10 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
         mine = [p for p in plans if p.job_id in (job.id, group_id)]
         job.info["scripts"] = [p.script_path for p in mine]
         job.info["commands"] = [p.command() for p in mine]
+    if group is not None:  # what --resubmit-failed runs again
+        group.info["plans"] = [{"argv": list(p.argv), "stage": p.stage, "kind": p.kind,
+                                "script_path": p.script_path, "files": p.files,
+                                "members": list(p.members)} for p in plans]
 
     result = SubmitResult(jobs, plans, dry_run, bundle, group)
     if dry_run:
@@ -209,6 +213,34 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
             record.info.update(native.get("info", {}))
             store.update(record.id, native_id=record.native_id, info=record.info)
     return result
+
+
+def resubmit_failed(ref: str, project_dir: Path, store: JobStore | None = None) -> list[JobView]:
+    """Run a sweep's failed (or cancelled) points again, and only those."""
+    store = store or JobStore()
+    record = store.resolve(ref, str(project_dir.resolve()))
+    if record.info.get("kind") != "sweep":
+        raise BadInput(f"job {record.id} is not a sweep; --resubmit-failed takes a sweep (array) "
+                       "job", hint="for a single job, submit it again")
+    view = views([record], store)[0]
+    if not all(is_terminal(c.status.state) or c.status.state == "PREEMPTED"
+               for c in view.children):
+        raise BadInput(f"sweep {record.id} is still running; resubmit once it has finished")
+    failed = [(index, child.record) for index, child in enumerate(view.children)
+              if child.status.state in ("FAILED", "CANCELLED", "PREEMPTED")]
+    if not failed:
+        raise BadInput(f"sweep {record.id} has no failed points to resubmit")
+    plans = [SubmitPlan(job_id=record.id, script=Path(p["script_path"]).read_text(),
+                        script_path=p["script_path"], argv=tuple(p["argv"]), files=p["files"],
+                        stage=p["stage"], kind=p["kind"], members=tuple(p["members"]))
+             for p in record.info.get("plans", [])]
+    natives = get_backend(record.backend).resubmit(record, plans, [i for i, _ in failed])
+    for _, point in failed:
+        native = natives.get(point.id)
+        if native is not None:
+            point.info.update(native.get("info", {}))
+            store.update(point.id, native_id=native.get("id"), state="PENDING", info=point.info)
+    return views([record], store)
 
 
 # --------------------------------------------------------------------------- status

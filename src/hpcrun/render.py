@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,3 +115,29 @@ def render_local(spec: JobSpec, launcher: str, project_dir: Path | None = None) 
     }, project_dir)
     return SubmitPlan(job_id=spec.id, script=script, script_path=files["script"],
                       argv=("bash", files["script"]), files=files)
+
+
+def scheduler_context(specs: Sequence[JobSpec], launchers: Path) -> dict[str, Any]:
+    """What every scheduler template shares: the run directory (per array task for a sweep),
+    the bundle on PYTHONPATH, hpcrun's environment and the launchers."""
+    first = specs[0]
+    bundle = Path(first.bundle_dir)
+    per_task = ("HPCRUN_JOB_ID", "HPCRUN_SWEEP_OVERRIDES")
+    env = {"HPCRUN_PYTHON": first.python, "HPCRUN_NPROC": first.nproc,
+           "HPCRUN_RDZV_TIMEOUT": str(first.rdzv_timeout),
+           **{k: v for k, v in first.env.items() if k not in per_task}}
+    if first.cpus:
+        env["HPCRUN_CPUS"] = str(first.cpus)
+    bad = [name for name in env if not _ENV_NAME.match(name)]
+    if bad:
+        raise ValueError(f"not an environment variable name: {bad[0]!r}")
+    return {
+        "experiment": first.experiment, "r": first.resources,
+        "run_dirs": [s.run_dir for s in specs], "job_ids": [s.id for s in specs],
+        "overrides": [s.env.get("HPCRUN_SWEEP_OVERRIDES", "") for s in specs],
+        "bundle_dir": first.bundle_dir,
+        "pythonpath": ":".join(str(p) for p in (bundle / "src", bundle)),
+        "env": dict(sorted(env.items())),
+        "signal_helper": str(launchers / "signal-trainer.sh"),
+        "launcher": str(launchers / "torchrun.sh"),
+    }

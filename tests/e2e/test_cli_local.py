@@ -362,6 +362,12 @@ def test_doctor_reports_tools_with_versions(project):
             ["--sweep", "training.lr=0.001,0.01", "--parallel", "1"],
             "slurm_sweep_{stage}.sbatch",
         ),
+        ("pbs", ["--set", "resources.mem=16G"], "pbs_v3_{stage}.pbs"),
+        (
+            "pbs",
+            ["--set", "resources.nodes=2", "--sweep", "training.lr=0.001,0.01"],
+            "pbs_sweep_2nodes_{stage}.pbs",
+        ),
     ],
 )
 def test_scheduler_scripts_match_golden_files(project, backend, args, golden):
@@ -381,3 +387,26 @@ def test_scheduler_scripts_match_golden_files(project, backend, args, golden):
         if os.environ.get("UPDATE_GOLDEN"):
             path.write_text(text)
         assert text == path.read_text(), path.name
+
+
+def test_resubmit_failed_reruns_only_the_failed_local_points(project):
+    (project / "flaky.py").write_text(
+        "import os\nfrom pathlib import Path\nfrom hpcrun.train.models import MLP\n"
+        "def build(n_features, *, reconstruction, ok=True):\n"
+        "    if not ok and not Path(os.environ['HPCRUN_TEST_FIXED']).exists():\n"
+        "        raise RuntimeError('flaky point failed')\n"
+        "    return MLP(n_features, [8], reconstruction=reconstruction)\n")
+    fixed = project.parent / "fixed"
+    (project / "configs" / "flaky.yaml").write_text(
+        TINY.format(name="flaky") + "model: {name: 'flaky:build'}\n"
+        + f"resources: {{cpus_per_task: 1, setup: ['export HPCRUN_TEST_FIXED={fixed}']}}\n")
+    _, data = hpj(project, "submit", "--backend", "local", "flaky",
+                  "--sweep", "model.options.ok=true,false", check=True)
+    group = wait_state(project, data["group"]["id"], {"SUCCEEDED", "FAILED"})
+    assert [p["state"] for p in group["points"]] == ["SUCCEEDED", "FAILED"]
+    first_done = (Path(data["jobs"][0]["run_dir"]) / "job.exit").stat().st_mtime
+    fixed.write_text("")
+    hp(project, "submit", "--resubmit-failed", data["group"]["id"], check=True)
+    group = wait_state(project, data["group"]["id"], {"SUCCEEDED", "FAILED"})
+    assert group["state"] == "SUCCEEDED", group
+    assert (Path(data["jobs"][0]["run_dir"]) / "job.exit").stat().st_mtime == first_done

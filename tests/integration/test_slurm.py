@@ -232,3 +232,47 @@ def test_hostile_scheduler_names_are_rejected(project):
         proc = hp(project, "submit", "--backend", "slurm", "v3", "--set", setting)
         assert proc.returncode == 2, (setting, proc.stderr)
     assert not Path("/tmp/hpcrun-x").exists()
+
+
+FLAKY = """\
+import os
+from pathlib import Path
+from hpcrun.train.models import MLP
+
+def build(n_features, *, reconstruction, ok=True):
+    if not ok and not Path(os.environ["HPCRUN_TEST_FIXED"]).exists():
+        raise RuntimeError("flaky point failed")
+    return MLP(n_features, [8], reconstruction=reconstruction)
+"""
+
+
+def flaky_sweep(project, backend):
+    (project / "flaky.py").write_text(FLAKY)
+    fixed = project.parent / "fixed"
+    name = "flaky"
+    (project / "configs" / f"{name}.yaml").write_text(
+        TINY.format(name=name, epochs=1)
+        + "model: {name: 'flaky:build'}\n"
+        + f"resources: {{cpus_per_task: 1, setup: ['export HPCRUN_TEST_FIXED={fixed}']}}\n")
+    proc = hp(project, "--json", "submit", "--backend", backend, name,
+              "--sweep", "model.options.ok=true,false,true")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), fixed
+
+
+def test_resubmit_failed_runs_only_the_failed_array_tasks(project):
+    data, fixed = flaky_sweep(project, "slurm")
+    group = wait(project, data["group"]["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
+    states = [p["state"] for p in group["points"]]
+    assert states == ["SUCCEEDED", "FAILED", "SUCCEEDED"], group
+    fixed.write_text("")
+    again = hp(project, "--json", "submit", "--resubmit-failed", data["group"]["id"])
+    assert again.returncode == 0, again.stderr
+    point = hpj(project, "status", data["jobs"][1]["id"])[0]
+    assert point["native"]["train"].endswith("_1")
+    array = point["native"]["train"].split("_")[0]
+    tasks = subprocess.run(["squeue", "-h", "-t", "all", "-j", array, "-o", "%i"],
+                           capture_output=True, text=True).stdout.split()
+    assert tasks in ([f"{array}_1"], [f"{array}_[1]"])  # only the failed index
+    group = wait(project, data["group"]["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
+    assert group["state"] == "SUCCEEDED", group

@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from .base import Backend
 
 _REGISTRY = {"local": "hpcrun.backends.local:LocalBackend",
-             "slurm": "hpcrun.backends.slurm:SlurmBackend"}
+             "slurm": "hpcrun.backends.slurm:SlurmBackend",
+             "pbs": "hpcrun.backends.pbs:PbsBackend"}
 KNOWN = ("local", "slurm", "pbs", "pod")
 
 

@@ -14,7 +14,7 @@ class Backend(Protocol):
     name: str
 
     def render(self, specs: Sequence[JobSpec], *, group: JobRecord | None = None,
-               parallel: int = 1, project_dir: Path | None = None) -> list[SubmitPlan]:
+               parallel: int | None = None, project_dir: Path | None = None) -> list[SubmitPlan]:
         """Pure: the exact scripts and commands for ``specs`` (what --dry-run prints). A
         ``group`` is a sweep whose points are ``specs``; ``parallel`` caps how many run at
         once."""

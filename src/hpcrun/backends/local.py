@@ -41,23 +41,42 @@ class LocalBackend:
     # -- rendering and submission -----------------------------------------------------------
 
     def render(self, specs: Sequence[JobSpec], *, group: JobRecord | None = None,
-               parallel: int = 1, project_dir: Path | None = None) -> list[SubmitPlan]:
+               parallel: int | None = None, project_dir: Path | None = None) -> list[SubmitPlan]:
         """One script per job running its whole pipeline; for a sweep, also a driver that runs
         the points' scripts, at most ``parallel`` at a time."""
         launcher = str(launchers_dir() / "torchrun.sh")
         plans = [render_local(spec, launcher, project_dir) for spec in specs]
         if group is None:
             return plans
+        return [*plans, self._driver(group, plans, parallel or 1, project_dir)]
+
+    def preflight(self, plans: Sequence[SubmitPlan]) -> None:
+        """Nothing to ask: this machine runs what it is given."""
+
+    def resubmit(self, group: JobRecord, plans: Sequence[SubmitPlan],
+                 indices: Sequence[int]) -> dict[str, dict]:
+        """Run the chosen points' scripts again through a new driver."""
+        points = [p for p in plans if p.kind != "driver"]
+        chosen = [points[i] for i in indices]
+        for plan in chosen:
+            for name in (rundir.JOB_EXIT, rundir.JOB_PID, CANCEL_MARKER):
+                (Path(plan.script_path).parent / name).unlink(missing_ok=True)
+        for name in (rundir.JOB_EXIT, rundir.JOB_PID, CANCEL_MARKER):
+            (Path(group.run_dir) / name).unlink(missing_ok=True)
+        specs_parallel = group.info.get("parallel") or 1
+        driver = self._driver(group, chosen, specs_parallel)
+        return self.submit([*chosen, driver]) | {
+            p.job_id: {"id": None} for p in chosen}
+
+    def _driver(self, group: JobRecord, plans: Sequence[SubmitPlan], parallel: int,
+                project_dir: Path | None = None) -> SubmitPlan:
         files = job_files(group.run_dir)
         script = render_template("local-sweep.sh.j2", {
             "group": group, "parallel": parallel, "scripts": [p.script_path for p in plans],
             "files": files, "cancel_marker": str(Path(group.run_dir) / CANCEL_MARKER)},
             project_dir)
-        return [*plans, SubmitPlan(job_id=group.id, script=script, script_path=files["script"],
-                                   argv=("bash", files["script"]), files=files, kind="driver")]
-
-    def preflight(self, plans: Sequence[SubmitPlan]) -> None:
-        """Nothing to ask: this machine runs what it is given."""
+        return SubmitPlan(job_id=group.id, script=script, script_path=files["script"],
+                          argv=("bash", files["script"]), files=files, kind="driver")
 
     def write(self, plan: SubmitPlan) -> None:
         path = Path(plan.script_path)

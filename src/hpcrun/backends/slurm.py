@@ -17,7 +17,7 @@ from pathlib import Path
 from .. import rundir
 from ..errors import BadInput, OperationFailed
 from ..job import JobRecord, JobStatus, is_terminal
-from ..render import JobSpec, SubmitPlan, render_template
+from ..render import JobSpec, SubmitPlan, render_template, scheduler_context
 from ..resources import launchers_dir
 from ..shell import CommandFailed, LocalRunner
 
@@ -173,24 +173,19 @@ class SlurmBackend:
     # -- rendering ------------------------------------------------------------------------
 
     def render(self, specs: Sequence[JobSpec], *, group: JobRecord | None = None,
-               parallel: int = 1, project_dir: Path | None = None) -> list[SubmitPlan]:
+               parallel: int | None = None, project_dir: Path | None = None) -> list[SubmitPlan]:
         """One script per stage; with several specs (a sweep) each stage is one array job
         whose task i runs point i. Stages are chained: ``afterok`` on the previous stage
         (``aftercorr`` between arrays, task by task)."""
         first = specs[0]
         array = None
         if len(specs) > 1:
-            array = f"0-{len(specs) - 1}" + (f"%{parallel}" if parallel < len(specs) else "")
+            array = f"0-{len(specs) - 1}"
+            if parallel and parallel < len(specs):
+                array += f"%{parallel}"
         owner = group.id if group is not None else first.id
         log_dir = Path(group.run_dir if group is not None else first.run_dir) / rundir.LOGS
-        bundle = Path(first.bundle_dir)
-        pythonpath = ":".join(str(p) for p in (bundle / "src", bundle))
-        env = {"HPCRUN_PYTHON": first.python, "HPCRUN_NPROC": first.nproc,
-               "HPCRUN_RDZV_TIMEOUT": str(first.rdzv_timeout),
-               **{k: v for k, v in first.env.items()
-                  if k not in ("HPCRUN_JOB_ID", "HPCRUN_SWEEP_OVERRIDES")}}
-        if first.cpus:
-            env["HPCRUN_CPUS"] = str(first.cpus)
+        shared = scheduler_context(specs, launchers_dir())
         resources = first.resources
         plans: list[SubmitPlan] = []
         previous: str | None = None
@@ -200,16 +195,9 @@ class SlurmBackend:
             pattern = "%A_%a" if array else "%j"
             output = log_dir / f"slurm-{stage}-{pattern}.out"
             script = render_template("slurm.sbatch.j2", {
-                "name": f"{first.experiment}-{stage}", "r": resources, "grace": SIGNAL_GRACE_S,
+                **shared, "name": f"{first.experiment}-{stage}", "grace": SIGNAL_GRACE_S,
                 "array": array, "directives": list(resources.slurm.directives),
-                "stage": stage, "experiment": first.experiment,
-                "run_dirs": [s.run_dir for s in specs], "job_ids": [s.id for s in specs],
-                "overrides": [s.env.get("HPCRUN_SWEEP_OVERRIDES", "") for s in specs],
-                "bundle_dir": first.bundle_dir, "pythonpath": pythonpath,
-                "env": dict(sorted(env.items())),
-                "setup": [*resources.setup, *resources.slurm.setup],
-                "signal_helper": str(launchers_dir() / "signal-trainer.sh"),
-                "launcher": str(launchers_dir() / "torchrun.sh"),
+                "stage": stage, "setup": [*resources.setup, *resources.slurm.setup],
             }, project_dir)
             argv = ["sbatch", "--parsable", f"--output={output}", f"--error={output}",
                     f"--chdir={script_dir}"]
@@ -252,14 +240,30 @@ class SlurmBackend:
     def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
         """Queue the stages in order, each depending on the one before. If one is refused,
         the ones already queued are cancelled: nothing is left half-submitted."""
+        return self._queue(plans, None)
+
+    def resubmit(self, group: JobRecord, plans: Sequence[SubmitPlan],
+                 indices: Sequence[int]) -> dict[str, dict]:
+        """The same array jobs again, for the failed task indices only."""
+        return self._queue(plans, indices)
+
+    def _queue(self, plans: Sequence[SubmitPlan], indices: Sequence[int] | None
+               ) -> dict[str, dict]:
         ids: dict[str, str] = {}
+        previous = None
         try:
             for plan in plans:
                 self.write(plan)
                 argv = [a.format(**ids) if a.startswith("--dependency=") else a
                         for a in plan.argv]
+                if indices is not None:  # command-line options win over #SBATCH lines
+                    argv = [a for a in argv if not a.startswith("--dependency=")]
+                    argv.insert(-1, f"--array={','.join(str(i) for i in indices)}")
+                    if previous is not None:
+                        argv.insert(-1, f"--dependency=aftercorr:{ids[previous]}")
                 out = self.runner.run(argv, timeout=120).stdout.strip()
                 ids[plan.stage or "all"] = out.split(";")[0].splitlines()[-1]
+                previous = plan.stage or "all"
         except CommandFailed:
             if ids:
                 self.runner.run(["scancel", *ids.values()], check=False, timeout=60)
@@ -267,6 +271,8 @@ class SlurmBackend:
         owner = plans[0].job_id
         out = {owner: {"id": ",".join(ids.values()), "info": {"native": ids}}}
         for index, member in enumerate(plans[0].members):  # each sweep point: its array tasks
+            if indices is not None and index not in indices:
+                continue
             tasks = {stage: f"{sid}_{index}" for stage, sid in ids.items()}
             out[member] = {"id": ",".join(tasks.values()), "info": {"native": tasks}}
         return out

@@ -97,6 +97,8 @@ class Run:
         run = self.dir
         run.root.mkdir(parents=True, exist_ok=True)
         run.logs.mkdir(exist_ok=True)
+        if run.failure.exists():  # a rerun of a failed run: keep the old record beside
+            run.failure.rename(run.root / f"failure-{int(run.failure.stat().st_mtime)}.json")
         if not run.config.exists():
             rundir.write_atomic(run.config, self.cfg.to_yaml().encode())
         meta = rundir.read_json(run.metadata) or {

@@ -1,0 +1,276 @@
+"""The PBS backend (PBS Professional / OpenPBS): qsub scripts from a template, stages chained
+with ``depend=afterok``, sweeps as one array job (``-J``), status from ``qstat -x -f -F json``
+(or its text form), ``qdel`` to cancel.
+
+No PBS server runs on hpcrun's test machines: rendering is checked against golden files and
+the parsers against output written from the PBS Professional reference's formats.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import rundir
+from ..errors import OperationFailed
+from ..job import JobRecord, JobStatus, is_terminal
+from ..render import JobSpec, SubmitPlan, render_template, scheduler_context
+from ..resources import launchers_dir
+from ..shell import CommandFailed, LocalRunner
+
+#: PBS job_state letter -> hpcrun state (F/X, finished, are decided by Exit_status)
+STATE_TABLE = {
+    "Q": "PENDING", "H": "PENDING", "W": "PENDING", "T": "PENDING", "M": "PENDING",
+    "R": "RUNNING", "E": "RUNNING", "B": "RUNNING", "S": "RUNNING", "U": "RUNNING",
+}
+#: Exit_status values PBS uses for jobs it ended itself
+_KILLED_BY_SIGNAL = 256  # exit status 256 + N: killed by signal N (qdel: 271 = SIGTERM)
+
+
+def pbs_walltime(value: str | None) -> str | None:
+    """SLURM-style ``MM``, ``HH:MM:SS``, ``D-HH:MM:SS`` -> PBS ``HH:MM:SS``."""
+    if not value:
+        return None
+    days = 0
+    if "-" in value:
+        day_text, value = value.split("-", 1)
+        days = int(day_text)
+    parts = [int(p) for p in value.split(":")]
+    if len(parts) == 1:
+        hours, minutes, seconds = 0, parts[0], 0
+    elif len(parts) == 2:
+        hours, minutes, seconds = parts[0], parts[1], 0
+    else:
+        hours, minutes, seconds = parts
+    hours += days * 24 + minutes // 60
+    return f"{hours:02d}:{minutes % 60:02d}:{seconds:02d}"
+
+
+def pbs_mem(value: str | None) -> str | None:
+    """``16G`` / ``4000M`` / ``512000K`` -> ``16gb`` / ``4000mb`` / ``512000kb``."""
+    if not value:
+        return None
+    match = re.match(r"^(\d+(?:\.\d+)?)([KMGT]?)B?$", value, re.IGNORECASE)
+    if not match:
+        return value
+    number, unit = match.groups()
+    return f"{number}{(unit or 'M').lower()}b"
+
+
+def final_state(exit_status: int | None) -> tuple[str, str | None]:
+    if exit_status is None:
+        return "UNKNOWN", None
+    if exit_status == 0:
+        return "SUCCEEDED", None
+    if exit_status == _KILLED_BY_SIGNAL + 15:
+        return "CANCELLED", "killed by SIGTERM (qdel)"
+    if exit_status > _KILLED_BY_SIGNAL:
+        return "FAILED", f"killed by signal {exit_status - _KILLED_BY_SIGNAL}"
+    if exit_status < 0:
+        return "FAILED", f"PBS could not run the job (Exit_status {exit_status})"
+    return "FAILED", f"exit code {exit_status}"
+
+
+def parse_qstat_json(text: str) -> dict[str, dict[str, Any]]:
+    """``qstat -x -f -F json`` -> {job id: attributes}. Array subjobs keep ids like
+    ``12[3].server``."""
+    data = json.loads(text or "{}")
+    return {job_id: attrs for job_id, attrs in (data.get("Jobs") or {}).items()}
+
+
+def parse_qstat_text(text: str) -> dict[str, dict[str, Any]]:
+    """``qstat -x -f`` (``Job Id: ...`` blocks of ``key = value`` lines, continuation lines
+    indented with a tab) -> {job id: attributes}."""
+    jobs: dict[str, dict[str, Any]] = {}
+    current: dict[str, Any] | None = None
+    last_key = None
+    for line in text.splitlines():
+        if line.startswith("Job Id:"):
+            current = jobs.setdefault(line.split(":", 1)[1].strip(), {})
+            last_key = None
+        elif current is not None and line.startswith("\t") and last_key and " = " not in line:
+            current[last_key] += line.strip()
+        elif current is not None and " = " in line:
+            key, value = line.strip().split(" = ", 1)
+            current[key] = value
+            last_key = key
+    return jobs
+
+
+def _array_range(indices: Sequence[int], size: int) -> str:
+    """The smallest ``-J`` range covering ``indices`` (PBS wants at least two subjobs)."""
+    low, high = min(indices), max(indices)
+    if low == high:
+        low, high = (low, low + 1) if low + 1 < size else (low - 1, low)
+    return f"{low}-{high}"
+
+
+def _short(job_id: str) -> str:
+    return job_id.split(".", 1)[0]
+
+
+class PbsBackend:
+    name = "pbs"
+
+    def __init__(self, runner: LocalRunner | None = None):
+        self.runner = runner or LocalRunner()
+
+    def render(self, specs: Sequence[JobSpec], *, group: JobRecord | None = None,
+               parallel: int | None = None, project_dir: Path | None = None) -> list[SubmitPlan]:
+        first = specs[0]
+        resources = first.resources
+        array = f"0-{len(specs) - 1}" if len(specs) > 1 else None
+        if array and parallel and parallel < len(specs):
+            array += f"%{parallel}"
+        owner = group.id if group is not None else first.id
+        base = Path(group.run_dir if group is not None else first.run_dir)
+        shared = scheduler_context(specs, launchers_dir())
+        plans = []
+        previous = None
+        for stage in first.stages:
+            script_path = base / f"job-{stage}.pbs"
+            output = base / rundir.LOGS / f"pbs-{stage}.out"
+            script = render_template("pbs.pbs.j2", {
+                **shared, "name": f"{first.experiment}-{stage}"[:236], "array": array,
+                "walltime": pbs_walltime(resources.time), "pbs_mem": pbs_mem(resources.mem),
+                "queue": resources.queue or resources.partition,
+                "directives": list(resources.pbs.directives), "stage": stage,
+                "setup": [*resources.setup, *resources.pbs.setup],
+            }, project_dir)
+            argv = ["qsub", "-o", str(output), "-j", "oe"]
+            if previous is not None:
+                argv += ["-W", f"depend=afterok:{{{previous}}}"]
+            argv.append(str(script_path))
+            plans.append(SubmitPlan(job_id=owner, script=script, script_path=str(script_path),
+                                    argv=tuple(argv), files={"output": str(output)},
+                                    stage=stage, kind="array" if array else "job",
+                                    members=tuple(s.id for s in specs) if array else ()))
+            previous = stage
+        return plans
+
+    def preflight(self, plans: Sequence[SubmitPlan]) -> None:
+        """PBS has no dry-run submission; the config's own validation is the check."""
+
+    def write(self, plan: SubmitPlan) -> None:
+        path = Path(plan.script_path)
+        Path(plan.files["output"]).parent.mkdir(parents=True, exist_ok=True)
+        rundir.write_atomic(path, plan.script.encode())
+        path.chmod(0o755)
+
+    def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
+        return self._queue(plans, None)
+
+    def resubmit(self, group: JobRecord, plans: Sequence[SubmitPlan],
+                 indices: Sequence[int]) -> dict[str, dict]:
+        """PBS arrays take a range, not a list: the range covering the failed indices is
+        queued again; points in it that had succeeded finish at once (their stages are
+        done)."""
+        return self._queue(plans, indices)
+
+    def _queue(self, plans: Sequence[SubmitPlan], indices: Sequence[int] | None
+               ) -> dict[str, dict]:
+        ids: dict[str, str] = {}
+        try:
+            for plan in plans:
+                self.write(plan)
+                argv = [a.format(**ids) if a.startswith("depend=") else a for a in plan.argv]
+                if indices is not None:
+                    argv.insert(-1, "-J" + _array_range(indices, len(plan.members)))
+                ids[plan.stage or "all"] = self.runner.run(argv, timeout=120).stdout.strip()
+        except CommandFailed:
+            if ids:
+                self.runner.run(["qdel", *ids.values()], check=False, timeout=60)
+            raise
+        out = {plans[0].job_id: {"id": ",".join(ids.values()), "info": {"native": ids}}}
+        for index, member in enumerate(plans[0].members):
+            if indices is not None and index not in indices:
+                continue
+            tasks = {stage: sid.replace("[]", f"[{index}]") for stage, sid in ids.items()}
+            out[member] = {"id": ",".join(tasks.values()), "info": {"native": tasks}}
+        return out
+
+    def _query(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        result = self.runner.run(["qstat", "-x", "-f", "-F", "json", *ids], check=False,
+                                 timeout=60)
+        if result.returncode == 0 and result.stdout.lstrip().startswith("{"):
+            return parse_qstat_json(result.stdout)
+        result = self.runner.run(["qstat", "-x", "-f", *ids], check=False, timeout=60)
+        if result.returncode not in (0, 35, 153) and not result.stdout:
+            raise OperationFailed(f"qstat failed: {result.stderr.strip()}")
+        return parse_qstat_text(result.stdout)
+
+    def status(self, records: Sequence[JobRecord]) -> dict[str, JobStatus]:
+        ids = [sid for r in records for sid in (r.info.get("native") or {}).values()]
+        jobs = self._query(ids) if ids else {}
+        by_short = {_short(k): v for k, v in jobs.items()}
+        return {r.id: self._combine(r, jobs, by_short) for r in records}
+
+    @staticmethod
+    def _combine(record: JobRecord, jobs: dict[str, dict[str, Any]],
+                 by_short: dict[str, dict[str, Any]]) -> JobStatus:
+        native = record.info.get("native") or {}
+        stages: dict[str, str] = {}
+        reason = None
+        for stage, sid in native.items():
+            attrs = jobs.get(sid) or by_short.get(_short(sid))
+            if attrs is None:
+                stages[stage] = "UNKNOWN"
+                continue
+            letter = str(attrs.get("job_state", "?"))
+            if letter in ("F", "X"):
+                raw = attrs.get("Exit_status")
+                state, why = final_state(int(raw) if raw is not None else None)
+            else:
+                state, why = STATE_TABLE.get(letter, "UNKNOWN"), attrs.get("comment")
+            stages[stage] = state
+            if state in ("FAILED", "CANCELLED") and reason is None:
+                reason = f"stage {stage} {state.lower()} (job {sid}): {why}"
+            elif reason is None and state == "PENDING" and why:
+                reason = f"stage {stage}: {why}"
+        values = list(stages.values())
+        detail = {"stages": stages, "native": native}
+        for state in ("FAILED", "CANCELLED"):
+            if state in values:
+                return JobStatus(state, reason=reason, detail=detail)
+        if values and all(v == "SUCCEEDED" for v in values):
+            return JobStatus("SUCCEEDED", exit_code=0, detail=detail)
+        if "RUNNING" in values:
+            return JobStatus("RUNNING", reason=reason, detail=detail)
+        if "PENDING" in values:
+            return JobStatus("PENDING", reason=reason, detail=detail)
+        return JobStatus("UNKNOWN", reason="PBS no longer knows the job", detail=detail)
+
+    def logs(self, record: JobRecord, rank: int | None = None) -> Path:
+        if rank is not None:
+            return Path(record.run_dir) / rundir.LOGS / f"train.rank{rank}.log"
+        found = sorted((Path(record.run_dir) / rundir.LOGS).glob("pbs-*.out"),
+                       key=lambda p: p.stat().st_mtime)
+        return found[-1] if found else Path(record.run_dir) / rundir.LOGS / "pbs-not-started.out"
+
+    def follow(self, record: JobRecord, rank: int | None = None,
+               interval: float = 2.0) -> Iterator[str]:
+        offset = 0
+        while True:
+            finished = is_terminal(self.status([record])[record.id].state)
+            path = self.logs(record, rank)
+            if path.exists():
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    handle.seek(offset)
+                    chunk = handle.read()
+                    offset = handle.tell()
+                yield from chunk.splitlines()
+            if finished:
+                return
+            time.sleep(interval)
+
+    def cancel(self, record: JobRecord) -> JobStatus:
+        current = self.status([record])[record.id]
+        ids = list((record.info.get("native") or {}).values())
+        if ids and not is_terminal(current.state):
+            self.runner.run(["qdel", *ids], check=False, timeout=60)  # finished ids: harmless
+            current = self.status([record])[record.id]
+        return current
