@@ -23,7 +23,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 CONFIG = "config.yaml"
 METADATA = "metadata.json"
@@ -179,16 +179,20 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
-def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old or the new file, never a torn one.
-
-    The file gets ``mode`` (default: what ``open`` would give under the umask)."""
+def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], object],
+                 mode: int | None = None) -> None:
+    """Write ``data`` (bytes, or a function that writes to a binary file) to ``path`` so a
+    reader sees the old or the new file, never a torn one: temp file, fsync, rename, fsync
+    of the directory. The file gets ``mode`` (default: what ``open`` gives under the umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, _FILE_MODE if mode is None else mode)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if callable(data):
+                data(handle)
+            else:
+                handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -1,17 +1,20 @@
 """`make bench`: performance figures as ratios measured in one run (never timed assertions).
 
 Trainer rows: epoch time with every diagnostic on vs off (gradient clipping on in both), and
-training throughput with 1 vs 2 ranks. Each figure is the median over epochs 2..N of several
-alternating runs, read from the runs' own training.csv.
+training throughput with 1 vs 2 ranks, each the median over epochs 2..N of several alternating
+runs, read from the runs' own training.csv. CLI rows: `hpcrun --help` against a minimal Typer
+app, and `hpcrun submit --backend slurm` against raw sbatch on the hpc/slurm sandbox.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,14 +53,100 @@ def run_once(workdir: Path, rows: int, epochs: int, diagnostics: bool, nproc: in
     return [float(r["Epoch Time"]) for r in rows_][1:]
 
 
+def timed(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
+    began = time.perf_counter()
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=env)
+    elapsed = time.perf_counter() - began
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed: {proc.stderr[-1500:]}")
+    return elapsed
+
+
+def bench_cli(table: list[tuple[str, str, str]], repeats: int = 15) -> None:
+    """`hpcrun --help` vs a minimal Typer app's, alternating runs."""
+    hpcrun = str(Path(sys.executable).parent / "hpcrun")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        minimal = work / "minimal.py"
+        minimal.write_text("import typer\napp = typer.Typer()\n\n@app.command()\n"
+                           "def hello(name: str = 'x') -> None:\n    print(name)\n\n"
+                           "@app.command()\ndef bye() -> None:\n    pass\n\napp()\n")
+        ours, theirs = [], []
+        for _ in range(repeats):
+            ours.append(timed([hpcrun, "--help"], work))
+            theirs.append(timed([sys.executable, str(minimal), "--help"], work))
+    a, b = statistics.median(ours), statistics.median(theirs)
+    table.append(("`hpcrun --help` vs a minimal Typer app's `--help`",
+                  f"{a * 1000:.0f} ms vs {b * 1000:.0f} ms", f"{a / b:.2f}x"))
+
+
+def bench_slurm(table: list[tuple[str, str, str]], repeats: int = 5) -> None:
+    """`hpcrun submit --backend slurm` vs raw `sbatch --parsable` of the same script."""
+    import json
+    import re
+
+    up = subprocess.run([str(REPO / "hpc" / "slurm" / "up.sh")], capture_output=True,
+                        text=True)
+    if up.returncode != 0:
+        table.append(("slurm submit", "SLURM sandbox did not start", "-"))
+        return
+    env = {**os.environ, **dict(re.findall(r"^export (\w+)=(.*)$", up.stdout, re.M))}
+    hpcrun = str(Path(sys.executable).parent / "hpcrun")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        env.update(XDG_STATE_HOME=str(work / "state"), XDG_CACHE_HOME=str(work / "cache"))
+        (work / "configs").mkdir()
+        (work / "configs" / "one.yaml").write_text(
+            "extends: v3\nexperiment: one\ntraining: {epochs: 1}\n"
+            "pipeline: [{name: train, mode: full_pipeline}]\n"
+            "resources: {cpus_per_task: 1, time: '00:05:00'}\n")
+        argv = [hpcrun, "--json", "submit", "--backend", "slurm", "one", "--set",
+                "runs_dir=runs"]
+        plan = json.loads(subprocess.run([*argv, "--dry-run"], cwd=work, env=env,
+                                         capture_output=True, text=True).stdout)["plans"][0]
+        script = work / "raw.sbatch"
+        script.write_text(plan["script"])
+        ours, raw, preflight = [], [], []
+        queued: list[str] = []
+        for _ in range(repeats):
+            ours.append(timed(argv, work, env))
+            raw.append(timed(["sbatch", "--parsable", "--hold", "-o", "/dev/null",
+                              str(script)], work, env))
+            preflight.append(timed(["sbatch", "--test-only", "-o", "/dev/null", str(script)],
+                                   work, env))
+        out = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True,
+                             text=True).stdout.split()
+        queued = [i for i in out if i]
+        if queued:
+            subprocess.run(["scancel", *queued], env=env, capture_output=True)
+        sweep = json.loads(subprocess.run(
+            [*argv, "--dry-run", "--sweep", "seed=" + ",".join(str(i) for i in range(100))],
+            cwd=work, env=env, capture_output=True, text=True).stdout)
+    a, b, c = statistics.median(ours), statistics.median(raw), statistics.median(preflight)
+    table.append(("`hpcrun submit --backend slurm` vs raw `sbatch --parsable`",
+                  f"{a * 1000:.0f} ms vs {b * 1000:.0f} ms (preflight {c * 1000:.0f} ms)",
+                  f"{a / b:.1f}x"))
+    arrays = [p for p in sweep["plans"] if "--array=0-99" in p["script"]]
+    table.append(("100-point sweep on slurm", f"{len(sweep['plans'])} sbatch call(s)",
+                  "one array job" if len(arrays) == 1 == len(sweep["plans"]) else "NOT one array"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=60000)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=["trainer", "cli", "slurm"], action="append")
     args = parser.parse_args()
+    chosen = set(args.only or ["trainer", "cli", "slurm"])
     train_rows = int(args.rows * 0.7)
-    table = []
+    table: list[tuple[str, str, str]] = []
+    if "cli" in chosen:
+        bench_cli(table)
+    if "slurm" in chosen:
+        bench_slurm(table)
+    if "trainer" not in chosen:
+        return print_table(table)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         on: list[float] = []
@@ -77,10 +166,15 @@ def main() -> None:
         s1, s2 = train_rows / statistics.median(one), train_rows / statistics.median(two)
         table.append(("training samples/s, 1 rank vs 2 ranks (gloo)",
                       f"{s1:,.0f} vs {s2:,.0f}", f"{s2 / s1:.2f}x"))
+    print_table(table)
+
+
+def print_table(table: list[tuple[str, str, str]]) -> None:
     width = max(len(r[0]) for r in table)
-    print(f"{'benchmark':<{width}}  {'figures':<28}  ratio")
-    for name, figures, ratio in table:
-        print(f"{name:<{width}}  {figures:<28}  {ratio}")
+    figures = max(len(r[1]) for r in table)
+    print(f"{'benchmark':<{width}}  {'figures':<{figures}}  ratio")
+    for name, text, ratio in table:
+        print(f"{name:<{width}}  {text:<{figures}}  {ratio}")
 
 
 if __name__ == "__main__":

@@ -111,6 +111,8 @@ def test_v3_submit_status_list_logs_monitor_fetch_report(project):
     _, listed = hpj(project, "list")
     assert [j["id"] for j in listed] == [job["id"]]
 
+    followed = hp(project, "logs", "--follow", check=True)  # the job has ended: all, then exit
+    assert "Final evaluation" in followed.stdout
     logs = hp(project, "logs", job["id"], check=True)
     assert "nproc=2" in logs.stdout and "Final evaluation" in logs.stdout
     assert (

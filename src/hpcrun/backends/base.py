@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from ..job import JobRecord, JobStatus
+from .. import rundir
+from ..job import JobRecord, JobStatus, is_terminal
 from ..render import JobSpec, SubmitPlan
 
 
@@ -38,3 +40,35 @@ class Backend(Protocol):
 
     def cancel(self, record: JobRecord) -> JobStatus:
         """Stop the job; cancelling a finished or cancelled job changes nothing."""
+
+
+class ScriptBackend:
+    """What every backend that writes job scripts shares: writing a plan's script, and
+    following a log until the job ends. Subclasses provide ``status`` and ``logs``."""
+
+    follow_interval = 1.0
+
+    def write(self, plan: SubmitPlan) -> None:
+        path = Path(plan.script_path)
+        Path(plan.files["output"]).parent.mkdir(parents=True, exist_ok=True)
+        rundir.write_atomic(path, plan.script.encode())
+        path.chmod(0o755)
+
+    def follow(self, record: JobRecord, rank: int | None = None) -> Iterator[str]:
+        offsets: dict[Path, int] = {}
+        pending = ""
+        while True:
+            finished = is_terminal(self.status([record])[record.id].state)  # type: ignore[attr-defined]
+            path = self.logs(record, rank)  # type: ignore[attr-defined]
+            if path.exists():
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    handle.seek(offsets.get(path, 0))
+                    pending += handle.read()
+                    offsets[path] = handle.tell()
+                *lines, pending = pending.split("\n")
+                yield from lines
+            if finished:
+                if pending:
+                    yield pending
+                return
+            time.sleep(self.follow_interval)

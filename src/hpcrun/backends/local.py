@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -18,6 +18,7 @@ from ..job import JobRecord, JobStatus, is_terminal
 from ..render import JobSpec, SubmitPlan, job_files, render_local, render_template
 from ..resources import launchers_dir
 from ..shell import LocalRunner
+from .base import ScriptBackend
 
 CANCEL_MARKER = rundir.JOB_CANCELLED
 #: seconds between SIGTERM (the trainer saves and stops) and SIGKILL of the job's processes
@@ -31,7 +32,9 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
-class LocalBackend:
+class LocalBackend(ScriptBackend):
+    follow_interval = 0.5
+
     name = "local"
 
     def __init__(self, runner: LocalRunner | None = None):
@@ -77,13 +80,6 @@ class LocalBackend:
             project_dir)
         return SubmitPlan(job_id=group.id, script=script, script_path=files["script"],
                           argv=("bash", files["script"]), files=files, kind="driver")
-
-    def write(self, plan: SubmitPlan) -> None:
-        path = Path(plan.script_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        (path.parent / "logs").mkdir(exist_ok=True)
-        rundir.write_atomic(path, plan.script.encode())
-        path.chmod(0o755)
 
     def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
         """Write every script; start the driver if there is one, else the single job."""
@@ -157,27 +153,6 @@ class LocalBackend:
         if rank is None:
             return Path(job_files(record.run_dir)["output"])
         return Path(record.run_dir) / rundir.LOGS / f"train.rank{rank}.log"
-
-    def follow(self, record: JobRecord, rank: int | None = None,
-               interval: float = 0.5) -> Iterator[str]:
-        path = self.logs(record, rank)
-        offset = 0
-        pending = ""
-        while True:
-            finished = is_terminal(self._one(record).state)
-            if path.exists():
-                with open(path, encoding="utf-8", errors="replace") as handle:
-                    handle.seek(offset)
-                    chunk = handle.read()
-                    offset = handle.tell()
-                pending += chunk
-                *lines, pending = pending.split("\n")
-                yield from lines
-            if finished:
-                if pending:
-                    yield pending
-                return
-            time.sleep(interval)
 
     # -- cancel ---------------------------------------------------------------------------
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from ..job import JobRecord, JobStatus, is_terminal
 from ..render import JobSpec, SubmitPlan, render_template, scheduler_context
 from ..resources import launchers_dir
 from ..shell import CommandFailed, LocalRunner
+from .base import ScriptBackend
 
 #: PBS job_state letter -> hpcrun state (F/X, finished, are decided by Exit_status)
 STATE_TABLE = {
@@ -113,7 +113,9 @@ def _short(job_id: str) -> str:
     return job_id.split(".", 1)[0]
 
 
-class PbsBackend:
+class PbsBackend(ScriptBackend):
+    follow_interval = 2.0
+
     name = "pbs"
 
     def __init__(self, runner: LocalRunner | None = None):
@@ -154,12 +156,6 @@ class PbsBackend:
 
     def preflight(self, plans: Sequence[SubmitPlan]) -> None:
         """PBS has no dry-run submission; the config's own validation is the check."""
-
-    def write(self, plan: SubmitPlan) -> None:
-        path = Path(plan.script_path)
-        Path(plan.files["output"]).parent.mkdir(parents=True, exist_ok=True)
-        rundir.write_atomic(path, plan.script.encode())
-        path.chmod(0o755)
 
     def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
         return self._queue(plans, None)
@@ -250,22 +246,6 @@ class PbsBackend:
         found = sorted((Path(record.run_dir) / rundir.LOGS).glob("pbs-*.out"),
                        key=lambda p: p.stat().st_mtime)
         return found[-1] if found else Path(record.run_dir) / rundir.LOGS / "pbs-not-started.out"
-
-    def follow(self, record: JobRecord, rank: int | None = None,
-               interval: float = 2.0) -> Iterator[str]:
-        offset = 0
-        while True:
-            finished = is_terminal(self.status([record])[record.id].state)
-            path = self.logs(record, rank)
-            if path.exists():
-                with open(path, encoding="utf-8", errors="replace") as handle:
-                    handle.seek(offset)
-                    chunk = handle.read()
-                    offset = handle.tell()
-                yield from chunk.splitlines()
-            if finished:
-                return
-            time.sleep(interval)
 
     def cancel(self, record: JobRecord) -> JobStatus:
         current = self.status([record])[record.id]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from ..job import JobRecord, JobStatus, is_terminal
 from ..render import JobSpec, SubmitPlan, render_template, scheduler_context
 from ..resources import launchers_dir
 from ..shell import CommandFailed, LocalRunner
+from .base import ScriptBackend
 
 #: seconds before the time limit at which SLURM sends USR1 to the batch shell
 SIGNAL_GRACE_S = 120
@@ -119,25 +120,8 @@ def _key_values(line: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", line))
 
 
-def parse_scontrol(text: str) -> dict[str, NativeState]:
-    """``scontrol show job -o ID...`` (one line per job) -> states."""
-    states = {}
-    for line in text.splitlines():
-        fields = _key_values(line)
-        if "JobId" not in fields:
-            continue
-        job_id = fields["JobId"]
-        if fields.get("ArrayJobId") and fields.get("ArrayTaskId"):
-            job_id = f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}"
-        reason = fields.get("Reason")
-        states[job_id] = NativeState(job_id, fields.get("JobState", "UNKNOWN"),
-                                     None if reason in (None, "None") else reason,
-                                     _exit_code(fields.get("ExitCode")), "scontrol")
-    return states
-
-
-def parse_jobcomp(text: str) -> dict[str, NativeState]:
-    """jobcomp/filetxt lines (``JobId=12 ... JobState=COMPLETED ... ExitCode=0:0``)."""
+def _parse_job_lines(text: str, source: str) -> dict[str, NativeState]:
+    """One ``Key=Value ...`` line per job (``scontrol show job -o``, jobcomp/filetxt)."""
     states = {}
     for line in text.splitlines():
         fields = _key_values(line)
@@ -146,9 +130,22 @@ def parse_jobcomp(text: str) -> dict[str, NativeState]:
         job_id = fields["JobId"]
         if fields.get("ArrayJobId") and fields.get("ArrayTaskId") not in (None, "4294967294"):
             job_id = f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}"
-        states[job_id] = NativeState(job_id, fields.get("JobState", "UNKNOWN"), None,
-                                     _exit_code(fields.get("ExitCode")), "jobcomp")
+        reason = fields.get("Reason")
+        states[job_id] = NativeState(job_id, fields.get("JobState", "UNKNOWN"),
+                                     None if reason in (None, "None") else reason,
+                                     _exit_code(fields.get("ExitCode")), source)
     return states
+
+
+def parse_scontrol(text: str) -> dict[str, NativeState]:
+    """``scontrol show job -o ID...`` -> states (array tasks as ARRAYID_TASK)."""
+    return _parse_job_lines(text, "scontrol")
+
+
+def parse_jobcomp(text: str) -> dict[str, NativeState]:
+    """jobcomp/filetxt lines (``JobId=12 ... JobState=COMPLETED ... ExitCode=0:0``). They do
+    not name array tasks' array ids, so finished array tasks need sacct or scontrol."""
+    return _parse_job_lines(text, "jobcomp")
 
 
 def preflight_error(stderr: str) -> str:
@@ -163,7 +160,7 @@ def preflight_error(stderr: str) -> str:
     return f"slurm refused the job: {message}"
 
 
-class SlurmBackend:
+class SlurmBackend(ScriptBackend):
     name = "slurm"
 
     def __init__(self, runner: LocalRunner | None = None):
@@ -229,13 +226,6 @@ class SlurmBackend:
                     from None
             raise BadInput(preflight_error(exc.stderr), hint="fix resources: in the config, or "
                            "--set resources.KEY=VALUE") from None
-
-    def write(self, plan: SubmitPlan) -> None:
-        path = Path(plan.script_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Path(plan.files["output"]).parent.mkdir(parents=True, exist_ok=True)
-        rundir.write_atomic(path, plan.script.encode())
-        path.chmod(0o755)
 
     def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
         """Queue the stages in order, each depending on the one before. If one is refused,
@@ -395,22 +385,6 @@ class SlurmBackend:
         if candidates:
             return candidates[-1]
         return Path(record.run_dir) / rundir.LOGS / "slurm-not-started.out"
-
-    def follow(self, record: JobRecord, rank: int | None = None,
-               interval: float = 1.0) -> Iterator[str]:
-        offsets: dict[Path, int] = {}
-        while True:
-            finished = is_terminal(self.status([record])[record.id].state)
-            path = self.logs(record, rank)
-            if path.exists():
-                with open(path, encoding="utf-8", errors="replace") as handle:
-                    handle.seek(offsets.get(path, 0))
-                    chunk = handle.read()
-                    offsets[path] = handle.tell()
-                yield from chunk.splitlines()
-            if finished:
-                return
-            time.sleep(interval)
 
     def cancel(self, record: JobRecord) -> JobStatus:
         current = self.status([record])[record.id]

@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..rundir import fsync_dir
+from ..rundir import fsync_dir, write_atomic
 
 
 def rng_state() -> dict[str, Any]:
@@ -46,21 +45,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` so that ``path`` is always a complete checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(path.parent)
+    write_atomic(path, lambda handle: torch.save(state, handle))
 
 
 def link(source: Path, target: Path) -> None:
