@@ -7,6 +7,7 @@ Nothing heavy is imported at module level: ``hpcrun --help`` imports neither tor
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -151,6 +152,8 @@ def submit(
                                     "hold back (glob, repeatable)."),
     resubmit_failed: bool = typer.Option(False, "--resubmit-failed", help="NAME is a sweep job: "
                                          "run its failed points again, and only those."),
+    remote: str | None = typer.Option(None, "--remote", "-r", help="Remote from "
+                                      "configs/remotes.yaml (for --backend pod)."),
 ) -> None:
     """Render and start an experiment (a pipeline, or one job per sweep point)."""
     from . import ops
@@ -166,7 +169,7 @@ def submit(
         return
     result = run_op(lambda: ops.submit(name, overrides=overrides, sweeps=sweeps,
                                        parallel=parallel, backend=backend, dry_run=dry_run,
-                                       allow=allow, project_dir=_cwd()))
+                                       allow=allow, remote=remote, project_dir=_cwd()))
     if out.json:
         out.emit(result.to_dict())
     elif dry_run:
@@ -196,6 +199,57 @@ def submit(
         else:
             code = _watch(out, target.id, once=False, interval=1.0)
         raise typer.Exit(code)
+
+
+# --------------------------------------------------------------------------- sync
+
+
+@app.command()
+def sync(
+    ctx: typer.Context,
+    remote: str = typer.Option(..., "--remote", "-r", help="Remote from configs/remotes.yaml."),
+    experiment: str | None = typer.Option(None, "--config", "-c", help="Take the bundle rules "
+                                          "(bundle:) from this experiment."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would change; send "
+                                 "nothing."),
+    delete: bool = typer.Option(False, "--delete", help="Also delete remote files that are "
+                                "gone here."),
+    allow: list[str] = typer.Option([], "--allow", help="Ship files the secret filter would "
+                                    "hold back (glob, repeatable)."),
+) -> None:
+    """Ship this project's code and data bundle to a remote with rsync over ssh."""
+    from . import ops
+
+    out = _out(ctx)
+    if out.json or not out.console.is_terminal:
+        result = run_op(lambda: ops.sync(remote, name=experiment, dry_run=dry_run,
+                                         delete=delete, allow=allow, project_dir=_cwd()))
+    else:
+        from rich.progress import Progress
+
+        with Progress(transient=True, console=out.console) as bar:
+            task = bar.add_task("syncing", total=100)
+
+            def progress(line: str) -> None:
+                match = re.search(r"(\d+)%", line)
+                if match:
+                    bar.update(task, completed=int(match.group(1)))
+
+            result = run_op(lambda: ops.sync(remote, name=experiment, dry_run=dry_run,
+                                             delete=delete, allow=allow, project_dir=_cwd(),
+                                             progress=progress))
+    if out.json:
+        out.emit(result.to_dict())
+        return
+    bundle = result.bundle
+    verb = "would send" if dry_run else "sent"
+    out.print(f"bundle {bundle.hash[:12]}: {len(bundle.files)} files "
+              f"({bundle.size:,} bytes); {verb} {result.bytes_sent:,} bytes, "
+              f"{result.files_transferred} file(s) changed -> {result.remote_code}")
+    for line in result.changed:
+        out.print(f"  {line}")
+    if bundle.held_back:
+        out.print(f"held back (secret filter): {', '.join(bundle.held_back)}")
 
 
 # --------------------------------------------------------------------------- status, list
@@ -297,16 +351,16 @@ def logs(
     """Print a job's output (or one rank's log)."""
     from . import ops
 
-    record, path = run_op(lambda: ops.log_file(job, rank, _cwd()))
+    record, text = run_op(lambda: ops.log_file(job, rank, _cwd()))
     if follow:
         for line in run_op(lambda: ops.follow_logs(record, rank)):
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
         return
-    if not path.exists():
-        typer.echo(f"(no output yet: {path})", err=True)
+    if text is None:
+        typer.echo(f"(no output yet for job {record.id})", err=True)
         return
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = text.splitlines()
     sys.stdout.write("\n".join(lines[-tail:] if tail else lines) + ("\n" if lines else ""))
 
 
@@ -464,13 +518,16 @@ def monitor(
 def fetch(
     ctx: typer.Context,
     job: str = typer.Argument("latest", help="Job id, prefix, handle or 'latest'."),
+    partial: bool = typer.Option(False, "--partial", help="Only the CSVs and status (a job "
+                                 "still running); nothing is verified."),
 ) -> None:
-    """Verify a job's artifacts against MANIFEST.sha256 and print the run summary."""
+    """Bring a job's run directory back (rsync for remote jobs), verify it against
+    MANIFEST.sha256 and print the run summary."""
     from . import ops
     from .report import format_summary
 
     out = _out(ctx)
-    result = run_op(lambda: ops.fetch(job, _cwd()))
+    result = run_op(lambda: ops.fetch(job, _cwd(), partial=partial))
     if out.json:
         out.emit(result.to_dict())
         return

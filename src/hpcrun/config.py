@@ -417,6 +417,84 @@ class ExperimentConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+class RemoteConfig(_Section):
+    """A machine reached by ssh: a pod, or a cluster's login node. Values normally come from
+    the environment (``${RUNPOD_HOST}``), never from committed files."""
+
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    user: str | None = None
+    identity_file: str | None = None
+    workdir: str = "hpcrun"
+    python: str = "python3"
+    #: names of local environment variables to forward (passed by name with SendEnv)
+    env: list[str] = Field(default_factory=list)
+    ssh_options: list[str] = Field(default_factory=list)
+    connect_timeout: int = Field(10, ge=1)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value:
+            raise ValueError("host is empty (set it, e.g. export RUNPOD_HOST=...)")
+        if not re.match(r"^[A-Za-z0-9_.:\[\]-]+$", value) or value.startswith("-"):
+            raise ValueError(f"host {value!r} is not a host name, address or ssh alias")
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        if value and not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]*$", value):
+            raise ValueError(f"user {value!r} is not a user name")
+        return value or None
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, value: str) -> str:
+        if not value or "\n" in value or value.startswith("-"):
+            raise ValueError(f"workdir {value!r} is not a usable directory")
+        return value
+
+    @field_validator("ssh_options")
+    @classmethod
+    def _options(cls, value: list[str]) -> list[str]:
+        for option in value:
+            if not re.match(r"^[A-Za-z]+=[^\n]*$", option):
+                raise ValueError(f"ssh option {option!r} must look like Name=value")
+            if option.lower().replace(" ", "") == "stricthostkeychecking=no":
+                raise ValueError("StrictHostKeyChecking=no is refused: host keys are checked")
+        return value
+
+
+def load_remote(name: str, project_dir: Path | None = None,
+                env: typing.Mapping[str, str] | None = None) -> RemoteConfig:
+    """A remote from ``configs/remotes.yaml`` (the project's, then hpcrun's)."""
+    env = os.environ if env is None else env
+    found: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for folder in reversed(_search_dirs(project_dir)):
+        path = folder / "remotes.yaml"
+        if path.is_file():
+            for key, value in (_read_yaml(path).get("remotes") or {}).items():
+                found[key] = (path, value)
+    if name not in found:
+        close = difflib.get_close_matches(name, list(found), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown remote {name!r}{hint}; remotes.yaml defines: "
+                          f"{', '.join(sorted(found)) or 'none'}")
+    path, raw = found[name]
+    origins = _Origins()
+    origins.record({"remotes": {name: raw}}, str(path))
+    data = _interpolate(raw or {}, origins, env, f"remotes.{name}")
+    if isinstance(data, dict) and data.get("identity_file") == "":
+        data["identity_file"] = None
+    try:
+        return RemoteConfig.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        raise ConfigError(_describe(errors[0], ("remotes", name), origins, str(path),
+                                    len(errors))) from None
+
+
 # --------------------------------------------------------------------------- loading
 
 

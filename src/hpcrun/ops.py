@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from . import rundir
-from .backends import get_backend
-from .bundle import Bundle, cache_dir, describe, snapshot
+from .backends import backend_for, get_backend
+from .bundle import Bundle, describe
 from .config import ExperimentConfig, load_config
 from .errors import BadInput, HpcrunError, OperationFailed
 from .job import JobRecord, JobStatus, is_terminal
@@ -101,8 +101,8 @@ def _resolve_backend(name: str | None, cfg: ExperimentConfig, runner: LocalRunne
 
 def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = (),
            parallel: int | None = None, backend: str | None = None, dry_run: bool = False,
-           allow: Sequence[str] = (), project_dir: Path, store: JobStore | None = None,
-           runner: LocalRunner | None = None) -> SubmitResult:
+           allow: Sequence[str] = (), remote: str | None = None, project_dir: Path,
+           store: JobStore | None = None, runner: LocalRunner | None = None) -> SubmitResult:
     runner = runner or LocalRunner()
     project_dir = project_dir.resolve()
     if parallel is not None and parallel < 1:
@@ -114,10 +114,10 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
         sets = [*overrides, *(f"{k}={v}" for k, v in point.items())]
         configs.append(load_config(name, sets, project_dir=project_dir) if point else base)
     backend_name = _resolve_backend(backend, base, runner)
-    impl = get_backend(backend_name)
+    impl = get_backend(backend_name, remote=remote or base.remote, project_dir=project_dir)
 
     bundle = describe(project_dir, base.bundle, allow, runner)
-    bundle.path = cache_dir() / bundle.hash[:24]
+    bundle.path = Path(impl.bundle_dir(bundle))
     run_id = rundir.new_run_id(time.time(), secrets.token_hex(2))
     runs_root = (project_dir / base.runs_dir / base.experiment).resolve()
     env_common = {
@@ -151,6 +151,7 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
             experiment=cfg.experiment, run_dir=str(run_dir), project_dir=str(project_dir),
             group=group_id,
             info={"config": name, "overrides": list(overrides), "sweep_point": point,
+                  "remote": remote or base.remote,
                   "stages": [s.name for s in cfg.pipeline], "bundle_hash": bundle.hash}))
 
     group = None
@@ -176,7 +177,7 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
         return result
     impl.preflight(plans)  # the scheduler's own check; raises BadInput, queues nothing
 
-    snapshot(bundle)
+    impl.ship(bundle)
     created: list[Path] = []
     try:
         for job, text in zip(jobs, configs_text, strict=True):
@@ -234,13 +235,36 @@ def resubmit_failed(ref: str, project_dir: Path, store: JobStore | None = None) 
                         script_path=p["script_path"], argv=tuple(p["argv"]), files=p["files"],
                         stage=p["stage"], kind=p["kind"], members=tuple(p["members"]))
              for p in record.info.get("plans", [])]
-    natives = get_backend(record.backend).resubmit(record, plans, [i for i, _ in failed])
+    natives = backend_for(record).resubmit(record, plans, [i for i, _ in failed])
     for _, point in failed:
         native = natives.get(point.id)
         if native is not None:
             point.info.update(native.get("info", {}))
             store.update(point.id, native_id=native.get("id"), state="PENDING", info=point.info)
     return views([record], store)
+
+
+# --------------------------------------------------------------------------- sync
+
+
+def sync(remote: str, *, name: str | None = None, dry_run: bool = False, delete: bool = False,
+         allow: Sequence[str] = (), project_dir: Path,
+         progress: Any = None) -> Any:
+    """Ship this project's bundle to a remote (rsync over its ssh connection)."""
+    from .config import BundleConfig, load_remote
+    from .shell import SshRunner
+    from .sync import push
+
+    project_dir = project_dir.resolve()
+    bundle_cfg = load_config(name, project_dir=project_dir).bundle if name else BundleConfig()
+    remote_cfg = load_remote(remote, project_dir)
+    ssh = SshRunner(remote_cfg)
+    try:
+        bundle = describe(project_dir, bundle_cfg, allow)
+        return push(bundle, ssh, remote_cfg.workdir, dry_run=dry_run, delete=delete,
+                    progress=progress)
+    finally:
+        ssh.close()
 
 
 # --------------------------------------------------------------------------- status
@@ -281,10 +305,11 @@ def views(records: Sequence[JobRecord], store: JobStore) -> list[JobView]:
     by_backend: dict[str, list[JobRecord]] = {}
     for record in records:
         if record.info.get("kind") != "sweep":
-            by_backend.setdefault(record.backend, []).append(record)
+            key = f"{record.backend}:{record.info.get('remote') or ''}"
+            by_backend.setdefault(key, []).append(record)
     states: dict[str, JobStatus] = {}
-    for name, group in by_backend.items():
-        states.update(get_backend(name).status(group))
+    for group in by_backend.values():
+        states.update(backend_for(group[0]).status(group))
     out = []
     for record in records:
         if record.info.get("kind") == "sweep":
@@ -325,26 +350,30 @@ def _single(record: JobRecord) -> None:
 
 
 def log_file(ref: str | None, rank: int | None, project_dir: Path,
-             store: JobStore | None = None) -> tuple[JobRecord, Path]:
+             store: JobStore | None = None) -> tuple[JobRecord, str | None]:
+    """A job's output (or one rank's log) as text; None when nothing was written yet."""
     store = store or JobStore()
     record = store.resolve(ref, str(project_dir.resolve()))
     _single(record)
-    path = get_backend(record.backend).logs(record, rank)
-    if rank is not None and not path.exists():
-        ranks = sorted(p.name for p in (Path(record.run_dir) / rundir.LOGS).glob("train.rank*"))
-        raise BadInput(f"no log for rank {rank} in {path.parent}"
-                       + (f"; present: {', '.join(ranks)}" if ranks else " (not started yet)"))
-    return record, path
+    text = backend_for(record).read_log(record, rank)
+    if rank is not None and text is None:
+        raise BadInput(f"no log for rank {rank} of job {record.id} (not started yet, or no "
+                       "such rank)")
+    return record, text
+
+
+def read_log(record: JobRecord, rank: int | None) -> str | None:
+    return backend_for(record).read_log(record, rank)
 
 
 def follow_logs(record: JobRecord, rank: int | None) -> Iterator[str]:
-    return get_backend(record.backend).follow(record, rank)
+    return backend_for(record).follow(record, rank)
 
 
 def cancel(ref: str | None, project_dir: Path, store: JobStore | None = None) -> list[JobView]:
     store = store or JobStore()
     record = store.resolve(ref, str(project_dir.resolve()))
-    backend = get_backend(record.backend)
+    backend = backend_for(record)
     targets = [record]
     if record.info.get("kind") == "sweep":
         marker = Path(record.run_dir) / "job.cancelled"
@@ -377,6 +406,9 @@ class Snapshot:
 
 
 def snapshot_of(view: JobView) -> Snapshot:
+    backend = backend_for(view.record)
+    if hasattr(backend, "pull"):  # read a remote run's CSVs and status from a fresh copy
+        backend.pull(view.record, partial=True)
     root = rundir.RunDir(view.record.run_dir)
     trainer = rundir.read_json(root.status) or {}
     stage = trainer.get("stage")
@@ -412,7 +444,8 @@ class FetchResult:
                 "verified": self.verified, "summary": self.summary.to_dict()}
 
 
-def fetch(ref: str | None, project_dir: Path, store: JobStore | None = None) -> FetchResult:
+def fetch(ref: str | None, project_dir: Path, partial: bool = False,
+          store: JobStore | None = None) -> FetchResult:
     from .report import summarize
 
     store = store or JobStore()
@@ -420,8 +453,12 @@ def fetch(ref: str | None, project_dir: Path, store: JobStore | None = None) -> 
     _single(record)
     view = views([record], store)[0]
     run = Path(record.run_dir)
+    backend = backend_for(record)
+    finished = is_terminal(view.status.state) or view.status.state == "PREEMPTED"
+    if hasattr(backend, "pull"):  # a remote run directory: rsync it back first
+        backend.pull(record, partial=partial or not finished)
     verified = False
-    if is_terminal(view.status.state) or view.status.state == "PREEMPTED":
+    if finished and not partial:
         problems = rundir.verify_manifest(run)
         if problems:
             raise OperationFailed(f"{run}: {problems[0]}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +54,46 @@ class LocalRunner:
             raise CommandFailed(argv, proc.returncode, proc.stderr)
         return result
 
+    def stream(self, argv: Sequence[str], *, input: str | None = None,
+               on_line: Callable[[str], None] | None = None, ok_codes: Sequence[int] = (0,),
+               timeout: float | None = None) -> Result:
+        """Run ``argv``, handing each line (or carriage-return update) of stdout to
+        ``on_line`` as it arrives (progress output)."""
+        import threading
+
+        try:
+            proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, bufsize=1)
+        except FileNotFoundError:
+            raise CommandFailed(argv, 127, f"{argv[0]}: command not found") from None
+        errors: list[str] = []
+        reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
+        reader.start()
+        if input is not None:
+            proc.stdin.write(input)
+        proc.stdin.close()
+        out: list[str] = []
+        buffer = ""
+        while True:
+            chunk = proc.stdout.read(1)
+            if not chunk:
+                break
+            if chunk in "\r\n":
+                if buffer and on_line:
+                    on_line(buffer)
+                out.append(buffer)
+                buffer = ""
+            else:
+                buffer += chunk
+        if buffer:
+            out.append(buffer)
+        proc.wait(timeout=timeout)
+        reader.join(timeout=5)
+        result = Result(tuple(argv), proc.returncode, "\n".join(out), "".join(errors))
+        if proc.returncode not in ok_codes:
+            raise CommandFailed(argv, proc.returncode, result.stderr)
+        return result
+
     def spawn_detached(self, argv: Sequence[str], *, cwd: str, output: str,
                        env: Mapping[str, str] | None = None) -> int:
         """Start ``argv`` in a new session (it outlives this process and the terminal) with
@@ -72,3 +112,100 @@ class LocalRunner:
     @staticmethod
     def which(name: str) -> str | None:
         return shutil.which(name)
+
+
+def _ssh_failure(target: str, stderr: str, known_hosts: str, identity: str | None) -> str | None:
+    """One line for ssh's own failures (exit 255), or None when the remote command failed."""
+    text = stderr.lower()
+    if "remote host identification has changed" in text or \
+            "host key verification failed" in text:
+        return (f"the host key of {target} changed or is unknown (checked against "
+                f"{known_hosts}); if the pod was recreated, remove its old key: "
+                f"ssh-keygen -R '<host>' -f {known_hosts}")
+    if "permission denied" in text:
+        key = identity or "your default ssh key"
+        return f"{target} refused the key {key}: add its .pub to the remote's authorized_keys"
+    for needle in ("connection refused", "timed out", "no route to host",
+                   "could not resolve hostname", "network is unreachable",
+                   "connection closed", "connection reset"):
+        if needle in text:
+            return (f"cannot reach {target}: {needle} (is the machine up? check the remote's "
+                    "host and port)")
+    return None
+
+
+class SshRunner:
+    """Runs commands on a remote through the OpenSSH client: one ControlMaster connection
+    reused by every call, BatchMode, a connect timeout, and host keys always checked
+    (``accept-new`` into hpcrun's own known_hosts file; never ``StrictHostKeyChecking=no``)."""
+
+    def __init__(self, remote, *, known_hosts: Path | None = None,
+                 control_dir: Path | None = None, local: LocalRunner | None = None):
+        from .store import state_dir
+
+        self.remote = remote
+        self.local = local or LocalRunner()
+        state = state_dir()
+        self.known_hosts = Path(known_hosts or state / "known_hosts")
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.known_hosts.exists():
+            self.known_hosts.touch(mode=0o600)
+        import hashlib
+        import os
+
+        # one directory per state directory (so per known_hosts file), with a short path:
+        # unix socket paths are limited to ~100 bytes
+        tag = hashlib.sha256(str(state).encode()).hexdigest()[:8]
+        self.control_dir = Path(control_dir or f"/tmp/hpcrun-ssh-{os.getuid()}-{tag}")
+        self.control_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @property
+    def target(self) -> str:
+        user = f"{self.remote.user}@" if self.remote.user else ""
+        return f"{user}{self.remote.host}"
+
+    def ssh_argv(self) -> list[str]:
+        r = self.remote
+        argv = ["ssh", "-p", str(r.port), "-o", "BatchMode=yes",
+                "-o", f"ConnectTimeout={r.connect_timeout}",
+                "-o", "StrictHostKeyChecking=accept-new",
+                "-o", f"UserKnownHostsFile={self.known_hosts}",
+                "-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C",
+                "-o", "ControlPersist=60", "-o", "ServerAliveInterval=15",
+                "-o", "LogLevel=ERROR"]
+        if r.identity_file:
+            argv += ["-i", str(Path(r.identity_file).expanduser()), "-o", "IdentitiesOnly=yes"]
+        for name in r.env:
+            argv += ["-o", f"SendEnv={name}"]
+        for option in r.ssh_options:
+            argv += ["-o", option]
+        return argv
+
+    def rsync_shell(self) -> str:
+        """The ``-e`` value for rsync: the same connection settings."""
+        return shlex.join(self.ssh_argv())
+
+    def run(self, argv: Sequence[str] | str, *, input: str | None = None,
+            timeout: float | None = None, ok_codes: Sequence[int] = (0,),
+            check: bool = True, cwd: str | None = None,
+            env: Mapping[str, str] | None = None) -> Result:
+        command = argv if isinstance(argv, str) else shlex.join(argv)
+        if cwd:
+            command = f"cd {shlex.quote(cwd)} && {command}"
+        full = [*self.ssh_argv(), self.target, "--", command]
+        result = self.local.run(full, input=input, timeout=timeout, check=False)
+        if result.returncode == 255:
+            problem = _ssh_failure(f"{self.target}:{self.remote.port}", result.stderr,
+                                   str(self.known_hosts), self.remote.identity_file)
+            if problem:
+                raise OperationFailed(problem)
+        if check and result.returncode not in ok_codes:
+            raise CommandFailed(full, result.returncode, result.stderr)
+        return result
+
+    def close(self) -> None:
+        self.local.run([*self.ssh_argv(), "-O", "exit", self.target], check=False, timeout=10)
+
+    def which(self, name: str) -> str | None:
+        result = self.run(["sh", "-c", f"command -v {shlex.quote(name)}"], check=False)
+        return result.stdout.strip() or None

@@ -3,25 +3,41 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import BadInput
 
 if TYPE_CHECKING:
+    from ..job import JobRecord
     from .base import Backend
 
 _REGISTRY = {"local": "hpcrun.backends.local:LocalBackend",
              "slurm": "hpcrun.backends.slurm:SlurmBackend",
-             "pbs": "hpcrun.backends.pbs:PbsBackend"}
+             "pbs": "hpcrun.backends.pbs:PbsBackend",
+             "pod": "hpcrun.backends.pod:PodBackend"}
 KNOWN = ("local", "slurm", "pbs", "pod")
 
 
-def get_backend(name: str) -> Backend:
+def get_backend(name: str, *, remote: str | None = None,
+                project_dir: Path | None = None) -> Backend:
+    """The backend called ``name``; the pod backend needs the name of its remote."""
     target = _REGISTRY.get(name)
     if target is None:
-        if name in KNOWN:
-            raise BadInput(f"backend {name!r} is not available in this version of hpcrun; "
-                           f"available: {', '.join(_REGISTRY)}")
         raise BadInput(f"unknown backend {name!r}; choose one of {', '.join(KNOWN)}")
     module_name, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module_name), cls)()
+    factory = getattr(importlib.import_module(module_name), cls)
+    if name == "pod":
+        if not remote:
+            raise BadInput("the pod backend needs a remote: --remote NAME or `remote:` in the "
+                           "config (remotes are defined in configs/remotes.yaml)")
+        from ..config import load_remote
+
+        return factory(load_remote(remote, project_dir), remote)
+    return factory()
+
+
+def backend_for(record: JobRecord, project_dir: Path | None = None) -> Backend:
+    """The backend that runs an existing job."""
+    return get_backend(record.backend, remote=record.info.get("remote"),
+                       project_dir=project_dir or Path(record.project_dir))

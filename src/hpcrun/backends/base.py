@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import rundir
+from ..bundle import Bundle, cache_dir, snapshot
 from ..job import JobRecord, JobStatus, is_terminal
 from ..render import JobSpec, SubmitPlan
 
@@ -47,6 +48,18 @@ class ScriptBackend:
     following a log until the job ends. Subclasses provide ``status`` and ``logs``."""
 
     follow_interval = 1.0
+
+    def bundle_dir(self, bundle: Bundle) -> str:
+        """Where jobs will find the bundle (pure): hpcrun's content-addressed cache."""
+        return str(cache_dir() / bundle.hash[:24])
+
+    def ship(self, bundle: Bundle) -> None:
+        """Put the bundle where ``bundle_dir`` says (once per content)."""
+        snapshot(bundle)
+
+    def read_log(self, record: JobRecord, rank: int | None = None) -> str | None:
+        path = self.logs(record, rank)  # type: ignore[attr-defined]
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else None
 
     def write(self, plan: SubmitPlan) -> None:
         path = Path(plan.script_path)

@@ -1,0 +1,92 @@
+"""``python -m hpcrun.agent``: what hpcrun runs ON a pod, so that one ssh round trip does one
+whole operation. It reuses the local backend (a pod is "local" from its own point of view)
+and speaks JSON on stdin/stdout. No torch, no pandas.
+
+    prepare   {"files": {path: text}, "modes": {path: mode}, "start": script|null}
+              -> {"pid": int|null}      write files atomically, then start a job script detached
+    status    {"run_dirs": [...]}       -> {run_dir: {state, reason, exit_code, detail}}
+    cancel    {"run_dir": path}         -> {state, reason, exit_code, detail}
+    snapshot  {"code": dir, "target": dir, "files": {name: text}}
+              -> {"created": bool}      write the bundle manifest into the synced tree, then
+                                        freeze it as a content-addressed copy
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from . import rundir
+from .backends.local import LocalBackend
+from .job import JobRecord
+
+
+def _record(run_dir: str) -> JobRecord:
+    return JobRecord(id="pod", backend="local", host="pod", experiment="", run_dir=run_dir,
+                     project_dir=run_dir)
+
+
+def prepare(request: dict[str, Any]) -> dict[str, Any]:
+    for path, text in request.get("files", {}).items():
+        target = Path(path)
+        rundir.write_atomic(target, text.encode())
+        mode = request.get("modes", {}).get(path)
+        if mode is not None:
+            target.chmod(int(mode))
+    for folder in request.get("dirs", []):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    pid = None
+    if request.get("start"):
+        script = request["start"]
+        output = str(Path(script).parent / rundir.JOB_OUTPUT)
+        pid = LocalBackend().runner.spawn_detached(["bash", script], cwd=str(Path(script).parent),
+                                                   output=output)
+    return {"pid": pid}
+
+
+def status(request: dict[str, Any]) -> dict[str, Any]:
+    backend = LocalBackend()
+    return {run_dir: asdict(backend._one(_record(run_dir))) for run_dir in request["run_dirs"]}
+
+
+def cancel(request: dict[str, Any]) -> dict[str, Any]:
+    return asdict(LocalBackend().cancel(_record(request["run_dir"])))
+
+
+def snapshot(request: dict[str, Any]) -> dict[str, Any]:
+    """Hard-link copy of the synced tree: rsync replaces files by renaming new ones into
+    place, so the copy keeps the content of this sync whatever later syncs do."""
+    target = Path(request["target"])
+    for path, text in request.get("files", {}).items():
+        rundir.write_atomic(Path(request["code"]) / path, text.encode())
+    if (target / "BUNDLE.sha256").exists():
+        return {"created": False}
+    staging = target.with_name(f".{target.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(request["code"], staging, copy_function=os.link)
+    os.replace(staging, target)
+    return {"created": True}
+
+
+COMMANDS = {"prepare": prepare, "status": status, "cancel": cancel, "snapshot": snapshot}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] not in COMMANDS:
+        print(f"usage: python -m hpcrun.agent {{{'|'.join(COMMANDS)}}} < request.json",
+              file=sys.stderr)
+        return 2
+    request = json.loads(sys.stdin.read() or "{}")
+    json.dump(COMMANDS[args[0]](request), sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

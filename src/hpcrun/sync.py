@@ -1,0 +1,94 @@
+"""Shipping a bundle to a remote with rsync over the remote's ssh connection.
+
+``rsync_argv`` is pure (tests check it); ``push`` runs it and writes the bundle's manifest
+(sha256 per file, git commit, dirty flag) beside the files on the remote, then freezes the
+synced tree as ``bundles/<hash>`` so a job runs what was synced for it.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .bundle import MANIFEST_NAME, Bundle, manifest_text
+from .shell import LocalRunner, SshRunner
+
+
+@dataclass
+class SyncResult:
+    bundle: Bundle
+    remote_code: str
+    remote_bundle: str
+    dry_run: bool
+    bytes_sent: int = 0
+    files_transferred: int = 0
+    changed: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"hash": self.bundle.hash, "files": len(self.bundle.files),
+                "bytes": self.bundle.size, "held_back": self.bundle.held_back,
+                "git": self.bundle.git.as_dict(), "remote_code": self.remote_code,
+                "remote_bundle": self.remote_bundle, "dry_run": self.dry_run,
+                "bytes_sent": self.bytes_sent, "files_transferred": self.files_transferred,
+                "changed": self.changed}
+
+
+def remote_paths(workdir: str, bundle_hash: str) -> tuple[str, str]:
+    """(the synced tree, the frozen copy of this bundle) under the remote's workdir."""
+    return posixpath.join(workdir, "code"), posixpath.join(workdir, "bundles", bundle_hash[:24])
+
+
+def rsync_argv(source: str, destination: str, shell: str, *, dry_run: bool = False,
+               delete: bool = False) -> list[str]:
+    """One rsync of the files listed on stdin (--files-from=-), over ``shell``."""
+    argv = ["rsync", "-az", "--files-from=-", "--from0", "--stats", "--partial",
+            "--info=progress2", "-e", shell]
+    if dry_run:
+        argv += ["--dry-run", "--itemize-changes"]
+    if delete:
+        argv.append("--delete-missing-args")
+    return [*argv, source.rstrip("/") + "/", destination]
+
+
+def parse_stats(text: str) -> tuple[int, int, list[str]]:
+    """(bytes sent, regular files transferred, itemized changes) from rsync's output."""
+    def number(label: str) -> int:
+        match = re.search(rf"{label}:\s*([\d,.]+)", text)
+        return int(float(match.group(1).replace(",", ""))) if match else 0
+
+    changed = [line.split(" ", 1)[1] for line in text.splitlines()
+               if re.match(r"^[<>ch.*][fdLDS][.+?cstpoguax]{9} ", line)]
+    return number("Total bytes sent"), number("Number of regular files transferred"), changed
+
+
+def push(bundle: Bundle, ssh: SshRunner, workdir: str, *, dry_run: bool = False,
+         delete: bool = False, local: LocalRunner | None = None,
+         progress: Callable[[str], None] | None = None) -> SyncResult:
+    local = local or LocalRunner()
+    code, frozen = remote_paths(workdir, bundle.hash)
+    if not dry_run:
+        ssh.run(["mkdir", "-p", code, posixpath.dirname(frozen)])
+    argv = rsync_argv(str(bundle.project_dir), f"{ssh.target}:{code}", ssh.rsync_shell(),
+                      dry_run=dry_run, delete=delete)
+    result = local.stream(argv, input="\0".join(bundle.files) + "\0", on_line=progress,
+                          timeout=3600)
+    sent, transferred, changed = parse_stats(result.stdout)
+    if not dry_run:
+        meta = {"hash": bundle.hash, "git": bundle.git.as_dict(), "files": len(bundle.files)}
+        request = {"code": code, "target": frozen,
+                   "files": {MANIFEST_NAME: manifest_text(bundle),
+                             "bundle.json": json.dumps(meta, indent=2) + "\n"}}
+        agent(ssh, "snapshot", request)
+    return SyncResult(bundle, code, frozen, dry_run, sent, transferred, changed)
+
+
+def agent(ssh: SshRunner, command: str, request: dict, python: str | None = None) -> dict:
+    """One call of ``python -m hpcrun.agent COMMAND`` on the remote, JSON in and out."""
+    python = python or ssh.remote.python
+    result = ssh.run([python, "-m", "hpcrun.agent", command], input=json.dumps(request),
+                     timeout=300)
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    return json.loads(lines[-1]) if lines else {}

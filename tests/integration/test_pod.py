@@ -1,0 +1,188 @@
+"""The pod backend against a real sshd on loopback (hpc/pod/up.sh): it IS the `runpod` remote.
+In CI a pod that cannot start is a failure, not a skip."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HPCRUN = str(Path(sys.executable).parent / "hpcrun")
+
+pytestmark = pytest.mark.slow
+
+
+def _sshd_up(state: Path) -> bool:
+    try:
+        os.kill(int((state / "run" / "sshd.pid").read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def pod_env():
+    state = Path(os.environ.get("HPCRUN_POD_DIR", "/tmp/hpcrun-pod"))
+    was_up = _sshd_up(state)
+    proc = subprocess.run([str(REPO / "hpc" / "pod" / "up.sh")], capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        message = f"pod sandbox did not start: {proc.stderr[-2000:]}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    env = dict(re.findall(r"^export (\w+)=(.*)$", proc.stdout, re.M))
+    env["RUNPOD_PYTHON"] = sys.executable  # the pod shares this machine: hpcrun is there
+    yield env
+    if not was_up:
+        subprocess.run([str(REPO / "hpc" / "pod" / "down.sh")], capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, pod_env):
+    root = tmp_path / "project"
+    (root / "configs").mkdir(parents=True)
+    workdir = tmp_path / "pod-workspace"  # every test syncs into its own directory
+    for key, value in {**pod_env, "RUNPOD_WORKDIR": str(workdir),
+                       "XDG_STATE_HOME": str(tmp_path / "state"),
+                       "XDG_CACHE_HOME": str(tmp_path / "cache"), "NO_COLOR": "1"}.items():
+        monkeypatch.setenv(key, value)
+    return root
+
+
+def hp(cwd, *args, timeout=300):
+    return subprocess.run([HPCRUN, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def hpj(cwd, *args, **kwargs):
+    proc = hp(cwd, "--json", *args, **kwargs)
+    assert proc.returncode in (0, 1), proc.stderr
+    return json.loads(proc.stdout)
+
+
+def wait(project, job, states, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = hpj(project, "status", job)[0]
+        if view["state"] in states:
+            return view
+        time.sleep(1)
+    raise AssertionError(f"{job} never reached {states}: {view}")
+
+
+def test_sync_submit_monitor_fetch_round_trip_of_v3(project):
+    (project / "train_helpers.py").write_text("VALUE = 1\n")
+    (project / ".env").write_text("API_TOKEN=very-secret\n")
+    (project / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    synced = hpj(project, "sync", "--remote", "runpod")
+    assert sorted(synced["held_back"]) == [".env", "id_rsa"]
+    code = Path(synced["remote_code"])
+    assert (code / "train_helpers.py").is_file()
+    assert not (code / ".env").exists() and not (code / "id_rsa").exists()
+    manifest = (code / "BUNDLE.sha256").read_text()
+    assert "train_helpers.py" in manifest and ".env" not in manifest
+    assert json.loads((code / "bundle.json").read_text())["hash"] == synced["hash"]
+
+    proc = hp(project, "--json", "submit", "--backend", "pod", "--remote", "runpod", "v3")
+    assert proc.returncode == 0, proc.stderr
+    job = json.loads(proc.stdout)["jobs"][0]
+    assert hp(project, "monitor", "--once", job["id"]).returncode == 0
+    view = wait(project, job["id"], {"SUCCEEDED", "FAILED"})
+    assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
+
+    fetched = hp(project, "fetch", job["id"])
+    assert fetched.returncode == 0, fetched.stderr
+    assert "verified against MANIFEST.sha256" in fetched.stdout
+    local = Path(job["run_dir"])
+    assert (local / "eval" / "evaluation.csv").is_file()
+    assert "Final evaluation" in hp(project, "logs", job["id"]).stdout
+
+
+def test_unchanged_resync_sends_under_one_percent_of_the_first(project):
+    data = project / "data"
+    data.mkdir()
+    for i in range(300):
+        (data / f"part{i:03d}.bin").write_bytes(os.urandom(8192))
+    first = hpj(project, "sync", "--remote", "runpod")
+    again = hpj(project, "sync", "--remote", "runpod")
+    assert first["bytes_sent"] > 2_000_000
+    assert again["bytes_sent"] < 0.01 * first["bytes_sent"], (first["bytes_sent"],
+                                                              again["bytes_sent"])
+    assert again["files_transferred"] == 0
+    dry = hpj(project, "sync", "--remote", "runpod", "--dry-run")
+    assert dry["changed"] == []
+    (data / "part000.bin").write_bytes(b"changed")
+    dry = hpj(project, "sync", "--remote", "runpod", "--dry-run")
+    assert any("part000.bin" in line for line in dry["changed"])
+
+
+def test_a_corrupted_local_artifact_is_detected(project):
+    (project / "configs" / "tiny.yaml").write_text(
+        "extends: v3\nexperiment: tiny\ndata: {rows: 600}\ntraining: {epochs: 1}\n"
+        "resources: {cpus_per_task: 1}\npipeline: [{name: train, mode: full_pipeline}]\n")
+    proc = hp(project, "--json", "submit", "--backend", "pod", "--remote", "runpod", "tiny")
+    job = json.loads(proc.stdout)["jobs"][0]
+    assert wait(project, job["id"], {"SUCCEEDED", "FAILED"})["state"] == "SUCCEEDED"
+    assert hp(project, "fetch", job["id"]).returncode == 0
+    target = Path(job["run_dir"]) / "train" / "training.csv"
+    stat = target.stat()
+    text = target.read_text()
+    target.write_text(text.replace("1,", "9,", 1))  # same size, same mtime: rsync skips it
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = hp(project, "fetch", job["id"])
+    assert again.returncode == 1
+    assert "train/training.csv: checksum mismatch" in again.stderr
+
+
+def test_the_job_survives_every_ssh_connection_closing(project):
+    (project / "configs" / "long.yaml").write_text(
+        "extends: v3\nexperiment: long\ndata: {rows: 20000}\n"
+        "training: {epochs: 200, early_stopping: {enabled: false}}\n"
+        "resources: {cpus_per_task: 1}\npipeline: [{name: train, mode: full_pipeline}]\n")
+    proc = hp(project, "--json", "submit", "--backend", "pod", "--remote", "runpod", "long")
+    job = json.loads(proc.stdout)["jobs"][0]
+    wait(project, job["id"], {"RUNNING"})
+    for ssh in [p for p in psutil.process_iter(["name", "cmdline"])
+                if p.info["name"] == "ssh" and "ControlMaster=auto" in " ".join(
+                    p.info["cmdline"] or [])]:
+        ssh.kill()  # every client connection and master to the pod
+    time.sleep(2)
+    assert hpj(project, "status", job["id"])[0]["state"] == "RUNNING"
+    assert hpj(project, "cancel", job["id"])[0]["state"] == "CANCELLED"
+
+
+@pytest.mark.parametrize("setting, needle", [
+    ({"RUNPOD_PORT": "1"}, "cannot reach"),
+    ({"RUNPOD_SSH_KEY": "/nonexistent/key"}, "refused the key"),
+])
+def test_unreachable_or_refused_fails_fast_in_one_line(project, monkeypatch, setting, needle):
+    for key, value in setting.items():
+        monkeypatch.setenv(key, value)
+    began = time.monotonic()
+    proc = hp(project, "sync", "--remote", "runpod")
+    assert time.monotonic() - began < 15  # the connect timeout is 10 s
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_a_changed_host_key_is_refused_with_a_hint(project, tmp_path):
+    known = tmp_path / "state" / "hpcrun" / "known_hosts"
+    known.parent.mkdir(parents=True)
+    fake = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                           str(tmp_path / "fake")], capture_output=True)
+    assert fake.returncode == 0
+    port = os.environ["RUNPOD_PORT"]
+    known.write_text(f"[127.0.0.1]:{port} {(tmp_path / 'fake.pub').read_text()}")
+    proc = hp(project, "sync", "--remote", "runpod")
+    assert proc.returncode == 1
+    assert "host key" in proc.stderr and "ssh-keygen -R" in proc.stderr
