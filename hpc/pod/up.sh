@@ -8,6 +8,7 @@
 #   hpcrun sync --remote runpod
 #
 # State directory: $HPCRUN_POD_DIR (default /tmp/hpcrun-pod); port: $HPCRUN_POD_PORT (22022).
+# Several can run side by side with different directories and ports.
 set -euo pipefail
 
 state=${HPCRUN_POD_DIR:-/tmp/hpcrun-pod}
@@ -55,6 +56,11 @@ MaxSessions 100
 AcceptEnv HPCRUN_*
 Subsystem sftp internal-sftp
 CONF
+# extra environment for every session, e.g. SLURM_CONF when this sshd stands in for a
+# cluster's login node: HPCRUN_POD_SETENV="SLURM_CONF=/tmp/hpcrun-slurm/etc/slurm.conf"
+if [[ -n ${HPCRUN_POD_SETENV-} ]]; then
+  echo "SetEnv $HPCRUN_POD_SETENV" >>"$state/etc/sshd_config"
+fi
 
 pidfile=$state/run/sshd.pid
 if [[ -s $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then

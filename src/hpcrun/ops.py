@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -151,7 +151,6 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
             experiment=cfg.experiment, run_dir=str(run_dir), project_dir=str(project_dir),
             group=group_id,
             info={"config": name, "overrides": list(overrides), "sweep_point": point,
-                  "remote": remote or base.remote,
                   "stages": [s.name for s in cfg.pipeline], "bundle_hash": bundle.hash}))
 
     group = None
@@ -163,6 +162,10 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
             info={"kind": "sweep", "points": [j.id for j in jobs], "parallel": parallel,
                   "config": name, "grid": points})
     plans = impl.render(specs, group=group, parallel=parallel, project_dir=project_dir)
+    for record in ([group] if group else []) + jobs:
+        record.info.update(impl.remote_info(record))
+        if group is not None and record is not group:
+            record.info["sweep_logs"] = str(PurePosixPath(impl.place(group.run_dir)) / "logs")
     for job in jobs:
         mine = [p for p in plans if p.job_id in (job.id, group_id)]
         job.info["scripts"] = [p.script_path for p in mine]
@@ -198,6 +201,8 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
     records = ([group] if group else []) + jobs
     store.add(records)
     try:
+        impl.prepare_run_dirs({job.run_dir: text
+                               for job, text in zip(jobs, configs_text, strict=True)})
         natives = impl.submit(plans)
     except HpcrunError:
         for record in records:
@@ -406,9 +411,7 @@ class Snapshot:
 
 
 def snapshot_of(view: JobView) -> Snapshot:
-    backend = backend_for(view.record)
-    if hasattr(backend, "pull"):  # read a remote run's CSVs and status from a fresh copy
-        backend.pull(view.record, partial=True)
+    backend_for(view.record).pull(view.record, partial=True)  # a remote run: fresh copy
     root = rundir.RunDir(view.record.run_dir)
     trainer = rundir.read_json(root.status) or {}
     stage = trainer.get("stage")
@@ -455,8 +458,7 @@ def fetch(ref: str | None, project_dir: Path, partial: bool = False,
     run = Path(record.run_dir)
     backend = backend_for(record)
     finished = is_terminal(view.status.state) or view.status.state == "PREEMPTED"
-    if hasattr(backend, "pull"):  # a remote run directory: rsync it back first
-        backend.pull(record, partial=partial or not finished)
+    backend.pull(record, partial=partial or not finished)  # a remote run: rsync it back
     verified = False
     if finished and not partial:
         problems = rundir.verify_manifest(run)

@@ -117,9 +117,10 @@ def render_local(spec: JobSpec, launcher: str, project_dir: Path | None = None) 
                       argv=("bash", files["script"]), files=files)
 
 
-def scheduler_context(specs: Sequence[JobSpec], launchers: Path) -> dict[str, Any]:
+def scheduler_context(specs: Sequence[JobSpec]) -> dict[str, Any]:
     """What every scheduler template shares: the run directory (per array task for a sweep),
-    the bundle on PYTHONPATH, hpcrun's environment and the launchers."""
+    the bundle on PYTHONPATH and hpcrun's environment. The templates find hpcrun's launchers
+    at run time through ``$HPCRUN_PYTHON``: the cluster's hpcrun, wherever it is installed."""
     first = specs[0]
     bundle = Path(first.bundle_dir)
     per_task = ("HPCRUN_JOB_ID", "HPCRUN_SWEEP_OVERRIDES")
@@ -138,6 +139,4 @@ def scheduler_context(specs: Sequence[JobSpec], launchers: Path) -> dict[str, An
         "bundle_dir": first.bundle_dir,
         "pythonpath": ":".join(str(p) for p in (bundle / "src", bundle)),
         "env": dict(sorted(env.items())),
-        "signal_helper": str(launchers / "signal-trainer.sh"),
-        "launcher": str(launchers / "torchrun.sh"),
     }

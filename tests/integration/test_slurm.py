@@ -276,3 +276,48 @@ def test_resubmit_failed_runs_only_the_failed_array_tasks(project):
     assert tasks in ([f"{array}_1"], [f"{array}_[1]"])  # only the failed index
     group = wait(project, data["group"]["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
     assert group["state"] == "SUCCEEDED", group
+
+
+@pytest.fixture(scope="session")
+def login_node(slurm_env, tmp_path_factory):
+    """A second private sshd in front of the same SLURM cluster: a login node."""
+    state = tmp_path_factory.mktemp("login")
+    env = {**os.environ, "HPCRUN_POD_DIR": str(state), "HPCRUN_POD_PORT": "22023",
+           "HPCRUN_POD_SETENV": f"SLURM_CONF={slurm_env['SLURM_CONF']}"}
+    proc = subprocess.run([str(REPO / "hpc" / "pod" / "up.sh")], capture_output=True,
+                          text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        message = f"login-node sshd did not start: {proc.stderr[-2000:]}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    found = dict(re.findall(r"^export (\w+)=(.*)$", proc.stdout, re.M))
+    yield {"LOGIN_PORT": found["RUNPOD_PORT"], "LOGIN_KEY": found["RUNPOD_SSH_KEY"],
+           "LOGIN_PYTHON": sys.executable}
+    subprocess.run([str(REPO / "hpc" / "pod" / "down.sh")], env=env, capture_output=True)
+
+
+def test_the_same_backend_works_through_a_login_node_over_ssh(project, login_node, monkeypatch,
+                                                              tmp_path):
+    for key, value in login_node.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("LOGIN_WORKDIR", str(tmp_path / "cluster-home"))
+    monkeypatch.delenv("SLURM_CONF")  # only the login node knows the cluster
+    (project / "configs" / "remotes.yaml").write_text(
+        "remotes:\n  login:\n    host: 127.0.0.1\n    port: ${LOGIN_PORT}\n    user: root\n"
+        "    identity_file: ${LOGIN_KEY}\n    workdir: ${LOGIN_WORKDIR}\n"
+        "    python: ${LOGIN_PYTHON}\n")
+    name = tiny(project, "remote")
+    proc = hp(project, "--json", "submit", "--backend", "slurm", "--remote", "login", name)
+    assert proc.returncode == 0, proc.stderr
+    job = json.loads(proc.stdout)["jobs"][0]
+    assert job["info"]["remote_run_dir"].startswith(str(tmp_path / "cluster-home"))
+    view = wait(project, job["id"], {"SUCCEEDED", "FAILED"})
+    assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
+    assert "Final evaluation" in hp(project, "logs").stdout
+    fetched = hp(project, "fetch")
+    assert fetched.returncode == 0 and "verified" in fetched.stdout, fetched.stderr
+    assert (Path(job["run_dir"]) / "train" / "training.csv").is_file()
+    bad = hp(project, "submit", "--backend", "slurm", "--remote", "login", name,
+             "--set", "resources.partition=nosuch")
+    assert bad.returncode == 2 and "Invalid partition" in bad.stderr

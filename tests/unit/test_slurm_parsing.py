@@ -85,7 +85,7 @@ def record(native: dict[str, str], tmp_path) -> JobRecord:
 def test_combined_state_reports_blocked_dependents(tmp_path):
     states = parse_squeue(text("squeue.txt"))
     states["24"] = parse_sacct("24|FAILED|1:0")["24"]
-    status = SlurmBackend._combine(record({"pretrain": "24", "finetune": "25", "eval": "26"},
+    status = SlurmBackend()._combine(record({"pretrain": "24", "finetune": "25", "eval": "26"},
                                           tmp_path), states)
     assert status.state == "FAILED"
     assert "stage pretrain failed (job 24, exit code 1)" in status.reason
@@ -95,7 +95,7 @@ def test_combined_state_reports_blocked_dependents(tmp_path):
 
 def test_combined_state_pending_with_reason_and_timeout_as_failure(tmp_path):
     states = parse_squeue(text("squeue.txt"))
-    pending = SlurmBackend._combine(record({"train": "30_3"}, tmp_path), states)
+    pending = SlurmBackend()._combine(record({"train": "30_3"}, tmp_path), states)
     assert pending.state == "PENDING" and pending.reason == "stage train: JobArrayTaskLimit"
-    timeout = SlurmBackend._combine(record({"train": "31"}, tmp_path), states)
+    timeout = SlurmBackend()._combine(record({"train": "31"}, tmp_path), states)
     assert timeout.state == "FAILED" and "timeout" in timeout.reason

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import posixpath
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from .. import rundir
-from ..bundle import Bundle, cache_dir, snapshot
+from ..bundle import Bundle
 from ..job import JobRecord, JobStatus, is_terminal
 from ..render import JobSpec, SubmitPlan
+from .files import LocalFiles, RemoteFiles
 
 
 class Backend(Protocol):
@@ -44,22 +46,25 @@ class Backend(Protocol):
 
 
 class ScriptBackend:
-    """What every backend that writes job scripts shares: writing a plan's script, and
-    following a log until the job ends. Subclasses provide ``status`` and ``logs``."""
+    """What every backend that writes job scripts shares: where its files live (``files``:
+    this machine, or a remote over ssh), writing a plan's script, reading and following logs,
+    and bringing a remote run directory back. Subclasses provide ``status`` and
+    ``log_paths``."""
 
     follow_interval = 1.0
+    files: LocalFiles | RemoteFiles = LocalFiles()
 
     def bundle_dir(self, bundle: Bundle) -> str:
-        """Where jobs will find the bundle (pure): hpcrun's content-addressed cache."""
-        return str(cache_dir() / bundle.hash[:24])
+        """Where jobs will find the bundle (pure)."""
+        return self.files.bundle_dir(bundle)
 
     def ship(self, bundle: Bundle) -> None:
         """Put the bundle where ``bundle_dir`` says (once per content)."""
-        snapshot(bundle)
+        self.files.ship(bundle)
 
-    def read_log(self, record: JobRecord, rank: int | None = None) -> str | None:
-        path = self.logs(record, rank)  # type: ignore[attr-defined]
-        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else None
+    def place(self, local_run_dir: str) -> str:
+        """Where the job's run directory is, seen from where it runs (pure)."""
+        return self.files.place(local_run_dir)
 
     def write(self, plan: SubmitPlan) -> None:
         path = Path(plan.script_path)
@@ -67,21 +72,50 @@ class ScriptBackend:
         rundir.write_atomic(path, plan.script.encode())
         path.chmod(0o755)
 
+    def log_paths(self, record: JobRecord, rank: int | None = None) -> list[str]:
+        """Candidate log files, newest last; the first that exists (from the end) is shown."""
+        raise NotImplementedError
+
+    def logs(self, record: JobRecord, rank: int | None = None) -> Path:
+        return Path(self.log_paths(record, rank)[-1])
+
+    def read_log(self, record: JobRecord, rank: int | None = None) -> str | None:
+        for path in reversed(self.log_paths(record, rank)):
+            text = self.files.read_text(path)
+            if text is not None:
+                return text
+        return None
+
     def follow(self, record: JobRecord, rank: int | None = None) -> Iterator[str]:
-        offsets: dict[Path, int] = {}
+        shown = 0
         pending = ""
         while True:
             finished = is_terminal(self.status([record])[record.id].state)  # type: ignore[attr-defined]
-            path = self.logs(record, rank)  # type: ignore[attr-defined]
-            if path.exists():
-                with open(path, encoding="utf-8", errors="replace") as handle:
-                    handle.seek(offsets.get(path, 0))
-                    pending += handle.read()
-                    offsets[path] = handle.tell()
-                *lines, pending = pending.split("\n")
-                yield from lines
+            text = self.read_log(record, rank) or ""
+            pending += text[shown:]
+            shown = len(text)
+            *lines, pending = pending.split("\n")
+            yield from lines
             if finished:
                 if pending:
                     yield pending
                 return
             time.sleep(self.follow_interval)
+
+    def pull(self, record: JobRecord, partial: bool = False) -> None:
+        """Bring a remote run directory back (nothing to do when it is on this machine)."""
+        if isinstance(self.files, RemoteFiles):
+            self.files.pull(record, partial)
+
+    def prepare_run_dirs(self, configs: dict[str, str]) -> None:
+        """Give each remote run directory its config.yaml ({local run dir: text}); the
+        local copies were written by the caller."""
+        if isinstance(self.files, RemoteFiles):
+            self.files.write({posixpath.join(self.place(run), rundir.CONFIG): text
+                              for run, text in configs.items()})
+
+    def remote_info(self, record: JobRecord) -> dict[str, str]:
+        """What the job store keeps to find the job's files again."""
+        if isinstance(self.files, RemoteFiles):
+            return {"remote": self.files.remote_name, "remote_run_dir": self.place(record.run_dir)}
+        return {}

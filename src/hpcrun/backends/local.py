@@ -149,10 +149,10 @@ class LocalBackend(ScriptBackend):
 
     # -- logs -----------------------------------------------------------------------------
 
-    def logs(self, record: JobRecord, rank: int | None = None) -> Path:
+    def log_paths(self, record: JobRecord, rank: int | None = None) -> list[str]:
         if rank is None:
-            return Path(job_files(record.run_dir)["output"])
-        return Path(record.run_dir) / rundir.LOGS / f"train.rank{rank}.log"
+            return [job_files(record.run_dir)["output"]]
+        return [str(Path(record.run_dir) / rundir.LOGS / f"train.rank{rank}.log")]
 
     # -- cancel ---------------------------------------------------------------------------
 

@@ -9,16 +9,17 @@ the parsers against output written from the PBS Professional reference's formats
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import rundir
-from ..errors import OperationFailed
+from ..config import RemoteConfig
+from ..errors import BadInput, OperationFailed
 from ..job import JobRecord, JobStatus, is_terminal
 from ..render import JobSpec, SubmitPlan, render_template, scheduler_context
-from ..resources import launchers_dir
 from ..shell import CommandFailed, LocalRunner
 from .base import ScriptBackend
 
@@ -118,7 +119,11 @@ class PbsBackend(ScriptBackend):
 
     name = "pbs"
 
-    def __init__(self, runner: LocalRunner | None = None):
+    def __init__(self, runner: LocalRunner | None = None, remote: RemoteConfig | None = None,
+                 remote_name: str | None = None):
+        if remote is not None:
+            raise BadInput("PBS through a login node is not supported yet: run hpcrun on the "
+                           "login node, or use --backend slurm/pod")
         self.runner = runner or LocalRunner()
 
     def render(self, specs: Sequence[JobSpec], *, group: JobRecord | None = None,
@@ -130,7 +135,7 @@ class PbsBackend(ScriptBackend):
             array += f"%{parallel}"
         owner = group.id if group is not None else first.id
         base = Path(group.run_dir if group is not None else first.run_dir)
-        shared = scheduler_context(specs, launchers_dir())
+        shared = scheduler_context(specs)
         plans = []
         previous = None
         for stage in first.stages:
@@ -240,12 +245,12 @@ class PbsBackend(ScriptBackend):
             return JobStatus("PENDING", reason=reason, detail=detail)
         return JobStatus("UNKNOWN", reason="PBS no longer knows the job", detail=detail)
 
-    def logs(self, record: JobRecord, rank: int | None = None) -> Path:
+    def log_paths(self, record: JobRecord, rank: int | None = None) -> list[str]:
+        run = self.files.run_dir(record)
         if rank is not None:
-            return Path(record.run_dir) / rundir.LOGS / f"train.rank{rank}.log"
-        found = sorted((Path(record.run_dir) / rundir.LOGS).glob("pbs-*.out"),
-                       key=lambda p: p.stat().st_mtime)
-        return found[-1] if found else Path(record.run_dir) / rundir.LOGS / "pbs-not-started.out"
+            return [posixpath.join(run, rundir.LOGS, f"train.rank{rank}.log")]
+        return [posixpath.join(run, rundir.LOGS, f"pbs-{stage}.out")
+                for stage in (record.info.get("native") or {"all": ""})]
 
     def cancel(self, record: JobRecord) -> JobStatus:
         current = self.status([record])[record.id]

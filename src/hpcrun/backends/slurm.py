@@ -8,19 +8,21 @@ jobcomp/filetxt log. Each source's states go through one table to hpcrun's state
 
 from __future__ import annotations
 
+import posixpath
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import rundir
+from ..config import RemoteConfig
 from ..errors import BadInput, OperationFailed
 from ..job import JobRecord, JobStatus, is_terminal
 from ..render import JobSpec, SubmitPlan, render_template, scheduler_context
-from ..resources import launchers_dir
 from ..shell import CommandFailed, LocalRunner
 from .base import ScriptBackend
+from .files import RemoteFiles, files_for
 
 #: seconds before the time limit at which SLURM sends USR1 to the batch shell
 SIGNAL_GRACE_S = 120
@@ -163,8 +165,14 @@ def preflight_error(stderr: str) -> str:
 class SlurmBackend(ScriptBackend):
     name = "slurm"
 
-    def __init__(self, runner: LocalRunner | None = None):
-        self.runner = runner or LocalRunner()
+    def __init__(self, runner: LocalRunner | None = None, remote: RemoteConfig | None = None,
+                 remote_name: str | None = None):
+        """With a ``remote`` (a login node), every command runs through ssh and the job's
+        files live on the cluster under the remote's workdir."""
+        self.remote = remote
+        self.files = files_for(remote, remote_name)
+        self.runner = self.files.ssh if isinstance(self.files, RemoteFiles) else (
+            runner or LocalRunner())
         self._accounting: bool | None = None
 
     # -- rendering ------------------------------------------------------------------------
@@ -174,6 +182,7 @@ class SlurmBackend(ScriptBackend):
         """One script per stage; with several specs (a sweep) each stage is one array job
         whose task i runs point i. Stages are chained: ``afterok`` on the previous stage
         (``aftercorr`` between arrays, task by task)."""
+        specs = [self._placed(s) for s in specs]
         first = specs[0]
         array = None
         if len(specs) > 1:
@@ -181,16 +190,16 @@ class SlurmBackend(ScriptBackend):
             if parallel and parallel < len(specs):
                 array += f"%{parallel}"
         owner = group.id if group is not None else first.id
-        log_dir = Path(group.run_dir if group is not None else first.run_dir) / rundir.LOGS
-        shared = scheduler_context(specs, launchers_dir())
+        script_dir = self.place(group.run_dir) if group is not None else first.run_dir
+        log_dir = posixpath.join(script_dir, rundir.LOGS)
+        shared = scheduler_context(specs)
         resources = first.resources
         plans: list[SubmitPlan] = []
         previous: str | None = None
         for stage in first.stages:
-            script_dir = Path(group.run_dir) if group is not None else Path(first.run_dir)
-            script_path = script_dir / f"job-{stage}.sbatch"
+            script_path = posixpath.join(script_dir, f"job-{stage}.sbatch")
             pattern = "%A_%a" if array else "%j"
-            output = log_dir / f"slurm-{stage}-{pattern}.out"
+            output = posixpath.join(log_dir, f"slurm-{stage}-{pattern}.out")
             script = render_template("slurm.sbatch.j2", {
                 **shared, "name": f"{first.experiment}-{stage}", "grace": SIGNAL_GRACE_S,
                 "array": array, "directives": list(resources.slurm.directives),
@@ -208,6 +217,14 @@ class SlurmBackend(ScriptBackend):
                                     members=tuple(s.id for s in specs) if array else ()))
             previous = stage
         return plans
+
+    def _placed(self, spec: JobSpec) -> JobSpec:
+        """The spec as the cluster sees it (its run directory and python there)."""
+        if self.remote is None:
+            return spec
+        run = self.place(spec.run_dir)
+        return replace(spec, run_dir=run, config_path=posixpath.join(run, rundir.CONFIG),
+                       python=self.remote.python)
 
     # -- submission -----------------------------------------------------------------------
 
@@ -241,9 +258,14 @@ class SlurmBackend(ScriptBackend):
                ) -> dict[str, dict]:
         ids: dict[str, str] = {}
         previous = None
-        try:
+        if isinstance(self.files, RemoteFiles):  # one round trip for every script
+            self.files.write({p.script_path: p.script for p in plans},
+                             {p.script_path: 0o755 for p in plans})
+        else:
             for plan in plans:
                 self.write(plan)
+        try:
+            for plan in plans:
                 argv = [a.format(**ids) if a.startswith("--dependency=") else a
                         for a in plan.argv]
                 if indices is not None:  # command-line options win over #SBATCH lines
@@ -322,9 +344,9 @@ class SlurmBackend(ScriptBackend):
         self._exit_codes(states, ids)
         return {r.id: self._combine(r, states) for r in records}
 
-    @staticmethod
-    def _combine(record: JobRecord, states: dict[str, NativeState]) -> JobStatus:
-        trainer = rundir.read_json(Path(record.run_dir) / rundir.STATUS) or {}
+    def _combine(self, record: JobRecord, states: dict[str, NativeState]) -> JobStatus:
+        run = self.files.run_dir(record)
+        trainer = self.files.read_json(posixpath.join(run, rundir.STATUS)) or {}
         detail = {k: trainer.get(k) for k in ("stage", "epoch", "epochs", "message")
                   if trainer.get(k) is not None}
         native = record.info.get("native") or {}
@@ -351,7 +373,7 @@ class SlurmBackend(ScriptBackend):
             if blocked:
                 names = [s for s, v in stage_states.items() if v == "BLOCKED"]
                 reason += f"; {', '.join(names)} blocked by it (DependencyNeverSatisfied)"
-            failure = rundir.read_json(Path(record.run_dir) / rundir.FAILURE) or {}
+            failure = self.files.read_json(posixpath.join(run, rundir.FAILURE)) or {}
             if failure.get("exception"):
                 reason += f": {failure['exception']}"
             return JobStatus("FAILED", reason=reason, detail=detail)
@@ -369,22 +391,19 @@ class SlurmBackend(ScriptBackend):
 
     # -- logs, cancel ---------------------------------------------------------------------
 
-    def logs(self, record: JobRecord, rank: int | None = None) -> Path:
+    def log_paths(self, record: JobRecord, rank: int | None = None) -> list[str]:
+        run = self.files.run_dir(record)
         if rank is not None:
-            return Path(record.run_dir) / rundir.LOGS / f"train.rank{rank}.log"
-        native = record.info.get("native") or {}
-        candidates = []
-        for stage, sid in native.items():
+            return [posixpath.join(run, rundir.LOGS, f"train.rank{rank}.log")]
+        paths = []
+        sweep_logs = record.info.get("sweep_logs")
+        for stage, sid in (record.info.get("native") or {}).items():
             job, _, task = sid.partition("_")
-            name = f"slurm-{stage}-{job}_{task}.out" if task else f"slurm-{stage}-{job}.out"
-            for folder in (Path(record.run_dir), Path(record.run_dir).parent):
-                for path in (folder / rundir.LOGS / name, *folder.glob(f"*/{rundir.LOGS}/{name}")):
-                    if path.exists():
-                        candidates.append(path)
-        candidates.sort(key=lambda p: p.stat().st_mtime)
-        if candidates:
-            return candidates[-1]
-        return Path(record.run_dir) / rundir.LOGS / "slurm-not-started.out"
+            if task:  # array tasks write into the sweep's directory
+                paths.append(posixpath.join(sweep_logs or run, f"slurm-{stage}-{job}_{task}.out"))
+            else:
+                paths.append(posixpath.join(run, rundir.LOGS, f"slurm-{stage}-{job}.out"))
+        return paths or [posixpath.join(run, rundir.LOGS, "slurm-not-started.out")]
 
     def cancel(self, record: JobRecord) -> JobStatus:
         current = self.status([record])[record.id]

@@ -1,0 +1,110 @@
+"""Where a job's files live: on this machine, or on a remote reached by ssh (a pod, or a
+cluster's login node). Backends render paths with ``place``/``bundle_dir`` (pure) and move
+files with the rest; the same SLURM code then serves a local cluster and one behind ssh."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from pathlib import Path
+
+from .. import rundir
+from ..bundle import Bundle, cache_dir, snapshot
+from ..job import JobRecord
+from ..shell import LocalRunner, SshRunner
+from ..sync import agent, push, remote_paths
+
+
+class LocalFiles:
+    remote_name: str | None = None
+
+    def place(self, local_run_dir: str) -> str:
+        return local_run_dir
+
+    def bundle_dir(self, bundle: Bundle) -> str:
+        return str(cache_dir() / bundle.hash[:24])
+
+    def ship(self, bundle: Bundle) -> None:
+        snapshot(bundle)
+
+    def write(self, files: dict[str, str], modes: dict[str, int] | None = None) -> None:
+        for path, text in files.items():
+            target = Path(path)
+            rundir.write_atomic(target, text.encode())
+            if modes and path in modes:
+                target.chmod(modes[path])
+
+    def read_text(self, path: str) -> str | None:
+        try:
+            return Path(path).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+
+    def read_json(self, path: str) -> dict | None:
+        return rundir.read_json(Path(path))
+
+    def run_dir(self, record: JobRecord) -> str:
+        return record.run_dir
+
+
+class RemoteFiles:
+    """Files under ``workdir`` on an ssh remote; writes go through ``python -m hpcrun.agent``
+    there (one round trip), reads through ssh, run directories come back with rsync."""
+
+    def __init__(self, ssh: SshRunner, workdir: str, python: str, remote_name: str,
+                 local: LocalRunner | None = None):
+        self.ssh, self.workdir, self.python = ssh, workdir, python
+        self.remote_name = remote_name
+        self.local = local or LocalRunner()
+
+    def place(self, local_run_dir: str) -> str:
+        """``<workdir>/runs/<experiment>/<run-id>`` for a local ``.../<experiment>/<run-id>``."""
+        local = Path(local_run_dir)
+        return posixpath.join(self.workdir, "runs", local.parent.name, local.name)
+
+    def bundle_dir(self, bundle: Bundle) -> str:
+        return remote_paths(self.workdir, bundle.hash)[1]
+
+    def ship(self, bundle: Bundle) -> None:
+        push(bundle, self.ssh, self.workdir, local=self.local)
+
+    def write(self, files: dict[str, str], modes: dict[str, int] | None = None,
+              start: str | None = None) -> dict:
+        dirs = sorted({posixpath.join(posixpath.dirname(p), rundir.LOGS) for p in files})
+        return agent(self.ssh, "prepare", {"files": files, "modes": modes or {}, "dirs": dirs,
+                                           "start": start}, python=self.python)
+
+    def read_text(self, path: str) -> str | None:
+        result = self.ssh.run(["cat", path], check=False)
+        return result.stdout if result.returncode == 0 else None
+
+    def read_json(self, path: str) -> dict | None:
+        text = self.read_text(path)
+        try:
+            return json.loads(text) if text else None
+        except ValueError:
+            return None
+
+    def run_dir(self, record: JobRecord) -> str:
+        return record.info.get("remote_run_dir") or self.place(record.run_dir)
+
+    def pull(self, record: JobRecord, partial: bool = False) -> None:
+        """Bring the run directory back with rsync (resumable). ``partial``: CSVs and JSON
+        only, for a job still running."""
+        local = Path(record.run_dir)
+        local.mkdir(parents=True, exist_ok=True)
+        argv = ["rsync", "-az", "--partial", "--safe-links", "-e", self.ssh.rsync_shell()]
+        if partial:
+            argv += ["--include=*/", "--include=*.csv", "--include=*.json", "--exclude=*"]
+        argv += [f"{self.ssh.target}:{self.run_dir(record).rstrip('/')}/", str(local) + "/"]
+        self.local.run(argv, timeout=3600)
+
+    def close(self) -> None:
+        self.ssh.close()
+
+
+def files_for(remote, remote_name: str | None):
+    """LocalFiles, or RemoteFiles over a new ssh connection to ``remote``."""
+    if remote is None:
+        return LocalFiles()
+    return RemoteFiles(SshRunner(remote), remote.workdir, remote.python, remote_name or "")
