@@ -16,6 +16,8 @@ stop() {
 }
 for pidfile in "$state"/run/slurmd-*.pid; do stop "$pidfile"; done
 stop "$state/run/slurmctld.pid"
+stop "$state/run/slurmdbd.pid"
+stop "$state/mysql/run/mysql.pid"
 stop "$state/run/munged.pid"
 if [[ ${1-} == "--purge" ]]; then
   rm -rf "$state"

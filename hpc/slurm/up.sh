@@ -7,8 +7,10 @@
 #   hpc/slurm/up.sh                 # 2 nodes (n1, n2) in partition "debug"
 #   HPCRUN_SLURM_NODES=1 hpc/slurm/up.sh
 #   eval "$(hpc/slurm/up.sh --env)" # only the export lines, for a shell
+#   hpc/slurm/up.sh --accounting    # also slurmdbd + MariaDB, so `sacct` answers for real
 #
-# State directory: $HPCRUN_SLURM_DIR (default /tmp/hpcrun-slurm).
+# State directory: $HPCRUN_SLURM_DIR (default /tmp/hpcrun-slurm). Running it again with a
+# different mode restarts the SLURM daemons with the new configuration (jobs are kept).
 set -euo pipefail
 
 state=${HPCRUN_SLURM_DIR:-/tmp/hpcrun-slurm}
@@ -16,7 +18,14 @@ nodes=${HPCRUN_SLURM_NODES:-2}
 cpus=${HPCRUN_SLURM_CPUS:-2}
 mem=${HPCRUN_SLURM_MEM_MB:-4000}
 env_only=0
-[[ ${1-} == "--env" ]] && env_only=1
+accounting=${HPCRUN_SLURM_ACCOUNTING:-0}
+for arg in "$@"; do
+  case $arg in
+    --env) env_only=1 ;;
+    --accounting) accounting=1 ;;
+    *) echo "hpc/slurm/up.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
 
 say() { [[ $env_only == 1 ]] || echo "hpc/slurm: $*" >&2; }
 
@@ -24,6 +33,10 @@ install_missing() {
   local missing=()
   command -v slurmctld >/dev/null 2>&1 || missing+=(slurm-wlm)
   command -v munged >/dev/null 2>&1 || missing+=(munge)
+  if [[ $accounting == 1 ]]; then
+    command -v slurmdbd >/dev/null 2>&1 || missing+=(slurmdbd slurm-wlm-mysql-plugin)
+    command -v mariadbd >/dev/null 2>&1 || missing+=(mariadb-server-core mariadb-client-core)
+  fi
   if [[ ${#missing[@]} -gt 0 ]]; then
     say "installing ${missing[*]} (apt)"
     if [[ $(id -u) -ne 0 ]]; then
@@ -41,7 +54,8 @@ running() { # pidfile -> true if that process is alive
   [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null
 }
 
-# Daemons must not inherit our descriptors (a held lock fd made a second start hang).
+# Daemons must not inherit our descriptors (a held lock fd made a second start hang; a held
+# stdout pipe keeps a caller reading our output waiting forever).
 start_daemon() {
   (
     for fd in "/proc/$BASHPID/fd"/*; do
@@ -50,6 +64,16 @@ start_daemon() {
     done
     exec "$@" </dev/null >>"$state/log/daemons.out" 2>&1
   ) || true
+}
+# The same for a program that stays in the foreground: one fork, then exec.
+start_background() {
+  (
+    for fd in "/proc/$BASHPID/fd"/*; do
+      fd=${fd##*/}
+      [[ $fd -gt 2 ]] && eval "exec $fd>&-" 2>/dev/null
+    done
+    exec "$@" </dev/null >>"$state/log/daemons.out" 2>&1
+  ) &
 }
 
 install_missing
@@ -70,6 +94,60 @@ if ! running "$state/run/munged.pid"; then
   start_daemon munged --key-file="$key" --socket="$socket" \
     --pid-file="$state/run/munged.pid" --log-file="$state/log/munged.log" \
     --seed-file="$state/munge/munged.seed" --force
+fi
+
+# -- accounting: MariaDB + slurmdbd (only with --accounting) ----------------------------------
+accounting_lines="AccountingStorageType=accounting_storage/none"
+min_job_age=3600
+if [[ $accounting == 1 ]]; then
+  mkdir -p "$state/mysql/data" "$state/mysql/run"
+  dbsock=$state/mysql/run/mysql.sock
+  if [[ ! -d $state/mysql/data/mysql ]]; then
+    mariadb-install-db --no-defaults --datadir="$state/mysql/data" --user=root \
+      --auth-root-authentication-method=normal --skip-test-db >"$state/log/mariadb-install.log" 2>&1
+  fi
+  if ! running "$state/mysql/run/mysql.pid"; then
+    say "starting mariadbd"
+    start_background /usr/sbin/mariadbd --no-defaults --datadir="$state/mysql/data" \
+      --socket="$dbsock" --pid-file="$state/mysql/run/mysql.pid" --port=6838 \
+      --bind-address=127.0.0.1 --user=root --log-error="$state/log/mariadb.log"
+    for _ in $(seq 1 100); do [[ -S $dbsock ]] && break; sleep 0.1; done
+  fi
+  mariadb --no-defaults -S "$dbsock" -u root -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db; \
+    CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'hpcrun-sandbox'; \
+    GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
+  dbd=$state/etc/slurmdbd.conf
+  cat >"$dbd" <<DBD
+AuthType=auth/munge
+AuthInfo=socket=$socket
+DbdHost=$host
+DbdAddr=127.0.0.1
+DbdPort=6839
+SlurmUser=root
+PidFile=$state/run/slurmdbd.pid
+LogFile=$state/log/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=6838
+StorageUser=slurm
+StoragePass=hpcrun-sandbox
+StorageLoc=slurm_acct_db
+DBD
+  chmod 0600 "$dbd"
+  if ! running "$state/run/slurmdbd.pid"; then
+    say "starting slurmdbd"
+    SLURM_CONF=$state/etc/slurm.conf start_daemon slurmdbd
+    for _ in $(seq 1 100); do
+      (exec 3<>/dev/tcp/127.0.0.1/6839) 2>/dev/null && break
+      sleep 0.1
+    done
+  fi
+  accounting_lines="AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=6839
+AccountingStoragePass=$socket
+JobAcctGatherType=jobacct_gather/none"
+  min_job_age=10  # finished jobs leave squeue quickly: status must come from sacct
 fi
 
 # -- slurm.conf ----------------------------------------------------------------------------
@@ -110,14 +188,14 @@ MailProg=/bin/true
 ReturnToService=2
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,default_queue_depth=200
-MinJobAge=3600
+MinJobAge=$min_job_age
 MaxArraySize=1001
 KillWait=10
 JobRequeue=1
 MessageTimeout=10
 JobCompType=jobcomp/filetxt
 JobCompLoc=$state/log/jobcomp.txt
-AccountingStorageType=accounting_storage/none
+${accounting_lines}
 ${node_lines}PartitionName=debug Nodes=n[1-$nodes] Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 CONF
 if [[ -f $conf ]] && cmp -s "$conf" "$conf.new"; then
@@ -129,8 +207,17 @@ fi
 export SLURM_CONF=$conf
 
 # -- daemons ---------------------------------------------------------------------------
+if [[ $accounting == 1 ]]; then
+  sacctmgr -i add cluster hpcrun >/dev/null 2>&1 || true
+fi
 if running "$state/run/slurmctld.pid" && [[ ${changed:-0} == 1 ]]; then
-  scontrol reconfigure >/dev/null 2>&1 || true
+  say "configuration changed: restarting the SLURM daemons (jobs are kept)"
+  for pidfile in "$state"/run/slurmd-*.pid "$state/run/slurmctld.pid"; do
+    [[ -s $pidfile ]] || continue
+    pid=$(cat "$pidfile")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  done
 fi
 if ! running "$state/run/slurmctld.pid"; then
   say "starting slurmctld"

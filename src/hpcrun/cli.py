@@ -301,6 +301,8 @@ def status(
         out.print(f"{record.handle}  {_state(st.state)}  {record.experiment}")
         if st.reason:
             out.print(f"  reason: {st.reason}")
+        if st.detail.get("note"):
+            out.print(f"  note: {st.detail['note']}")
         stages = st.detail.get("stages") or {}
         for stage, state in stages.items():
             mark = ""

@@ -65,7 +65,7 @@ def hp(cwd, *args, timeout=300):
 
 def hpj(cwd, *args, **kwargs):
     proc = hp(cwd, "--json", *args, **kwargs)
-    assert proc.returncode in (0, 1), proc.stderr
+    assert proc.returncode in (0, 1) and proc.stdout.strip(), (args, proc.stderr)
     return json.loads(proc.stdout)
 
 

@@ -98,9 +98,9 @@ def wait(project, job, states, timeout=300):
     raise AssertionError(f"{job} never reached {states}: {view}")
 
 
-def squeue_ids() -> set[str]:
-    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
-    return set(out.split())
+def squeue_ids(all_states: bool = False) -> set[str]:
+    argv = ["squeue", "-h", "-o", "%i", *(["-t", "all"] if all_states else [])]
+    return set(subprocess.run(argv, capture_output=True, text=True).stdout.split())
 
 
 def job_times(native_id: str) -> tuple[str, str]:
@@ -321,3 +321,27 @@ def test_the_same_backend_works_through_a_login_node_over_ssh(project, login_nod
     bad = hp(project, "submit", "--backend", "slurm", "--remote", "login", name,
              "--set", "resources.partition=nosuch")
     assert bad.returncode == 2 and "Invalid partition" in bad.stderr
+
+
+def test_status_after_a_job_left_the_queue_comes_from_real_sacct(project, slurm_env):
+    """Runs last in this file: it restarts the sandbox with slurmdbd + MariaDB (and a short
+    MinJobAge), then puts it back as it was."""
+    up = [str(REPO / "hpc" / "slurm" / "up.sh")]
+    proc = subprocess.run([*up, "--accounting"], capture_output=True, text=True, timeout=900,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    try:
+        assert subprocess.run(["sacct", "-n", "-X"], capture_output=True).returncode == 0
+        name = tiny(project, "acct")
+        job = submit(project, name)["jobs"][0]
+        view = wait(project, job["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
+        assert view["state"] == "SUCCEEDED"
+        native = view["native"]["train"]
+        deadline = time.monotonic() + 240
+        while native in squeue_ids(all_states=True) and time.monotonic() < deadline:
+            time.sleep(2)
+        assert native not in squeue_ids(all_states=True), "the job never left the queue"
+        view = hpj(project, "status", job["id"])[0]
+        assert view["state"] == "SUCCEEDED" and view["status_from"] == "sacct"
+    finally:
+        subprocess.run(up, capture_output=True, timeout=600, stdin=subprocess.DEVNULL)

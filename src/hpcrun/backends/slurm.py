@@ -368,6 +368,11 @@ class SlurmBackend(ScriptBackend):
                 reason = f"stage {stage}: {st.reason}"
         detail["stages"] = stage_states
         detail["native"] = native
+        sources = sorted({states[sid].source for sid in native.values() if sid in states})
+        detail["status_from"] = ", ".join(sources)
+        if {"scontrol", "jobcomp"} & set(sources) and self._accounting is False:
+            detail["note"] = ("SLURM accounting is off here: finished jobs are read from "
+                              "scontrol or the jobcomp log")
         values = list(stage_states.values())
         if failed is not None:
             if blocked:
