@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import secrets
 import shutil
 import socket
@@ -533,8 +534,14 @@ def doctor(runner: LocalRunner | None = None) -> list[Check]:
             checks.append(Check(tool, False, "not found on PATH"))
             continue
         result = runner.run(argv, check=False, timeout=20)
-        text = (result.stdout.strip() or result.stderr.strip()).splitlines()
-        checks.append(Check(tool, True, f"{text[0] if text else 'present'} ({path})"))
+        lines = (result.stdout + "\n" + result.stderr).strip().splitlines()
+        version = next((line.strip() for line in lines if re.search(r"\d+\.\d+", line)
+                        and "error" not in line.lower()), None)
+        if version is None:  # e.g. sbatch without a SLURM configuration to read
+            problem = lines[-1].strip() if lines else f"exit code {result.returncode}"
+            checks.append(Check(tool, False, f"found at {path} but not usable: {problem}"))
+        else:
+            checks.append(Check(tool, True, f"{version} ({path})"))
     probe = runner.run([sys.executable, "-c", _PROBE], check=False, timeout=120)
     try:
         found = json.loads(probe.stdout.strip().splitlines()[-1])

@@ -131,20 +131,79 @@ def bench_slurm(table: list[tuple[str, str, str]], repeats: int = 5) -> None:
                   "one array job" if len(arrays) == 1 == len(sweep["plans"]) else "NOT one array"))
 
 
+def bench_pod(table: list[tuple[str, str, str]], repeats: int = 5) -> None:
+    """Unchanged re-sync of a 2,000-file tree vs raw rsync; 20 status polls through the shared
+    connection vs 20 fresh ssh connections (hpc/pod sandbox)."""
+    import json
+    import re
+
+    up = subprocess.run([str(REPO / "hpc" / "pod" / "up.sh")], capture_output=True, text=True)
+    if up.returncode != 0:
+        table.append(("pod", "pod sandbox did not start", "-"))
+        return
+    env = {**os.environ, **dict(re.findall(r"^export (\w+)=(.*)$", up.stdout, re.M)),
+           "RUNPOD_PYTHON": sys.executable}
+    hpcrun = str(Path(sys.executable).parent / "hpcrun")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "project"
+        for i in range(2000):
+            folder = work / f"pkg{i // 100:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"m{i:04d}.py").write_text(f"VALUE = {i}\n" * 20)
+        env.update(XDG_STATE_HOME=str(Path(tmp) / "state"), RUNPOD_WORKDIR=str(Path(tmp) / "ws"))
+        sync = [hpcrun, "--json", "sync", "--remote", "runpod"]
+        first = json.loads(subprocess.run(sync, cwd=work, env=env, capture_output=True,
+                                          text=True).stdout)
+        files = "\0".join(str(p.relative_to(work)) for p in sorted(work.rglob("*.py")))
+        ssh = ["ssh", "-p", env["RUNPOD_PORT"], "-i", env["RUNPOD_SSH_KEY"], "-o",
+               "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new", "-o",
+               f"UserKnownHostsFile={Path(tmp) / 'kh'}", "-o", "ControlMaster=no"]
+        raw_target = f"{env['RUNPOD_USER']}@127.0.0.1:{Path(tmp) / 'raw'}"
+        raw = ["rsync", "-az", "--files-from=-", "--from0", "-e", " ".join(ssh),
+               f"{work}/", raw_target]
+        subprocess.run(raw, input=files, text=True, env=env, capture_output=True)
+        ours, theirs = [], []
+        for _ in range(repeats):
+            ours.append(timed(sync, work, env))
+            began = time.perf_counter()
+            subprocess.run(raw, input=files, text=True, env=env, capture_output=True)
+            theirs.append(time.perf_counter() - began)
+        again = json.loads(subprocess.run(sync, cwd=work, env=env, capture_output=True,
+                                          text=True).stdout)
+        polls = 20
+        target = f"{env['RUNPOD_USER']}@127.0.0.1"
+        fresh = timed(["bash", "-c", f"for i in $(seq {polls}); do "
+                       f"{' '.join(ssh)} {target} true; done"], work, env)
+        shared_ssh = [*ssh[:-2], "-o", "ControlMaster=auto", "-o",
+                      f"ControlPath={Path(tmp)}/cm-%C", "-o", "ControlPersist=30"]
+        subprocess.run([*shared_ssh, target, "true"], env=env, capture_output=True)
+        shared = timed(["bash", "-c", f"for i in $(seq {polls}); do "
+                        f"{' '.join(shared_ssh)} {target} true; done"], work, env)
+        subprocess.run([*shared_ssh, "-O", "exit", target], env=env, capture_output=True)
+    a, b = statistics.median(ours), statistics.median(theirs)
+    table.append(("unchanged re-sync of 2,000 files: `hpcrun sync` vs raw `rsync -az`",
+                  f"{a * 1000:.0f} ms vs {b * 1000:.0f} ms; sent {again['bytes_sent']:,} "
+                  f"of {first['bytes_sent']:,} bytes", f"{a / b:.2f}x"))
+    table.append((f"{polls} polls through the shared connection vs {polls} fresh connections",
+                  f"{shared * 1000:.0f} ms vs {fresh * 1000:.0f} ms", f"{shared / fresh:.2f}x"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=60000)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", choices=["trainer", "cli", "slurm"], action="append")
+    parser.add_argument("--only", choices=["trainer", "cli", "slurm", "pod"], action="append")
     args = parser.parse_args()
-    chosen = set(args.only or ["trainer", "cli", "slurm"])
+    chosen = set(args.only or ["trainer", "cli", "slurm", "pod"])
     train_rows = int(args.rows * 0.7)
     table: list[tuple[str, str, str]] = []
     if "cli" in chosen:
         bench_cli(table)
     if "slurm" in chosen:
         bench_slurm(table)
+    if "pod" in chosen:
+        bench_pod(table)
     if "trainer" not in chosen:
         return print_table(table)
     with tempfile.TemporaryDirectory() as tmp:
