@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -186,3 +187,35 @@ def test_a_changed_host_key_is_refused_with_a_hint(project, tmp_path):
     proc = hp(project, "sync", "--remote", "runpod")
     assert proc.returncode == 1
     assert "host key" in proc.stderr and "ssh-keygen -R" in proc.stderr
+
+
+def test_a_fetch_killed_mid_transfer_completes_on_rerun(project):
+    (project / "configs" / "tiny.yaml").write_text(
+        "extends: v3\nexperiment: tiny\ndata: {rows: 600}\ntraining: {epochs: 1}\n"
+        "resources: {cpus_per_task: 1}\npipeline: [{name: train, mode: full_pipeline}]\n")
+    proc = hp(project, "--json", "submit", "--backend", "pod", "--remote", "runpod", "tiny")
+    job = json.loads(proc.stdout)["jobs"][0]
+    view = wait(project, job["id"], {"SUCCEEDED", "FAILED"})
+    assert view["state"] == "SUCCEEDED"
+    # a large artifact on the pod, covered by the manifest like any other
+    remote = Path(job["info"]["remote_run_dir"])
+    with open(remote / "train" / "big.bin", "wb") as handle:
+        for _ in range(48):
+            handle.write(os.urandom(1 << 22))  # 192 MiB that rsync cannot compress
+    subprocess.run([sys.executable, "-c", "import sys; from hpcrun import rundir; "
+                    "rundir.write_manifest(sys.argv[1])", str(remote)], check=True)
+    fetch = subprocess.Popen([HPCRUN, "fetch", job["id"]], cwd=project, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    local = Path(job["run_dir"]) / "train"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(local.glob(".big.bin.*")):
+        time.sleep(0.05)
+    os.killpg(fetch.pid, signal.SIGINT)  # Ctrl-C mid-transfer: rsync keeps what it has
+    fetch.wait(timeout=60)
+    assert fetch.returncode != 0
+    partial = local / "big.bin"
+    assert not partial.exists() or partial.stat().st_size < 192 << 20
+    again = hp(project, "fetch", job["id"])
+    assert again.returncode == 0, again.stderr
+    assert "verified against MANIFEST.sha256" in again.stdout
+    assert (local / "big.bin").stat().st_size == 192 << 20
