@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -80,3 +81,58 @@ def v3_run(tmp_path_factory) -> Path:
     run = only_run_dir(cwd, "v3")
     (run.parent / "stdout.txt").write_text(proc.stdout)
     return run
+
+
+# --------------------------------------------------------------------------- the CLI and sandboxes
+
+HPCRUN = str(Path(sys.executable).parent / "hpcrun")
+
+
+def hp(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The installed ``hpcrun`` as a user types it."""
+    return subprocess.run([HPCRUN, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def hpj(cwd: Path, *args: str, **kwargs):
+    """``hpcrun --json ...`` parsed; an operation that failed (exit 1) still answers."""
+    proc = hp(cwd, "--json", *args, **kwargs)
+    assert proc.returncode in (0, 1) and proc.stdout.strip(), (args, proc.stderr)
+    return json.loads(proc.stdout)
+
+
+def wait_job(cwd: Path, job: str, states: set[str], timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    view: dict = {}
+    while time.monotonic() < deadline:
+        view = hpj(cwd, "status", job)[0]
+        if view["state"] in states:
+            return view
+        time.sleep(1)
+    raise AssertionError(f"{job} never reached {states}: {view}")
+
+
+def pid_alive(pidfile: Path) -> bool:
+    try:
+        os.kill(int(pidfile.read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def start_sandbox(script: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Run an hpc/ up.sh; return the variables it exports. In CI a sandbox that cannot start
+    is a failure, elsewhere a skip."""
+    proc = subprocess.run([str(REPO / "hpc" / script)], capture_output=True, text=True,
+                          env=env, timeout=900, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        message = f"hpc/{script} did not start: {proc.stderr[-2000:]}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return dict(re.findall(r"^export (\w+)=(.*)$", proc.stdout, re.M))
+
+
+def stop_sandbox(script: str, env: dict[str, str] | None = None) -> None:
+    subprocess.run([str(REPO / "hpc" / script)], capture_output=True, env=env, timeout=120,
+                   stdin=subprocess.DEVNULL)

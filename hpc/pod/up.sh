@@ -86,7 +86,7 @@ if [[ -s $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   fi
 else
   say "starting sshd on 127.0.0.1:$port"
-  (
+  (  # sshd daemonizes; it must not inherit our descriptors (a caller's pipe, a lock)
     for fd in "/proc/$BASHPID/fd"/*; do
       fd=${fd##*/}
       [[ $fd -gt 2 ]] && eval "exec $fd>&-" 2>/dev/null

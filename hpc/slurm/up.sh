@@ -56,24 +56,18 @@ running() { # pidfile -> true if that process is alive
 
 # Daemons must not inherit our descriptors (a held lock fd made a second start hang; a held
 # stdout pipe keeps a caller reading our output waiting forever).
-start_daemon() {
-  (
-    for fd in "/proc/$BASHPID/fd"/*; do
-      fd=${fd##*/}
-      [[ $fd -gt 2 ]] && eval "exec $fd>&-" 2>/dev/null
-    done
-    exec "$@" </dev/null >>"$state/log/daemons.out" 2>&1
-  ) || true
+close_fds() {
+  for fd in "/proc/$BASHPID/fd"/*; do
+    fd=${fd##*/}
+    [[ $fd -gt 2 ]] && eval "exec $fd>&-" 2>/dev/null
+  done
+  return 0
 }
-# The same for a program that stays in the foreground: one fork, then exec.
-start_background() {
-  (
-    for fd in "/proc/$BASHPID/fd"/*; do
-      fd=${fd##*/}
-      [[ $fd -gt 2 ]] && eval "exec $fd>&-" 2>/dev/null
-    done
-    exec "$@" </dev/null >>"$state/log/daemons.out" 2>&1
-  ) &
+start_daemon() {     # a program that daemonizes itself
+  ( close_fds; exec "$@" </dev/null >>"$state/log/daemons.out" 2>&1 ) || true
+}
+start_background() { # a program that stays in the foreground: one fork, then exec
+  ( close_fds; exec "$@" </dev/null >>"$state/log/daemons.out" 2>&1 ) &
 }
 
 install_missing

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,37 +13,20 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-HPCRUN = str(Path(sys.executable).parent / "hpcrun")
+from conftest import HPCRUN, hp, hpj, pid_alive, start_sandbox, stop_sandbox, wait_job
 
 pytestmark = pytest.mark.slow
-
-
-def _sshd_up(state: Path) -> bool:
-    try:
-        os.kill(int((state / "run" / "sshd.pid").read_text()), 0)
-        return True
-    except (OSError, ValueError):
-        return False
 
 
 @pytest.fixture(scope="session")
 def pod_env():
     state = Path(os.environ.get("HPCRUN_POD_DIR", "/tmp/hpcrun-pod"))
-    was_up = _sshd_up(state)
-    proc = subprocess.run([str(REPO / "hpc" / "pod" / "up.sh")], capture_output=True, text=True,
-                          timeout=600, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        message = f"pod sandbox did not start: {proc.stderr[-2000:]}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    env = dict(re.findall(r"^export (\w+)=(.*)$", proc.stdout, re.M))
+    was_up = pid_alive(state / "run" / "sshd.pid")
+    env = start_sandbox("pod/up.sh")
     env["RUNPOD_PYTHON"] = sys.executable  # the pod shares this machine: hpcrun is there
     yield env
     if not was_up:
-        subprocess.run([str(REPO / "hpc" / "pod" / "down.sh")], capture_output=True, timeout=60)
+        stop_sandbox("pod/down.sh")
 
 
 @pytest.fixture
@@ -57,27 +39,6 @@ def project(tmp_path, monkeypatch, pod_env):
                        "XDG_CACHE_HOME": str(tmp_path / "cache"), "NO_COLOR": "1"}.items():
         monkeypatch.setenv(key, value)
     return root
-
-
-def hp(cwd, *args, timeout=300):
-    return subprocess.run([HPCRUN, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def hpj(cwd, *args, **kwargs):
-    proc = hp(cwd, "--json", *args, **kwargs)
-    assert proc.returncode in (0, 1) and proc.stdout.strip(), (args, proc.stderr)
-    return json.loads(proc.stdout)
-
-
-def wait(project, job, states, timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        view = hpj(project, "status", job)[0]
-        if view["state"] in states:
-            return view
-        time.sleep(1)
-    raise AssertionError(f"{job} never reached {states}: {view}")
 
 
 def test_sync_submit_monitor_fetch_round_trip_of_v3(project):
@@ -97,7 +58,7 @@ def test_sync_submit_monitor_fetch_round_trip_of_v3(project):
     assert proc.returncode == 0, proc.stderr
     job = json.loads(proc.stdout)["jobs"][0]
     assert hp(project, "monitor", "--once", job["id"]).returncode == 0
-    view = wait(project, job["id"], {"SUCCEEDED", "FAILED"})
+    view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED"})
     assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
 
     fetched = hp(project, "fetch", job["id"])
@@ -132,7 +93,7 @@ def test_a_corrupted_local_artifact_is_detected(project):
         "resources: {cpus_per_task: 1}\npipeline: [{name: train, mode: full_pipeline}]\n")
     proc = hp(project, "--json", "submit", "--backend", "pod", "--remote", "runpod", "tiny")
     job = json.loads(proc.stdout)["jobs"][0]
-    assert wait(project, job["id"], {"SUCCEEDED", "FAILED"})["state"] == "SUCCEEDED"
+    assert wait_job(project, job["id"], {"SUCCEEDED", "FAILED"})["state"] == "SUCCEEDED"
     assert hp(project, "fetch", job["id"]).returncode == 0
     target = Path(job["run_dir"]) / "train" / "training.csv"
     stat = target.stat()
@@ -151,7 +112,7 @@ def test_the_job_survives_every_ssh_connection_closing(project):
         "resources: {cpus_per_task: 1}\npipeline: [{name: train, mode: full_pipeline}]\n")
     proc = hp(project, "--json", "submit", "--backend", "pod", "--remote", "runpod", "long")
     job = json.loads(proc.stdout)["jobs"][0]
-    wait(project, job["id"], {"RUNNING"})
+    wait_job(project, job["id"], {"RUNNING"})
     for ssh in [p for p in psutil.process_iter(["name", "cmdline"])
                 if p.info["name"] == "ssh" and "ControlMaster=auto" in " ".join(
                     p.info["cmdline"] or [])]:
@@ -195,7 +156,7 @@ def test_a_fetch_killed_mid_transfer_completes_on_rerun(project):
         "resources: {cpus_per_task: 1}\npipeline: [{name: train, mode: full_pipeline}]\n")
     proc = hp(project, "--json", "submit", "--backend", "pod", "--remote", "runpod", "tiny")
     job = json.loads(proc.stdout)["jobs"][0]
-    view = wait(project, job["id"], {"SUCCEEDED", "FAILED"})
+    view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED"})
     assert view["state"] == "SUCCEEDED"
     # a large artifact on the pod, covered by the manifest like any other
     remote = Path(job["info"]["remote_run_dir"])

@@ -12,9 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-HPCRUN = str(Path(sys.executable).parent / "hpcrun")
+from conftest import REPO, hp, hpj, pid_alive, start_sandbox, stop_sandbox, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -29,31 +27,14 @@ pipeline:
 """
 
 
-def _controller_up(state: Path) -> bool:
-    pidfile = state / "run" / "slurmctld.pid"
-    try:
-        os.kill(int(pidfile.read_text()), 0)
-        return True
-    except (OSError, ValueError):
-        return False
-
-
 @pytest.fixture(scope="session")
 def slurm_env():
     """The sandbox cluster; stopped again at the end if this session started it."""
     state = Path(os.environ.get("HPCRUN_SLURM_DIR", "/tmp/hpcrun-slurm"))
-    was_up = _controller_up(state)
-    proc = subprocess.run([str(REPO / "hpc" / "slurm" / "up.sh")], capture_output=True, text=True,
-                          timeout=600, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        message = f"SLURM sandbox did not start: {proc.stderr[-2000:]}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    yield dict(re.findall(r"^export (\w+)=(.*)$", proc.stdout, re.M))
+    was_up = pid_alive(state / "run" / "slurmctld.pid")
+    yield start_sandbox("slurm/up.sh")
     if not was_up:
-        subprocess.run([str(REPO / "hpc" / "slurm" / "down.sh")], capture_output=True,
-                       timeout=120, stdin=subprocess.DEVNULL)
+        stop_sandbox("slurm/down.sh")
 
 
 @pytest.fixture
@@ -66,17 +47,6 @@ def project(tmp_path, monkeypatch, slurm_env):
     return root
 
 
-def hp(cwd, *args, timeout=300):
-    return subprocess.run([HPCRUN, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def hpj(cwd, *args, **kwargs):
-    proc = hp(cwd, "--json", *args, **kwargs)
-    assert proc.returncode in (0, 1), proc.stderr
-    return json.loads(proc.stdout)
-
-
 def tiny(project, name, epochs=1):
     (project / "configs" / f"{name}.yaml").write_text(TINY.format(name=name, epochs=epochs))
     return name
@@ -86,16 +56,6 @@ def submit(project, *args):
     proc = hp(project, "--json", "submit", "--backend", "slurm", *args)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
-
-
-def wait(project, job, states, timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        view = hpj(project, "status", job)[0]
-        if view["state"] in states:
-            return view
-        time.sleep(1)
-    raise AssertionError(f"{job} never reached {states}: {view}")
 
 
 def squeue_ids(all_states: bool = False) -> set[str]:
@@ -113,7 +73,7 @@ def job_times(native_id: str) -> tuple[str, str]:
 def test_v3_runs_as_three_chained_jobs_in_order(project):
     data = submit(project, "v3")
     job = data["jobs"][0]
-    view = wait(project, job["id"], {"SUCCEEDED", "FAILED", "CANCELLED"})
+    view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED", "CANCELLED"})
     assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
     native = view["native"]
     assert list(native) == ["pretrain", "finetune", "eval"]
@@ -138,7 +98,7 @@ def test_a_sweep_is_one_array_job_with_overrides_per_task(project):
     data = submit(project, name, "--sweep", "training.lr=0.001,0.01",
                   "--sweep", "model.dropout=0.0,0.2", "--parallel", "2")
     assert len(data["plans"]) == 1 and "--array=0-3%2" in data["plans"][0]["script"]
-    group = wait(project, data["group"]["id"], {"SUCCEEDED", "FAILED"}, timeout=400)
+    group = wait_job(project, data["group"]["id"], {"SUCCEEDED", "FAILED"}, timeout=400)
     assert group["state"] == "SUCCEEDED", group
     array_ids = {p["native"]["train"].split("_")[0] for p in group["points"]}
     assert len(array_ids) == 1  # ONE array job
@@ -153,7 +113,7 @@ def test_a_sweep_is_one_array_job_with_overrides_per_task(project):
 def test_cancel_makes_the_job_cancelled(project):
     name = tiny(project, "long", epochs=200)
     data = submit(project, name)
-    wait(project, data["jobs"][0]["id"], {"RUNNING"})
+    wait_job(project, data["jobs"][0]["id"], {"RUNNING"})
     views = hpj(project, "cancel", data["jobs"][0]["id"])
     assert views[0]["state"] == "CANCELLED"
     assert hpj(project, "cancel", data["jobs"][0]["id"])[0]["state"] == "CANCELLED"
@@ -162,7 +122,7 @@ def test_cancel_makes_the_job_cancelled(project):
 def test_a_failed_parent_reports_its_dependents_as_blocked(project):
     data = submit(project, "v3", "--set", "pipeline.0.overrides.model.name=no_such_module:f")
     job = data["jobs"][0]["id"]
-    view = wait(project, job, {"FAILED", "SUCCEEDED"})
+    view = wait_job(project, job, {"FAILED", "SUCCEEDED"})
     assert view["state"] == "FAILED"
     deadline = time.monotonic() + 30
     while "blocked" not in (view["reason"] or "") and time.monotonic() < deadline:
@@ -203,7 +163,7 @@ def test_usr1_checkpoints_requeues_and_the_resumed_job_finishes(project):
         time.sleep(0.3)
     native = hpj(project, "status", job["id"])[0]["native"]["train"]
     subprocess.run(["scancel", "--signal=USR1", "--batch", native], check=True)
-    view = wait(project, job["id"], {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=400)
+    view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=400)
     assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
     epochs = [line.split(",")[0] for line in
               (run / "train" / "training.csv").read_text().splitlines()[1:]]
@@ -217,7 +177,7 @@ def test_usr1_checkpoints_requeues_and_the_resumed_job_finishes(project):
 def test_two_nodes_start_two_agents_that_rendezvous(project):
     name = tiny(project, "multi", epochs=2)
     data = submit(project, name, "--set", "resources.nodes=2")
-    view = wait(project, data["jobs"][0]["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
+    view = wait_job(project, data["jobs"][0]["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
     assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
     run = Path(data["jobs"][0]["run_dir"])
     meta = json.loads((run / "metadata.json").read_text())
@@ -262,7 +222,7 @@ def flaky_sweep(project, backend):
 
 def test_resubmit_failed_runs_only_the_failed_array_tasks(project):
     data, fixed = flaky_sweep(project, "slurm")
-    group = wait(project, data["group"]["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
+    group = wait_job(project, data["group"]["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
     states = [p["state"] for p in group["points"]]
     assert states == ["SUCCEEDED", "FAILED", "SUCCEEDED"], group
     fixed.write_text("")
@@ -274,7 +234,7 @@ def test_resubmit_failed_runs_only_the_failed_array_tasks(project):
     tasks = subprocess.run(["squeue", "-h", "-t", "all", "-j", array, "-o", "%i"],
                            capture_output=True, text=True).stdout.split()
     assert tasks in ([f"{array}_1"], [f"{array}_[1]"])  # only the failed index
-    group = wait(project, data["group"]["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
+    group = wait_job(project, data["group"]["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
     assert group["state"] == "SUCCEEDED", group
 
 
@@ -284,17 +244,10 @@ def login_node(slurm_env, tmp_path_factory):
     state = tmp_path_factory.mktemp("login")
     env = {**os.environ, "HPCRUN_POD_DIR": str(state), "HPCRUN_POD_PORT": "22023",
            "HPCRUN_POD_SETENV": f"SLURM_CONF={slurm_env['SLURM_CONF']}"}
-    proc = subprocess.run([str(REPO / "hpc" / "pod" / "up.sh")], capture_output=True,
-                          text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        message = f"login-node sshd did not start: {proc.stderr[-2000:]}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    found = dict(re.findall(r"^export (\w+)=(.*)$", proc.stdout, re.M))
+    found = start_sandbox("pod/up.sh", env)
     yield {"LOGIN_PORT": found["RUNPOD_PORT"], "LOGIN_KEY": found["RUNPOD_SSH_KEY"],
            "LOGIN_PYTHON": sys.executable}
-    subprocess.run([str(REPO / "hpc" / "pod" / "down.sh")], env=env, capture_output=True)
+    stop_sandbox("pod/down.sh", env)
 
 
 def test_the_same_backend_works_through_a_login_node_over_ssh(project, login_node, monkeypatch,
@@ -312,7 +265,7 @@ def test_the_same_backend_works_through_a_login_node_over_ssh(project, login_nod
     assert proc.returncode == 0, proc.stderr
     job = json.loads(proc.stdout)["jobs"][0]
     assert job["info"]["remote_run_dir"].startswith(str(tmp_path / "cluster-home"))
-    view = wait(project, job["id"], {"SUCCEEDED", "FAILED"})
+    view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED"})
     assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
     assert "Final evaluation" in hp(project, "logs").stdout
     fetched = hp(project, "fetch")
@@ -334,7 +287,7 @@ def test_status_after_a_job_left_the_queue_comes_from_real_sacct(project, slurm_
         assert subprocess.run(["sacct", "-n", "-X"], capture_output=True).returncode == 0
         name = tiny(project, "acct")
         job = submit(project, name)["jobs"][0]
-        view = wait(project, job["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
+        view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
         assert view["state"] == "SUCCEEDED"
         native = view["native"]["train"]
         deadline = time.monotonic() + 240
