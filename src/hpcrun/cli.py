@@ -400,7 +400,16 @@ def _snapshot_lines(snap: Any) -> list[str]:
         if row:
             cells = [f"{k}={_num(v)}" for k, v in row.items() if k != "Epoch Time"]
             lines.append(f"  {label}: " + "  ".join(cells))
+    if snap.flags:
+        lines.extend("  " + line for line in _flag_lines(snap.flags))
     return lines
+
+
+def _flag_lines(flags: list[Any]) -> list[str]:
+    if not flags:
+        return ["red flags: none"]
+    return ["red flags:"] + [f"  ! {f.code}" + (f" [{f.stage}]" if f.stage else "")
+                             + f": {f.message}" for f in flags]
 
 
 def _num(text: str) -> str:
@@ -439,6 +448,8 @@ def _render_snapshot(snap: Any) -> Any:
         for label, row in rows:
             table.add_row(label, *(_num(row.get(c, "")) for c in columns))
         parts.append(table)
+    if snap.flags:
+        parts.append(Text("\n".join(_flag_lines(snap.flags)), style="bold red"))
     return Group(*parts)
 
 
@@ -537,6 +548,7 @@ def fetch(
                 else f"job is {result.view.status.state}: not verified yet")
     sys.stdout.write(f"{result.run_dir}  ({verified})\n")
     sys.stdout.write("\n".join(format_summary(result.summary)) + "\n")
+    sys.stdout.write("\n".join(_flag_lines(result.flags)) + "\n")
 
 
 @app.command()

@@ -348,6 +348,8 @@ class MonitorConfig(_Section):
     grad_jump_factor: float = Field(10.0, gt=1)
     grad_norm_min: float = Field(1e-7, ge=0)
     separation_patience: int = Field(5, ge=1)
+    #: a separation that stopped improving is flagged only while it is below this
+    separation_min: float = Field(0.2, ge=0)
     divergence_patience: int = Field(5, ge=1)
     stall_factor: float = Field(5.0, gt=1)
     memory_growth_pct: float = Field(10.0, gt=0)

@@ -315,7 +315,10 @@ def views(records: Sequence[JobRecord], store: JobStore) -> list[JobView]:
             by_backend.setdefault(key, []).append(record)
     states: dict[str, JobStatus] = {}
     for group in by_backend.values():
-        states.update(backend_for(group[0]).status(group))
+        try:
+            states.update(backend_for(group[0]).status(group))
+        except HpcrunError as exc:  # one unreachable cluster or pod must not hide the rest
+            states.update({r.id: JobStatus("UNKNOWN", reason=exc.message) for r in group})
     out = []
     for record in records:
         if record.info.get("kind") == "sweep":
@@ -326,7 +329,7 @@ def views(records: Sequence[JobRecord], store: JobStore) -> list[JobView]:
         else:
             status = states[record.id]
             view = JobView(record, status)
-        if status.state != record.state:
+        if status.state != record.state and status.state != "UNKNOWN":
             store.update(record.id, state=status.state)
             record.state = status.state
         out.append(view)
@@ -404,11 +407,13 @@ class Snapshot:
     best: dict[str, str] | None
     elapsed_s: float | None
     stages: dict[str, str]
+    flags: list[Any] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"job": self.view.to_dict(), "stage": self.stage, "epoch": self.epoch,
                 "epochs": self.epochs, "latest": self.latest, "best": self.best,
-                "elapsed_s": self.elapsed_s, "stages": self.stages}
+                "elapsed_s": self.elapsed_s, "stages": self.stages,
+                "flags": [f.to_dict() for f in self.flags]}
 
 
 def snapshot_of(view: JobView) -> Snapshot:
@@ -422,7 +427,7 @@ def snapshot_of(view: JobView) -> Snapshot:
     end = time.time() if not is_terminal(view.status.state) else trainer.get("updated_at")
     elapsed = (end - view.record.submitted_at) if end else None
     return Snapshot(view, stage, int(trainer.get("epoch") or 0), int(trainer.get("epochs") or 0),
-                    latest, best, elapsed, dict(trainer.get("stages") or {}))
+                    latest, best, elapsed, dict(trainer.get("stages") or {}), flags_of(view))
 
 
 def monitor_snapshot(ref: str | None, project_dir: Path,
@@ -442,10 +447,23 @@ class FetchResult:
     run_dir: Path
     verified: bool
     summary: Any
+    flags: list[Any] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"job": self.view.to_dict(), "run_dir": str(self.run_dir),
-                "verified": self.verified, "summary": self.summary.to_dict()}
+                "verified": self.verified, "summary": self.summary.to_dict(),
+                "flags": [f.to_dict() for f in self.flags]}
+
+
+def flags_of(view: JobView) -> list[Any]:
+    """The run's red flags, with the job's state and, for a failure, the end of its log."""
+    from .diagnose import diagnose
+
+    log = None
+    if view.status.state == "FAILED" and view.record.info.get("kind") != "sweep":
+        text = backend_for(view.record).read_log(view.record) or ""
+        log = "\n".join(text.splitlines()[-200:])
+    return diagnose(Path(view.record.run_dir), job_state=view.status.state, log_text=log)
 
 
 def fetch(ref: str | None, project_dir: Path, partial: bool = False,
@@ -469,7 +487,7 @@ def fetch(ref: str | None, project_dir: Path, partial: bool = False,
                                      else ""), hint="the run directory was changed after the "
                                   "job wrote its manifest")
         verified = True
-    return FetchResult(view, run, verified, summarize(run))
+    return FetchResult(view, run, verified, summarize(run), flags_of(view))
 
 
 def resolve_run_dir(ref: str | None, project_dir: Path, store: JobStore | None = None) -> Path:

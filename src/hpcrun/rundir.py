@@ -347,6 +347,53 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+class CsvTail:
+    """Reads a CSV incrementally: each ``refresh()`` reads only the bytes appended since the
+    last one and returns the new complete rows (a torn last line waits for its newline). A
+    file that was rewritten (resume truncation: it shrank, or it is a new file) is read again
+    from the start, and ``rows`` is replaced."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.header: list[str] | None = None
+        self.rows: list[dict[str, str]] = []
+        self._offset = 0
+        self._identity: tuple[int, int] | None = None
+        self._pending = b""
+
+    def _reset(self) -> None:
+        self.header, self.rows, self._offset, self._pending = None, [], 0, b""
+
+    def refresh(self) -> list[dict[str, str]]:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            if self._identity is not None:
+                self._reset()
+                self._identity = None
+            return []
+        identity = (stat.st_dev, stat.st_ino)
+        if identity != self._identity or stat.st_size < self._offset:
+            self._reset()
+            self._identity = identity
+        if stat.st_size == self._offset:
+            return []
+        with open(self.path, "rb") as handle:
+            handle.seek(self._offset)
+            chunk = handle.read()
+        self._offset += len(chunk)
+        data = self._pending + chunk
+        end = data.rfind(b"\n") + 1
+        complete, self._pending = data[:end], data[end:]
+        lines = complete.decode("utf-8", errors="replace").splitlines()
+        if self.header is None and lines:
+            self.header = next(csv.reader([lines.pop(0)]))
+        new = [dict(zip(self.header or [], values, strict=False))
+               for values in csv.reader(lines)] if lines else []
+        self.rows.extend(new)
+        return new
+
+
 def to_float(text: str | None) -> float:
     if text is None or text == "":
         return math.nan

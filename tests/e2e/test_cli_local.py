@@ -249,6 +249,9 @@ def test_a_failed_stage_cancels_the_later_ones_with_the_reason(project):
     assert state["stages"] == {"pretrain": "SUCCEEDED", "finetune": "FAILED", "eval": "CANCELLED"}
     assert "no_such_module" in state["reason"]
     assert "stage finetune failed" in state["message"]
+    fetched = hp(project, "fetch", data["jobs"][0]["id"])
+    assert fetched.returncode == 0, fetched.stderr
+    assert "! failed [finetune]" in fetched.stdout and "no_such_module" in fetched.stdout
 
 
 def test_sweep_runs_every_point_with_its_overrides(project):

@@ -58,3 +58,21 @@ def test_write_json_is_atomic_and_leaves_no_temp_files(tmp_path):
     rundir.write_json(path, {"state": "SUCCEEDED"})
     assert rundir.read_json(path) == {"state": "SUCCEEDED"}
     assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
+
+
+def test_csv_tail_reads_only_new_complete_rows_and_survives_rewrites(tmp_path):
+    path = tmp_path / "training.csv"
+    tail = rundir.CsvTail(path)
+    assert tail.refresh() == []  # not there yet
+    path.write_text("Epoch,Train Loss\n1,0.5\n2,0.4")  # a torn second row
+    assert [r["Epoch"] for r in tail.refresh()] == ["1"]
+    with open(path, "a") as handle:
+        handle.write("\n3,0.3\n")
+    assert [r["Epoch"] for r in tail.refresh()] == ["2", "3"]
+    assert tail.refresh() == []
+    assert [r["Epoch"] for r in tail.rows] == ["1", "2", "3"]
+    rundir.truncate_epochs(path, 1)  # a resume rewrote the file (a new inode)
+    with open(path, "a") as handle:
+        handle.write("2,0.45\n")
+    assert [r["Epoch"] for r in tail.refresh()] == ["1", "2"]
+    assert [r["Train Loss"] for r in tail.rows] == ["0.5", "0.45"]
