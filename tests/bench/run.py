@@ -188,14 +188,47 @@ def bench_pod(table: list[tuple[str, str, str]], repeats: int = 5) -> None:
                   f"{shared * 1000:.0f} ms vs {fresh * 1000:.0f} ms", f"{shared / fresh:.2f}x"))
 
 
+def bench_reader(table: list[tuple[str, str, str]], rows: int = 100_000,
+                 repeats: int = 20) -> None:
+    """One refresh with 1 new row on a 100,000-row training.csv: the incremental reader vs
+    re-reading the whole file with pandas."""
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / rundir.TRAINING
+        columns = rundir.training_columns(["auroc", "auprc"])
+        log = rundir.CsvLog(path, columns)
+        for e in range(1, rows + 1):
+            log.write([e, 1.0, 0.5, 0.4, 0.9, 0.8, 1e-3])
+        log.sync()
+        tail = rundir.CsvTail(path)
+        tail.refresh()
+        ours, theirs = [], []
+        for i in range(repeats):
+            log.write([rows + i + 1, 1.0, 0.5, 0.4, 0.9, 0.8, 1e-3])
+            log.sync()
+            began = time.perf_counter()
+            new = tail.refresh()
+            ours.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            frame = pd.read_csv(path)
+            theirs.append(time.perf_counter() - began)
+            assert len(new) == 1 and len(frame) == len(tail.rows)
+        log.close()
+    a, b = statistics.median(ours), statistics.median(theirs)
+    table.append((f"refresh with 1 new row of a {rows:,}-row training.csv vs pandas re-read",
+                  f"{a * 1e6:.0f} µs vs {b * 1000:.1f} ms", f"{b / a:.0f}x faster"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=60000)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", choices=["trainer", "cli", "slurm", "pod"], action="append")
+    parser.add_argument("--only", choices=["trainer", "cli", "slurm", "pod", "reader"],
+                        action="append")
     args = parser.parse_args()
-    chosen = set(args.only or ["trainer", "cli", "slurm", "pod"])
+    chosen = set(args.only or ["trainer", "cli", "slurm", "pod", "reader"])
     train_rows = int(args.rows * 0.7)
     table: list[tuple[str, str, str]] = []
     if "cli" in chosen:
@@ -204,6 +237,8 @@ def main() -> None:
         bench_slurm(table)
     if "pod" in chosen:
         bench_pod(table)
+    if "reader" in chosen:
+        bench_reader(table)
     if "trainer" not in chosen:
         return print_table(table)
     with tempfile.TemporaryDirectory() as tmp:
