@@ -572,6 +572,40 @@ def report(
     sys.stdout.write(f"{files.html}\n")
 
 
+@app.command()
+def compare(
+    ctx: typer.Context,
+    runs: list[str] = typer.Argument(..., help="Run directories, jobs, or a sweep job."),
+    metric: str = typer.Option("auroc", "--metric", "-m", help="Evaluation metric to rank by "
+                               "(test split, else val)."),
+    mode: str = typer.Option("max", "--mode", help="max (higher is better) or min."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="PNG of the runs' validation "
+                                    "loss curves (default: beside the runs)."),
+) -> None:
+    """Rank runs by a metric, show the config keys that differ, and overlay their curves."""
+    from . import ops
+
+    output = _out(ctx)
+    result = run_op(lambda: ops.compare(runs, _cwd(), metric, mode, out))
+    if output.json:
+        output.emit(result.to_dict())
+        return
+    from rich.table import Table
+
+    where = f" ({result.split})" if result.split else ""
+    table = Table(box=None, title=f"runs ranked by {result.metric}{where}")
+    for column in ("#", "RUN", result.metric.upper(), *result.differing):
+        table.add_column(column, overflow="fold")
+    for rank, row in enumerate(result.rows, 1):
+        table.add_row(str(rank), row["run"], _num(str(row["value"])),
+                      *(str(row[k]) for k in result.differing))
+    output.print(table)
+    if not result.differing:
+        output.print("(the runs' configs do not differ)")
+    if result.png:
+        sys.stdout.write(f"{result.png}\n")
+
+
 # --------------------------------------------------------------------------- doctor
 
 

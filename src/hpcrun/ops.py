@@ -510,6 +510,36 @@ def report(ref: str | None, project_dir: Path, out_dir: Path | None = None,
     return write_report(run, out_dir)
 
 
+def compare(refs: Sequence[str], project_dir: Path, metric: str = "auroc", mode: str = "max",
+            out: Path | None = None, store: JobStore | None = None) -> Any:
+    """Rank runs (run directories, jobs, or a sweep's points) by a metric."""
+    from .report import compare as compare_runs
+
+    if mode not in ("max", "min"):
+        raise BadInput(f"--mode {mode!r}: use max (higher is better) or min")
+    store = store or JobStore()
+    run_dirs: list[Path] = []
+    for ref in refs or ["latest"]:
+        if ("/" in ref or ref.startswith(".")) and Path(ref).is_dir():
+            run_dirs.append(Path(ref))
+            continue
+        record = store.resolve(ref, str(project_dir.resolve()))
+        if record.info.get("kind") == "sweep":
+            points = [store.get(i) for i in record.info.get("points", [])]
+            run_dirs.extend(Path(p.run_dir) for p in points if p is not None)
+            out = out or Path(record.run_dir) / "compare.png"
+        else:
+            run_dirs.append(Path(record.run_dir))
+    missing = [str(d) for d in run_dirs if not (d / rundir.STATUS).exists()]
+    if missing:
+        raise BadInput(f"not a run directory (no {rundir.STATUS}): {missing[0]}",
+                       hint="fetch remote runs first")
+    if len(run_dirs) < 2:
+        raise BadInput("compare needs at least two runs (or a sweep)")
+    out = out or run_dirs[0].parent / "compare.png"
+    return compare_runs(run_dirs, metric, mode, out)
+
+
 # --------------------------------------------------------------------------- doctor
 
 

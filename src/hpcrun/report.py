@@ -710,3 +710,90 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> ReportFiles:
             files.pngs.append(path)
     rundir.write_atomic(files.html, render_html(summary, images).encode("utf-8"))
     return files
+
+
+# --------------------------------------------------------------------------- compare
+
+
+@dataclass
+class Comparison:
+    metric: str
+    split: str | None
+    rows: list[dict[str, Any]]  # ranked: run, run_dir, value, and each differing key
+    differing: list[str]
+    png: Path | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "split": self.split, "differing": self.differing,
+                "rows": _json_safe(self.rows), "png": str(self.png) if self.png else None}
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def _metric_value(summary: RunSummary, metric: str) -> tuple[float, str | None]:
+    """The metric from the final evaluation (test split first), else the best validation
+    value of the last training stage that tracks it."""
+    table = {row.get("split"): row for row in summary.final_evaluation}
+    for split in ("test", "val"):
+        if split in table and metric in table[split]:
+            return float(table[split][metric]), split
+    for stage in reversed(summary.stages):
+        if stage.metric and stage.metric.lower().endswith(metric.lower()):
+            return stage.best_value, None
+    return math.nan, None
+
+
+def compare(run_dirs: Sequence[Path], metric: str = "auroc", mode: str = "max",
+            out: Path | None = None) -> Comparison:
+    """Rank runs by ``metric``, list the config keys whose values differ between them, and
+    draw their validation-loss curves on one PNG."""
+    import yaml
+
+    summaries = [summarize(Path(d)) for d in run_dirs]
+    configs = []
+    for run_dir in run_dirs:
+        try:
+            configs.append(_flatten(yaml.safe_load((Path(run_dir) / rundir.CONFIG).read_text())
+                                    or {}))
+        except OSError:
+            configs.append({})
+    keys = sorted({k for c in configs for k in c})
+    differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+    rows = []
+    split = None
+    for run_dir, summary, config in zip(run_dirs, summaries, configs, strict=True):
+        value, where = _metric_value(summary, metric)
+        split = split or where
+        rows.append({"run": summary.run_id, "run_dir": str(run_dir), "value": value,
+                     **{k: config.get(k) for k in differing}})
+    sign = -1 if mode == "max" else 1
+    rows.sort(key=lambda r: (math.isnan(r["value"]), sign * (0 if math.isnan(r["value"])
+                                                             else r["value"])))
+    png = _overlay(run_dirs, summaries, out) if out is not None else None
+    return Comparison(metric, split, rows, differing, png)
+
+
+def _overlay(run_dirs: Sequence[Path], summaries: Sequence[RunSummary], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = _new_axes(plt, "validation loss", "loss")
+    for run_dir, summary in zip(run_dirs, summaries, strict=True):
+        trained = [s for s in summary.stages if s.trained]
+        if not trained:
+            continue
+        rows = rundir.read_rows(Path(run_dir) / trained[-1].name / rundir.TRAINING)
+        ax.plot([int(r["Epoch"]) for r in rows], _column(rows, "Val Loss"),
+                label=summary.run_id, linewidth=1.2)
+    data = _png(plt, fig, ax)
+    rundir.write_atomic(out, data)
+    return out

@@ -282,6 +282,18 @@ def test_sweep_runs_every_point_with_its_overrides(project):
         seen.add((point["training.lr"], point["model.dropout"]))
     assert seen == {("0.001", "0.0"), ("0.001", "0.2"), ("0.01", "0.0"), ("0.01", "0.2")}
 
+    proc, ranked = hpj(project, "compare", data["group"]["id"], "--metric", "auroc")
+    assert proc.returncode == 0, proc.stderr
+    assert len(ranked["rows"]) == 4 and ranked["split"] == "test"
+    values = [r["value"] for r in ranked["rows"]]
+    assert values == sorted(values, reverse=True)
+    assert {"training.lr", "model.dropout"} <= set(ranked["differing"])
+    assert Path(ranked["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = hp(project, "compare", data["group"]["id"], check=True).stdout
+    assert "runs ranked by auroc (test)" in text and "training.lr" in text
+    bad = hp(project, "compare", data["group"]["id"], "--mode", "best")
+    assert bad.returncode == 2 and "use max" in bad.stderr
+
 
 def test_eight_concurrent_submits_lose_no_record(project):
     name = tiny(project, "many")
