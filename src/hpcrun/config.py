@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 from .resources import configs_dir
@@ -262,10 +270,20 @@ class DistributedConfig(_Section):
         return value
 
 
+def _one_shell_line(value: str) -> str:
+    if "\n" in value or "\r" in value:
+        raise ValueError("each setup entry must be one shell line")
+    return value
+
+
+#: a line of shell run before the launcher (module load, environment activation)
+ShellLine = Annotated[str, AfterValidator(_one_shell_line)]
+
+
 class SchedulerExtras(_Section):
     #: extra scheduler options, one per line as on an #SBATCH/#PBS line: "--exclusive"
     directives: list[str] = Field(default_factory=list)
-    setup: list[str] = Field(default_factory=list)
+    setup: list[ShellLine] = Field(default_factory=list)
 
     @field_validator("directives")
     @classmethod
@@ -274,13 +292,6 @@ class SchedulerExtras(_Section):
             if not _DIRECTIVE_RE.match(line):
                 raise ValueError(f"directive {line!r} must be one option starting with '-' "
                                  "(e.g. --exclusive, -l place=scatter) on one line")
-        return value
-
-    @field_validator("setup")
-    @classmethod
-    def _one_line(cls, value: list[str]) -> list[str]:
-        if any("\n" in line or "\r" in line for line in value):
-            raise ValueError("each setup entry must be one shell line")
         return value
 
 
@@ -295,7 +306,7 @@ class ResourcesConfig(_Section):
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    setup: list[str] = Field(default_factory=list)
+    setup: list[ShellLine] = Field(default_factory=list)
     slurm: SchedulerExtras = SchedulerExtras()
     pbs: SchedulerExtras = SchedulerExtras()
 
@@ -318,13 +329,6 @@ class ResourcesConfig(_Section):
     def _constraint(cls, value: str | None) -> str | None:
         if value is not None and not _CONSTRAINT_RE.match(value):
             raise ValueError(f"constraint {value!r} may use letters, digits and & | [ ] * : , ( )")
-        return value
-
-    @field_validator("setup")
-    @classmethod
-    def _setup_lines(cls, value: list[str]) -> list[str]:
-        if any("\n" in line or "\r" in line for line in value):
-            raise ValueError("each setup entry must be one shell line")
         return value
 
     @field_validator("partition", "queue", "account", "qos")
