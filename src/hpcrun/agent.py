@@ -6,6 +6,10 @@ and speaks JSON on stdin/stdout. No torch, no pandas.
               -> {"pid": int|null}      write files atomically, then start a job script detached
     status    {"run_dirs": [...]}       -> {run_dir: {state, reason, exit_code, detail}}
     cancel    {"run_dir": path}         -> {state, reason, exit_code, detail}
+    tail      {"run_dir": dir, "known": {path: [identity, offset]}}
+              -> {path: {identity, reset, data}}  the watched files' bytes added since
+                                        ``known`` (rundir.read_since): one round trip per
+                                        refresh of a live view
     snapshot  {"code": dir, "target": dir, "files": {name: text}}
               -> {"created": bool}      write the bundle manifest into the synced tree, then
                                         freeze it as a content-addressed copy
@@ -73,7 +77,12 @@ def snapshot(request: dict[str, Any]) -> dict[str, Any]:
     return {"created": True}
 
 
-COMMANDS = {"prepare": prepare, "status": status, "cancel": cancel, "snapshot": snapshot}
+def tail(request: dict[str, Any]) -> dict[str, Any]:
+    return rundir.read_since(request["run_dir"], request.get("known") or {})
+
+
+COMMANDS = {"prepare": prepare, "status": status, "cancel": cancel, "snapshot": snapshot,
+            "tail": tail}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -386,20 +386,56 @@ def cancel(
 # --------------------------------------------------------------------------- monitor
 
 
+def _status_text(snap: Any) -> str:
+    st = snap.view.status
+    reason = f" ({st.reason})" if st.reason and st.state not in ("RUNNING", "SUCCEEDED") else ""
+    return st.state + reason
+
+
+def _progress_text(snap: Any) -> str:
+    if not snap.epochs:
+        return f"stage {snap.stage}: evaluating"
+    text = f"stage {snap.stage}: epoch {snap.epoch}/{snap.epochs}"
+    if snap.eta_s is not None:
+        text += f"  ETA {_ago(snap.eta_s)}"
+    if snap.epoch_time_s is not None:
+        text += f" (median epoch {snap.epoch_time_s:.3g}s)"
+    return text
+
+
+def _memory_cells(row: dict[str, str]) -> list[str]:
+    def mb(key: str) -> str:
+        value = _num(row.get(key, ""))
+        return f"{value} MB" if value not in ("", "nan") else "-"
+
+    used, total = _num(row.get("device_used_mb", "")), _num(row.get("device_total_mb", ""))
+    gpu = f"{used}/{total} MB" if used not in ("", "nan") and total not in ("", "nan") else "-"
+    return [row.get("rank", ""), row.get("host", ""), row.get("device", ""),
+            mb("allocated_mb"), mb("peak_mb"), gpu, mb("host_rss_mb")]
+
+
+_MEMORY_HEADER = ["rank", "host", "device", "allocated", "peak", "GPU used", "host RSS"]
+
+
 def _snapshot_lines(snap: Any) -> list[str]:
-    record, st = snap.view.record, snap.view.status
-    lines = [f"{record.handle}  {st.state}  {record.experiment}  elapsed "
+    record = snap.view.record
+    lines = [f"{record.handle}  {_status_text(snap)}  {record.experiment}  elapsed "
              f"{_ago(snap.elapsed_s)}"]
-    if st.reason and st.state != "RUNNING":
-        lines.append(f"  reason: {st.reason}")
+    if snap.connection:
+        lines.append(f"  connection lost, retrying: {snap.connection}")
     if snap.stages:
         lines.append("  stages: " + "  ".join(f"{k}={v}" for k, v in snap.stages.items()))
     if snap.stage:
-        lines.append(f"  stage {snap.stage}: epoch {snap.epoch}/{snap.epochs or '-'}")
-    for label, row in (("latest", snap.latest), ("best", snap.best)):
+        lines.append("  " + _progress_text(snap))
+    for label, row in (("latest", snap.latest), (f"best ({snap.best_column})", snap.best)):
         if row:
             cells = [f"{k}={_num(v)}" for k, v in row.items() if k != "Epoch Time"]
             lines.append(f"  {label}: " + "  ".join(cells))
+    for row in snap.memory:
+        cells = _memory_cells(row)
+        sizes = [f"{name} {value}" for name, value in zip(_MEMORY_HEADER[3:], cells[3:],
+                                                          strict=True) if value != "-"]
+        lines.append(f"  memory rank {cells[0]} {cells[1]} {cells[2]}: " + ", ".join(sizes))
     if snap.flags:
         lines.extend("  " + line for line in _flag_lines(snap.flags))
     return lines
@@ -421,75 +457,146 @@ def _num(text: str) -> str:
 
 
 def _render_snapshot(snap: Any) -> Any:
+    """The live dashboard: state and reason, progress with ETA, latest and best rows,
+    sparklines, memory per rank, red flags."""
+    import math
+
     from rich.console import Group
+    from rich.markup import escape
     from rich.progress_bar import ProgressBar
     from rich.table import Table
     from rich.text import Text
 
+    from .job import is_terminal
+    from .monitor import sparkline
+
     record, st = snap.view.record, snap.view.status
-    head = Text.from_markup(f"[bold]{record.handle}[/]  {_state(st.state)}  "
-                            f"{record.experiment}  elapsed {_ago(snap.elapsed_s)}")
-    parts: list[Any] = [head]
-    if st.reason and st.state != "RUNNING":
-        parts.append(Text(f"reason: {st.reason}"))
+    reason = f" ({st.reason})" if st.reason and st.state not in ("RUNNING", "SUCCEEDED") else ""
+    parts: list[Any] = [Text.from_markup(
+        f"[bold]{record.handle}[/]  {_state(st.state)}{escape(reason)}  "
+        f"{escape(record.experiment)}  elapsed {_ago(snap.elapsed_s)}")]
+    if snap.connection:
+        parts.append(Text(f"connection lost, retrying: {snap.connection}", style="bold yellow"))
     if snap.stages:
         parts.append(Text.from_markup("stages: " + "  ".join(
-            f"{k} {_state(v)}" for k, v in snap.stages.items())))
-    if snap.stage and snap.epochs:
-        parts.append(Text(f"stage {snap.stage}: epoch {snap.epoch}/{snap.epochs}"))
-        parts.append(ProgressBar(total=snap.epochs, completed=snap.epoch, width=50))
+            f"{escape(k)} {_state(v)}" for k, v in snap.stages.items())))
+    if snap.stage:
+        grid = Table.grid(padding=(0, 1))
+        done = snap.epoch if snap.epochs else int(is_terminal(snap.state))
+        grid.add_row(ProgressBar(total=max(snap.epochs, 1), completed=done, width=40),
+                     Text(_progress_text(snap)))
+        parts.append(grid)
     rows = [(label, row) for label, row in (("latest", snap.latest), ("best", snap.best)) if row]
     if rows:
-        table = Table(box=None)
+        table = Table(box=None, padding=(0, 1))
         columns = [c for c in rows[0][1] if c != "Epoch Time"]
         table.add_column("")
         for column in columns:
-            table.add_column(column, justify="right")
+            style = "bold" if column == snap.best_column else None
+            table.add_column(column, justify="right", header_style=style)
         for label, row in rows:
             table.add_row(label, *(_num(row.get(c, "")) for c in columns))
         parts.append(table)
-    if snap.flags:
-        parts.append(Text("\n".join(_flag_lines(snap.flags)), style="bold red"))
+    if snap.series:
+        curves = Table(box=None, padding=(0, 1))
+        for column, justify in (("curve", "left"), ("", "left"), ("last", "right"),
+                                ("min", "right"), ("max", "right")):
+            curves.add_column(column, justify=justify)  # type: ignore[arg-type]
+        for label, values in snap.series.items():
+            finite = [v for v in values if math.isfinite(v)]
+            curves.add_row(label, Text(sparkline(values), style="cyan"),
+                           _num(str(values[-1])) if values else "-",
+                           _num(str(min(finite))) if finite else "-",
+                           _num(str(max(finite))) if finite else "-")
+        parts.append(curves)
+    if snap.memory:
+        memory = Table(box=None, padding=(0, 1), title="memory", title_justify="left")
+        for column in _MEMORY_HEADER:
+            memory.add_column(column, justify="left" if column in ("host", "device")
+                              else "right")
+        for row in snap.memory:
+            memory.add_row(*_memory_cells(row))
+        parts.append(memory)
+    style = "bold red" if snap.flags else "green"
+    parts.append(Text("\n".join(_flag_lines(snap.flags)), style=style))
     return Group(*parts)
 
 
-def _watch(out: Output, job: str | None, once: bool, interval: float) -> int:
+def _finish(out: Output, monitor: Any, snap: Any) -> None:
+    """The final summary once the job has ended."""
+    from .report import format_summary
+
+    try:
+        summary = monitor.summary()
+    except Exception:  # noqa: BLE001 - a run with nothing readable still ends cleanly
+        return
+    sys.stdout.write("\n".join(format_summary(summary)) + "\n")
+    sys.stdout.write("\n".join(_flag_lines(snap.flags)) + "\n")
+    sys.stdout.flush()
+
+
+def _watch(out: Output, job: str | None, once: bool, interval: float | None,
+           notify: str | None = None) -> int:
     from . import ops
     from .job import is_terminal
 
-    def done(snap: Any) -> bool:
-        return is_terminal(snap.view.status.state)
+    monitor = run_op(lambda: ops.open_monitor(job, _cwd()))
+    interval = interval or monitor.refresh_s
+    failures = 0
 
-    snap = run_op(lambda: ops.monitor_snapshot(job, _cwd()))
-    job = snap.view.record.id
+    def refresh() -> Any:
+        nonlocal failures
+        snap = run_op(monitor.refresh)
+        failures = failures + 1 if snap.connection else 0
+        if notify:
+            for event in monitor.events(snap):
+                warning = ops.notify(notify, event)
+                if warning:
+                    sys.stderr.write(f"hpcrun: {warning}\n")
+        return snap
+
+    def pause() -> None:  # back off while the machine cannot be reached
+        time.sleep(min(interval * 2 ** min(failures, 5), 30.0) if failures else interval)
+
+    def done(snap: Any) -> bool:
+        return once or (snap.connection is None and is_terminal(snap.state))
+
+    snap = refresh()
     if out.json:
         while True:
-            out.emit(snap.to_dict())
-            if once or done(snap):
+            data = snap.to_dict()
+            if done(snap) and not once:
+                data["summary"] = run_op(monitor.summary).to_dict()
+            out.emit(data)
+            if done(snap):
                 break
-            time.sleep(interval)
-            snap = run_op(lambda: ops.monitor_snapshot(job, _cwd()))
+            pause()
+            snap = refresh()
     elif once or not out.console.is_terminal:
-        last: list[str] = []
+        last: Any = None
         while True:
             lines = _snapshot_lines(snap)
-            if lines != last:
+            key = (snap.state, lines[1:])  # not every tick of the elapsed time
+            if key != last:
                 sys.stdout.write("\n".join(lines) + "\n")
                 sys.stdout.flush()
-                last = lines
-            if once or done(snap):
+                last = key
+            if done(snap):
                 break
-            time.sleep(interval)
-            snap = run_op(lambda: ops.monitor_snapshot(job, _cwd()))
+            pause()
+            snap = refresh()
+        if not once:
+            _finish(out, monitor, snap)
     else:
         from rich.live import Live
 
         with Live(_render_snapshot(snap), console=out.console, refresh_per_second=4) as live:
             while not done(snap):
-                time.sleep(interval)
-                snap = run_op(lambda: ops.monitor_snapshot(job, _cwd()))
+                pause()
+                snap = refresh()
                 live.update(_render_snapshot(snap))
-    state = snap.view.status.state
+        _finish(out, monitor, snap)
+    state = snap.state
     if once:
         return EXIT_FAILED if state in ("FAILED", "CANCELLED") else 0
     return 0 if state == "SUCCEEDED" else EXIT_FAILED
@@ -518,10 +625,20 @@ def monitor(
     ctx: typer.Context,
     job: str = typer.Argument("latest", help="Job id, prefix, handle or 'latest'."),
     once: bool = typer.Option(False, "--once", help="Print one snapshot and exit."),
-    interval: float = typer.Option(2.0, "--interval", help="Seconds between refreshes."),
+    interval: float | None = typer.Option(
+        None, "--interval", min=0.1, help="Seconds between refreshes (default: the run's "
+        "monitor.refresh_s)."),
+    notify: str | None = typer.Option(
+        None, "--notify", metavar="CMD",
+        help="Run CMD (with sh -c) when the job ends or a new red flag appears; the event is "
+             "in its environment: HPCRUN_EVENT (finished|flag), HPCRUN_JOB_ID, "
+             "HPCRUN_JOB_HANDLE, HPCRUN_EXPERIMENT, HPCRUN_RUN_DIR, HPCRUN_STATE, "
+             "HPCRUN_STAGE, HPCRUN_FLAG, HPCRUN_MESSAGE."),
 ) -> None:
-    """Watch a job live until it ends; the exit code reflects its outcome."""
-    raise typer.Exit(_watch(_out(ctx), job, once, interval))
+    """Watch a job live until it ends: state and scheduler reason, epoch progress with ETA,
+    latest and best metrics, curves, memory per rank and red flags; then the run summary.
+    The exit code reflects the job's outcome (0 only when it succeeded)."""
+    raise typer.Exit(_watch(_out(ctx), job, once, interval, notify))
 
 
 # --------------------------------------------------------------------------- fetch, report

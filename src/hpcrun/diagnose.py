@@ -12,11 +12,14 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from . import rundir
+
+Reader = Callable[[Path], list[dict[str, str]]]
 
 #: log lines that name a failure's cause, in the order they are tried
 SIGNATURES = (
@@ -55,9 +58,9 @@ def _thresholds(run: rundir.RunDir) -> Any:
         return MonitorConfig()
 
 
-def _stage_flags(run: rundir.RunDir, stage: str, limits: Any) -> list[Flag]:
+def _stage_flags(run: rundir.RunDir, stage: str, limits: Any, read: Reader) -> list[Flag]:
     folder = run.stage(stage)
-    training = rundir.read_rows(folder / rundir.TRAINING)
+    training = read(folder / rundir.TRAINING)
     flags: list[Flag] = []
     if not training:
         return flags
@@ -70,7 +73,7 @@ def _stage_flags(run: rundir.RunDir, stage: str, limits: Any) -> list[Flag]:
                               stage, bad[0]))
             break
 
-    grads = rundir.read_rows(folder / rundir.GRADIENT_STATS)
+    grads = read(folder / rundir.GRADIENT_STATS)
     if grads:
         nonfinite = [int(r["epoch"]) for r in grads if int(r.get("nonfinite_steps") or 0)]
         if nonfinite:
@@ -100,7 +103,7 @@ def _stage_flags(run: rundir.RunDir, stage: str, limits: Any) -> list[Flag]:
     components = rundir.read_header(folder / rundir.LOSS_COMPONENTS) \
         if (folder / rundir.LOSS_COMPONENTS).exists() else []
     if "classification" in components:  # separation means nothing without a classifier loss
-        probs = [r for r in rundir.read_rows(folder / rundir.PROBABILITY_STATS)
+        probs = [r for r in read(folder / rundir.PROBABILITY_STATS)
                  if r.get("phase") == "val"]
         seps = _floats(probs, "separation")
         n = limits.separation_patience
@@ -127,7 +130,7 @@ def _stage_flags(run: rundir.RunDir, stage: str, limits: Any) -> list[Flag]:
             flags.append(Flag("diverging", f"validation loss rose for {n} epochs while training "
                               "loss fell (overfitting?)", stage, epochs[-1]))
 
-    memory = rundir.read_rows(folder / rundir.GPU_MEMORY)
+    memory = read(folder / rundir.GPU_MEMORY)
     by_rank: dict[str, list[dict[str, str]]] = {}
     for row in memory:
         by_rank.setdefault(row.get("rank", "0"), []).append(row)
@@ -149,19 +152,21 @@ def _stage_flags(run: rundir.RunDir, stage: str, limits: Any) -> list[Flag]:
 
 
 def diagnose(run_dir: Path, *, job_state: str | None = None, log_text: str | None = None,
-             now: float | None = None) -> list[Flag]:
-    """Every red flag of a run directory (every stage), given what is known about the job."""
+             now: float | None = None, tables: rundir.RunTables | None = None) -> list[Flag]:
+    """Every red flag of a run directory (every stage), given what is known about the job.
+    A live view passes its ``tables`` so a refresh reads only the rows added since the last."""
     run = rundir.RunDir(run_dir)
+    read: Reader = tables.rows if tables is not None else rundir.read_rows
     limits = _thresholds(run)
     status = rundir.read_json(run.status) or {}
     flags: list[Flag] = []
     for stage in run.stages():
-        flags.extend(_stage_flags(run, stage, limits))
+        flags.extend(_stage_flags(run, stage, limits, read))
 
     state = job_state or status.get("state")
     stage = status.get("stage")
     if state == "RUNNING" and status.get("updated_at") and stage:
-        times = [t for t in _floats(rundir.read_rows(run.stage(stage) / rundir.TRAINING),
+        times = [t for t in _floats(read(run.stage(stage) / rundir.TRAINING),
                                     "Epoch Time") if math.isfinite(t)]
         if times:
             limit = max(limits.stall_factor * statistics.median(times), 60.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import secrets
 import shutil
@@ -24,6 +25,7 @@ from .bundle import Bundle, describe
 from .config import ExperimentConfig, load_config
 from .errors import BadInput, HpcrunError, OperationFailed
 from .job import JobRecord, JobStatus, is_terminal
+from .monitor import Event, Monitor, Snapshot
 from .render import JobSpec, SubmitPlan
 from .shell import LocalRunner
 from .store import JobStore
@@ -306,17 +308,25 @@ def _group_status(children: list[JobView]) -> JobStatus:
     return JobStatus(state, reason=summary)
 
 
-def views(records: Sequence[JobRecord], store: JobStore) -> list[JobView]:
-    """Fresh states for ``records`` (one backend query per backend); the store is updated."""
+def _backend_key(record: JobRecord) -> str:
+    return f"{record.backend}:{record.info.get('remote') or ''}"
+
+
+def views(records: Sequence[JobRecord], store: JobStore,
+          backends: dict[str, Any] | None = None) -> list[JobView]:
+    """Fresh states for ``records`` (one backend query per backend); the store is updated.
+    ``backends`` keeps the backend objects (and their connections) across calls."""
+    backends = {} if backends is None else backends
     by_backend: dict[str, list[JobRecord]] = {}
     for record in records:
         if record.info.get("kind") != "sweep":
-            key = f"{record.backend}:{record.info.get('remote') or ''}"
-            by_backend.setdefault(key, []).append(record)
+            by_backend.setdefault(_backend_key(record), []).append(record)
     states: dict[str, JobStatus] = {}
-    for group in by_backend.values():
+    for key, group in by_backend.items():
         try:
-            states.update(backend_for(group[0]).status(group))
+            if key not in backends:
+                backends[key] = backend_for(group[0])
+            states.update(backends[key].status(group))
         except HpcrunError as exc:  # one unreachable cluster or pod must not hide the rest
             states.update({r.id: JobStatus("UNKNOWN", reason=exc.message) for r in group})
     out = []
@@ -397,45 +407,35 @@ def cancel(ref: str | None, project_dir: Path, store: JobStore | None = None) ->
 # --------------------------------------------------------------------------- monitor
 
 
-@dataclass
-class Snapshot:
-    view: JobView
-    stage: str | None
-    epoch: int
-    epochs: int
-    latest: dict[str, str] | None
-    best: dict[str, str] | None
-    elapsed_s: float | None
-    stages: dict[str, str]
-    flags: list[Any] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"job": self.view.to_dict(), "stage": self.stage, "epoch": self.epoch,
-                "epochs": self.epochs, "latest": self.latest, "best": self.best,
-                "elapsed_s": self.elapsed_s, "stages": self.stages,
-                "flags": [f.to_dict() for f in self.flags]}
-
-
-def snapshot_of(view: JobView) -> Snapshot:
-    backend_for(view.record).pull(view.record, partial=True)  # a remote run: fresh copy
-    root = rundir.RunDir(view.record.run_dir)
-    trainer = rundir.read_json(root.status) or {}
-    stage = trainer.get("stage")
-    rows = rundir.read_rows(root.stage(stage) / rundir.TRAINING) if stage else []
-    latest = rows[-1] if rows else None
-    best = min(rows, key=lambda r: rundir.to_float(r.get("Val Loss"))) if rows else None
-    end = time.time() if not is_terminal(view.status.state) else trainer.get("updated_at")
-    elapsed = (end - view.record.submitted_at) if end else None
-    return Snapshot(view, stage, int(trainer.get("epoch") or 0), int(trainer.get("epochs") or 0),
-                    latest, best, elapsed, dict(trainer.get("stages") or {}), flags_of(view))
+def open_monitor(ref: str | None, project_dir: Path, store: JobStore | None = None) -> Monitor:
+    """A ``Monitor`` of one job: one backend (one ssh connection for a remote) for all its
+    refreshes, and the job store kept up to date with the states it sees."""
+    store = store or JobStore()
+    record = store.resolve(ref, str(project_dir.resolve()))
+    _single(record)
+    backend = backend_for(record)
+    cache = {_backend_key(record): backend}
+    return Monitor(record, lambda: views([record], store, cache)[0], backend)
 
 
 def monitor_snapshot(ref: str | None, project_dir: Path,
                      store: JobStore | None = None) -> Snapshot:
-    store = store or JobStore()
-    record = store.resolve(ref, str(project_dir.resolve()))
-    _single(record)
-    return snapshot_of(views([record], store)[0])
+    return open_monitor(ref, project_dir, store).refresh()
+
+
+def notify(command: str, event: Event, runner: LocalRunner | None = None) -> str | None:
+    """Run a ``--notify`` command through ``sh -c`` with the event in its environment (the
+    event's values never become part of the command). Returns a warning when it failed."""
+    runner = runner or LocalRunner()
+    try:
+        result = runner.run(["sh", "-c", command], env={**os.environ, **event.environment()},
+                            check=False, timeout=60)
+    except HpcrunError as exc:
+        return f"--notify command failed: {exc.message}"
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or [""])[-1]
+        return f"--notify command exited {result.returncode}" + (f": {last}" if last else "")
+    return None
 
 
 # --------------------------------------------------------------------------- fetch, report

@@ -209,7 +209,7 @@ def _selections(config_text: str) -> dict[str, _Selection]:
         return {}
 
 
-def _read_selections(run: rundir.RunDir) -> dict[str, _Selection]:
+def read_selections(run: rundir.RunDir) -> dict[str, _Selection]:
     try:
         text = run.config.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
@@ -297,7 +297,7 @@ def _load(run_dir: Path) -> tuple[RunSummary, dict[str, _StageData]]:
     run = rundir.RunDir(run_dir)
     status = _dict(rundir.read_json(run.status))
     metadata = _dict(rundir.read_json(run.metadata))
-    selections = _read_selections(run)
+    selections = read_selections(run)
     stage_states = _dict(status.get("stages"))
     data: dict[str, _StageData] = {}
     stages = []

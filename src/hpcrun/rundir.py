@@ -394,6 +394,89 @@ class CsvTail:
         return new
 
 
+class RunTables:
+    """Every CSV of one run directory through its own ``CsvTail``: ``rows(path)`` costs only
+    the bytes appended since the previous ``refresh()``. ``refresh()`` starts a new round:
+    each file is then read at most once until the next one."""
+
+    def __init__(self) -> None:
+        self._tails: dict[Path, CsvTail] = {}
+        self._fresh: set[Path] = set()
+
+    def refresh(self) -> None:
+        self._fresh.clear()
+
+    def rows(self, path: Path) -> list[dict[str, str]]:
+        path = Path(path)
+        tail = self._tails.get(path)
+        if tail is None:
+            tail = self._tails[path] = CsvTail(path)
+        if path not in self._fresh:
+            tail.refresh()
+            self._fresh.add(path)
+        return tail.rows
+
+
+#: what a live view of a run reads: the small JSON files and the per-epoch CSVs (not the
+#: predictions or per-layer gradients, which only a report needs)
+WATCHED_FILES = (CONFIG, STATUS, FAILURE, METADATA)
+WATCHED_CSVS = (TRAINING, LOSS_COMPONENTS, GRADIENT_STATS, PROBABILITY_STATS, GPU_MEMORY,
+                EVALUATION)
+
+
+def read_since(root: str | os.PathLike[str], known: Mapping[str, Sequence[Any]]
+               ) -> dict[str, dict[str, Any]]:
+    """The watched files of a run directory that changed since ``known`` ({run-relative
+    path: [file identity, bytes already read]}): for each, the bytes after that offset, or
+    the whole file (``"reset": True``) when it is a different file or shrank. Bytes travel
+    as latin-1 text, so the answer is JSON. Runs where the files are (``hpcrun.agent``)."""
+    root = Path(root)
+    names = [n for n in WATCHED_FILES if (root / n).is_file()]
+    if root.is_dir():
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            names += [f"{folder.name}/{n}" for n in WATCHED_CSVS if (folder / n).is_file()]
+    out: dict[str, dict[str, Any]] = {}
+    for rel in names:
+        try:
+            with open(root / rel, "rb") as handle:
+                stat = os.fstat(handle.fileno())
+                # CSVs only grow in place (a rewrite is a new file); the small files may be
+                # rewritten in place, so any change of theirs sends them whole
+                identity = [stat.st_dev, stat.st_ino,
+                            0 if rel.endswith(".csv") else stat.st_mtime_ns]
+                last_identity, offset = (known.get(rel) or [None, 0])[:2]
+                reset = identity != last_identity or stat.st_size < offset
+                if not reset and stat.st_size == offset:
+                    continue
+                handle.seek(0 if reset else offset)
+                data = handle.read()
+        except OSError:
+            continue
+        out[rel] = {"identity": identity, "reset": reset, "data": data.decode("latin-1")}
+    return out
+
+
+def mirror(root: Path, changes: Mapping[str, Mapping[str, Any]],
+           known: dict[str, list[Any]]) -> None:
+    """Apply ``read_since``'s answer to a local copy of the run directory and remember what
+    was read in ``known``. A rewritten file is replaced (new identity), so a ``CsvTail`` on
+    the copy starts it again; appended bytes are appended."""
+    root = Path(root).resolve()
+    for rel, change in changes.items():
+        path = (root / rel).resolve()
+        if root not in path.parents:  # a hostile answer must not write outside the copy
+            continue
+        data = change["data"].encode("latin-1")
+        if change["reset"]:
+            write_atomic(path, data)
+            offset = len(data)
+        else:
+            with open(path, "ab") as handle:
+                handle.write(data)
+            offset = int((known.get(rel) or [None, 0])[1]) + len(data)
+        known[rel] = [change["identity"], offset]
+
+
 def to_float(text: str | None) -> float:
     if text is None or text == "":
         return math.nan

@@ -427,3 +427,55 @@ def test_resubmit_failed_reruns_only_the_failed_local_points(project):
     group = wait_state(project, data["group"]["id"], {"SUCCEEDED", "FAILED"})
     assert group["state"] == "SUCCEEDED", group
     assert (Path(data["jobs"][0]["run_dir"]) / "job.exit").stat().st_mtime == first_done
+
+
+MONITORED = """\
+extends: v3
+experiment: watched
+data: {rows: 20000}
+training: {epochs: 8, early_stopping: {enabled: false}}
+pipeline:
+  - {name: train, mode: full_pipeline}
+"""
+
+
+def test_monitor_json_streams_progress_curves_and_memory_until_success(project):
+    (project / "configs" / "watched.yaml").write_text(MONITORED)
+    proc, data = hpj(project, "submit", "--backend", "local", "watched")
+    assert proc.returncode == 0, proc.stderr
+    watched = hp(project, "--json", "monitor", "--interval", "0.3")
+    assert watched.returncode == 0, watched.stderr[-2000:]
+    snaps = [json.loads(line) for line in watched.stdout.splitlines()]
+    running = [s for s in snaps if s["job"]["state"] == "RUNNING" and s["epoch"] >= 2]
+    assert running, [s["job"]["state"] for s in snaps]
+    mid = running[0]
+    assert mid["stage"] == "train" and mid["epochs"] == 8
+    assert mid["eta_s"] > 0 and mid["epoch_time_s"] > 0
+    assert len(mid["series"]["val loss"]) == mid["epoch"] or mid["epoch"] == len(
+        mid["series"]["val loss"]) + 1  # status may run one epoch ahead of the CSV
+    assert {"val loss", "separation", "grad norm", "auroc"} <= set(mid["series"])
+    assert [m["rank"] for m in mid["memory"]] == ["0", "1"]
+    assert float(mid["memory"][0]["host_rss_mb"]) > 0
+    final = snaps[-1]
+    assert final["job"]["state"] == "SUCCEEDED" and final["flags"] == []
+    assert final["summary"]["stages"][0]["epochs"] == 8
+
+
+def test_monitor_of_a_failing_job_exits_1_and_notifies_the_flag_and_the_end(project):
+    proc, data = hpj(project, "submit", "--backend", "local", "v3", "--set",
+                     "pipeline.1.overrides.model.name=no_such_module:build")
+    assert proc.returncode == 0, proc.stderr
+    events = project / "events.txt"
+    notify = f"env | grep ^HPCRUN_ | sort >> {events}; echo --- >> {events}"
+    watched = hp(project, "monitor", "--interval", "0.5", "--notify", notify)
+    assert watched.returncode == 1, watched.stdout[-2000:] + watched.stderr[-2000:]
+    assert "FAILED" in watched.stdout and "! failed [finetune]" in watched.stdout
+    assert "Stage pretrain [SUCCEEDED]" in watched.stdout  # the final summary
+    blocks = [dict(line.split("=", 1) for line in block.strip().splitlines())
+              for block in events.read_text().split("---") if block.strip()]
+    kinds = [(b["HPCRUN_EVENT"], b.get("HPCRUN_FLAG")) for b in blocks]
+    assert kinds == [("flag", "failed"), ("finished", None)], kinds
+    assert blocks[0]["HPCRUN_STAGE"] == "finetune" and "no_such_module" in blocks[0][
+        "HPCRUN_MESSAGE"]
+    assert blocks[1]["HPCRUN_STATE"] == "FAILED"
+    assert blocks[1]["HPCRUN_JOB_ID"] == data["jobs"][0]["id"]

@@ -107,6 +107,11 @@ class ScriptBackend:
         if isinstance(self.files, RemoteFiles):
             self.files.pull(record, partial)
 
+    def catch_up(self, record: JobRecord, known: dict[str, list]) -> None:
+        """Bring the local copy of a remote job's watched files up to date (only what was
+        added since ``known``); nothing to do when the run directory is on this machine."""
+        self.files.catch_up(record, known)
+
     def prepare_run_dirs(self, configs: dict[str, str]) -> None:
         """Give each remote run directory its config.yaml ({local run dir: text}); the
         local copies were written by the caller."""

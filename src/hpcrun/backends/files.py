@@ -46,6 +46,9 @@ class LocalFiles:
     def run_dir(self, record: JobRecord) -> str:
         return record.run_dir
 
+    def catch_up(self, record: JobRecord, known: dict[str, list]) -> None:
+        """Nothing to do: the run directory is on this machine."""
+
 
 class RemoteFiles:
     """Files under ``workdir`` on an ssh remote; writes go through ``python -m hpcrun.agent``
@@ -87,6 +90,13 @@ class RemoteFiles:
 
     def run_dir(self, record: JobRecord) -> str:
         return record.info.get("remote_run_dir") or self.place(record.run_dir)
+
+    def catch_up(self, record: JobRecord, known: dict[str, list]) -> None:
+        """Bring the local copy of a running job's watched files up to date in one round trip
+        that carries only what was added since ``known`` (updated in place)."""
+        changes = agent(self.ssh, "tail", {"run_dir": self.run_dir(record), "known": known},
+                        python=self.python)
+        rundir.mirror(Path(record.run_dir), changes, known)
 
     def pull(self, record: JobRecord, partial: bool = False) -> None:
         """Bring the run directory back with rsync (resumable). ``partial``: CSVs and JSON

@@ -1,0 +1,250 @@
+"""Watching one job while it runs: what ``hpcrun monitor`` shows, refreshed incrementally.
+
+A ``Monitor`` keeps, between refreshes, one ``CsvTail`` per CSV of the run directory (a
+refresh reads only the rows added since the last one) and, for a job on a remote, the offsets
+of what it already copied (a refresh is one round trip carrying only the new bytes). It never
+prints: ``refresh()`` returns a ``Snapshot`` and ``events()`` says what is worth a
+notification. Pure Python: no torch, no pandas.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import rundir
+from .errors import HpcrunError
+from .job import JobRecord, is_terminal
+
+SPARK_LEVELS = "▁▂▃▄▅▆▇█"
+
+#: the curves the dashboard draws: label -> (file, column, phase filter)
+_SERIES = {
+    "val loss": (rundir.TRAINING, "Val Loss", None),
+    "separation": (rundir.PROBABILITY_STATS, "separation", "val"),
+    "grad norm": (rundir.GRADIENT_STATS, "norm_mean", None),
+}
+_MEMORY_KEYS = ("rank", "host", "device", "allocated_mb", "peak_mb", "device_used_mb",
+                "device_total_mb", "host_rss_mb")
+
+
+def sparkline(values: Sequence[float], width: int = 32) -> str:
+    """The last ``width`` values as block characters scaled between their min and max; a
+    value that is not finite shows as ``!``."""
+    values = list(values)[-width:]
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "!" * len(values)
+    low, high = min(finite), max(finite)
+    span = high - low
+    top = len(SPARK_LEVELS) - 1
+    return "".join(
+        "!" if not math.isfinite(v)
+        else SPARK_LEVELS[round(top * (v - low) / span) if span > 0 else top // 2]
+        for v in values)
+
+
+@dataclass
+class Snapshot:
+    """One refresh of a job: scheduler state, where the trainer is, its curves and flags."""
+
+    view: Any  # ops.JobView: the record and its JobStatus
+    stage: str | None = None
+    epoch: int = 0
+    epochs: int = 0
+    stages: dict[str, str] = field(default_factory=dict)
+    elapsed_s: float | None = None
+    #: median epoch time of the current stage, and what it predicts for its remaining epochs
+    epoch_time_s: float | None = None
+    eta_s: float | None = None
+    latest: dict[str, str] | None = None
+    best: dict[str, str] | None = None
+    #: the column the best epoch is chosen on (the stage's early-stopping metric)
+    best_column: str | None = None
+    #: curves of the current stage, per label (``val loss``, the metric, ``separation``,
+    #: ``grad norm``)
+    series: dict[str, list[float]] = field(default_factory=dict)
+    #: the latest memory row of each rank
+    memory: list[dict[str, str]] = field(default_factory=list)
+    flags: list[Any] = field(default_factory=list)
+    #: set while the job's machine cannot be reached (the data shown is the last read)
+    connection: str | None = None
+
+    @property
+    def state(self) -> str:
+        return self.view.status.state
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(values: list[float]) -> list[float | None]:
+            return [v if math.isfinite(v) else None for v in values]
+
+        return {"job": self.view.to_dict(), "stage": self.stage, "epoch": self.epoch,
+                "epochs": self.epochs, "stages": self.stages, "elapsed_s": self.elapsed_s,
+                "epoch_time_s": self.epoch_time_s, "eta_s": self.eta_s,
+                "latest": self.latest, "best": self.best, "best_column": self.best_column,
+                "series": {k: clean(v) for k, v in self.series.items()},
+                "memory": self.memory, "flags": [f.to_dict() for f in self.flags],
+                "connection": self.connection}
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something worth a notification: the job ended, or a new red flag."""
+
+    kind: str  # "finished" or "flag"
+    snapshot: Snapshot
+    flag: Any = None
+
+    def environment(self) -> dict[str, str]:
+        """What a ``--notify`` command finds in its environment (values, never code)."""
+        record, status = self.snapshot.view.record, self.snapshot.view.status
+        env = {"HPCRUN_EVENT": self.kind, "HPCRUN_JOB_ID": record.id,
+               "HPCRUN_JOB_HANDLE": record.handle, "HPCRUN_EXPERIMENT": record.experiment,
+               "HPCRUN_RUN_DIR": record.run_dir, "HPCRUN_STATE": status.state,
+               "HPCRUN_STAGE": self.snapshot.stage or "",
+               "HPCRUN_MESSAGE": status.reason or status.state}
+        if self.flag is not None:
+            env.update(HPCRUN_FLAG=self.flag.code, HPCRUN_MESSAGE=self.flag.message,
+                       HPCRUN_STAGE=self.flag.stage or "")
+        return env
+
+
+def _floats(rows: Sequence[dict[str, str]], column: str) -> list[float]:
+    return [rundir.to_float(r.get(column)) for r in rows]
+
+
+class Monitor:
+    """Refreshes of one job. ``view_of`` asks the backend for the job's state (one batched
+    query); ``backend`` brings a remote run directory's new bytes to the local copy."""
+
+    def __init__(self, record: JobRecord, view_of: Callable[[], Any], backend: Any):
+        self.record, self._view_of, self._backend = record, view_of, backend
+        self.run = rundir.RunDir(record.run_dir)
+        self.tables = rundir.RunTables()
+        self._known: dict[str, list[Any]] = {}
+        self._last: Snapshot | None = None
+        self._flagged: set[tuple[str, str | None]] = set()
+        self._finished = False
+
+    @property
+    def refresh_s(self) -> float:
+        """The run's ``monitor.refresh_s`` (the default when its config cannot be read)."""
+        from .config import MonitorConfig, load_config_text
+
+        try:
+            return load_config_text(self.run.config.read_text(), str(self.run.config)
+                                    ).monitor.refresh_s
+        except Exception:  # noqa: BLE001 - a missing or damaged config keeps the default
+            return MonitorConfig().refresh_s
+
+    def refresh(self) -> Snapshot:
+        """A fresh snapshot. While the job's machine cannot be reached, the last snapshot is
+        returned with ``connection`` saying why (the caller retries); the first refresh
+        raises instead, as there is nothing to show."""
+        try:
+            view = self._view_of()
+            if view.status.state == "UNKNOWN" and self._last is not None:
+                return self._lost(view.status.reason or "state unknown")
+            self._backend.catch_up(self.record, self._known)
+        except HpcrunError as exc:
+            if self._last is None:
+                raise
+            return self._lost(exc.message)
+        self.tables.refresh()
+        snap = self._read(view)
+        self._last = snap
+        return snap
+
+    def _lost(self, why: str) -> Snapshot:
+        assert self._last is not None
+        last = self._last
+        return Snapshot(**{**last.__dict__, "connection": why})
+
+    def _read(self, view: Any) -> Snapshot:
+        from .diagnose import diagnose
+        from .report import read_selections
+
+        trainer = rundir.read_json(self.run.status) or {}
+        stage = trainer.get("stage")
+        snap = Snapshot(view, stage=stage, epoch=int(trainer.get("epoch") or 0),
+                        epochs=int(trainer.get("epochs") or 0),
+                        stages=dict(trainer.get("stages") or {}))
+        terminal = is_terminal(view.status.state)
+        end = trainer.get("updated_at") if terminal else time.time()
+        if end and self.record.submitted_at:
+            snap.elapsed_s = max(0.0, float(end) - self.record.submitted_at)
+        if stage:
+            folder = self.run.stage(stage)
+            rows = self.tables.rows(folder / rundir.TRAINING)
+            selection = read_selections(self.run).get(stage)
+            column = selection.column if selection else "Val Loss"
+            mode = selection.mode if selection else "min"
+            if rows:
+                snap.latest = rows[-1]
+                scored = [r for r in rows if math.isfinite(rundir.to_float(r.get(column)))]
+                if scored:
+                    pick = min if mode == "min" else max
+                    snap.best = pick(scored, key=lambda r: rundir.to_float(r.get(column)))
+                snap.best_column = column
+                times = [t for t in _floats(rows, "Epoch Time") if math.isfinite(t) and t > 0]
+                if times:
+                    snap.epoch_time_s = statistics.median(times)
+                    if not terminal and snap.epochs:
+                        snap.eta_s = snap.epoch_time_s * max(0, snap.epochs - snap.epoch)
+            snap.series = self._series(folder, rows, column)
+            snap.memory = self._memory(folder)
+        log = None
+        if view.status.state == "FAILED":
+            text = self._backend.read_log(self.record) or ""
+            log = "\n".join(text.splitlines()[-200:])
+        snap.flags = diagnose(self.run.root, job_state=view.status.state, log_text=log,
+                              tables=self.tables)
+        return snap
+
+    def _series(self, folder: Path, training: list[dict[str, str]],
+                metric: str) -> dict[str, list[float]]:
+        out = {}
+        for label, (name, column, phase) in _SERIES.items():
+            rows = training if name == rundir.TRAINING else self.tables.rows(folder / name)
+            if phase:
+                rows = [r for r in rows if r.get("phase") == phase]
+            if rows:
+                out[label] = _floats(rows, column)
+        if training:  # the stage's metric, or the first validation metric when that is loss
+            columns = [c for c in training[0] if c.startswith("Val ") and c != "Val Loss"]
+            chosen = metric if metric in columns else (columns[0] if columns else None)
+            if chosen:
+                out[chosen.removeprefix("Val ").lower()] = _floats(training, chosen)
+        return out
+
+    def _memory(self, folder: Path) -> list[dict[str, str]]:
+        latest: dict[str, dict[str, str]] = {}
+        for row in self.tables.rows(folder / rundir.GPU_MEMORY):
+            latest[row.get("rank", "0")] = row
+        return [{k: row.get(k, "") for k in _MEMORY_KEYS}
+                for _, row in sorted(latest.items(), key=lambda kv: int(kv[0] or 0))]
+
+    def events(self, snap: Snapshot) -> list[Event]:
+        """What is new since the previous call: red flags not seen before, and the job's end
+        (once)."""
+        out = []
+        for flag in snap.flags:
+            key = (flag.code, flag.stage)
+            if key not in self._flagged:
+                self._flagged.add(key)
+                out.append(Event("flag", snap, flag))
+        if is_terminal(snap.state) and not self._finished and snap.connection is None:
+            self._finished = True
+            out.append(Event("finished", snap))
+        return out
+
+    def summary(self) -> Any:
+        """The run summary (report.summarize) of what was read so far."""
+        from .report import summarize
+
+        return summarize(self.run.root)
