@@ -756,13 +756,15 @@ def compare(run_dirs: Sequence[Path], metric: str = "auroc", mode: str = "max",
     draw their validation-loss curves on one PNG."""
     import yaml
 
-    summaries = [summarize(Path(d)) for d in run_dirs]
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser: 200 runs in ms
+    loaded = [_load(Path(d)) for d in run_dirs]
+    summaries = [summary for summary, _ in loaded]
     configs = []
     for run_dir in run_dirs:
         try:
-            configs.append(_flatten(yaml.safe_load((Path(run_dir) / rundir.CONFIG).read_text())
-                                    or {}))
-        except OSError:
+            text = (Path(run_dir) / rundir.CONFIG).read_text()
+            configs.append(_flatten(yaml.load(text, Loader=loader) or {}))  # noqa: S506
+        except (OSError, yaml.YAMLError):
             configs.append({})
     keys = sorted({k for c in configs for k in c})
     differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
@@ -776,24 +778,45 @@ def compare(run_dirs: Sequence[Path], metric: str = "auroc", mode: str = "max",
     sign = -1 if mode == "max" else 1
     rows.sort(key=lambda r: (math.isnan(r["value"]), sign * (0 if math.isnan(r["value"])
                                                              else r["value"])))
-    png = _overlay(run_dirs, summaries, out) if out is not None else None
+    ranked = [Path(r["run_dir"]) for r in rows]
+    png = _overlay(ranked, {Path(d): x for d, x in zip(run_dirs, loaded, strict=True)},
+                   out) if out is not None else None
     return Comparison(metric, split, rows, differing, png)
 
 
-def _overlay(run_dirs: Sequence[Path], summaries: Sequence[RunSummary], out: Path) -> Path:
+#: how many of the ranked runs an overlay names; the rest are drawn thin and grey
+OVERLAY_LABELLED = 10
+
+
+def _overlay(ranked: Sequence[Path],
+             loaded: dict[Path, tuple[RunSummary, dict[str, _StageData]]], out: Path) -> Path:
+    """Validation-loss curves of the last training stage of each run, best ranked first: the
+    top runs in colour with a legend, the others as a grey background (one line collection,
+    so hundreds of runs stay cheap and readable)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
 
     fig, ax = _new_axes(plt, "validation loss", "loss")
-    for run_dir, summary in zip(run_dirs, summaries, strict=True):
+    background = []
+    for rank, run_dir in enumerate(ranked):
+        summary, data = loaded[run_dir]
         trained = [s for s in summary.stages if s.trained]
         if not trained:
             continue
-        rows = rundir.read_rows(Path(run_dir) / trained[-1].name / rundir.TRAINING)
-        ax.plot([int(r["Epoch"]) for r in rows], _column(rows, "Val Loss"),
-                label=summary.run_id, linewidth=1.2)
+        rows = data[trained[-1].name].training  # already read for the summary
+        epochs, values = [int(r["Epoch"]) for r in rows], _column(rows, "Val Loss")
+        if rank < OVERLAY_LABELLED:
+            ax.plot(epochs, values, label=f"#{rank + 1} {summary.run_id}", linewidth=1.2,
+                    zorder=3)
+        else:
+            background.append(list(zip(epochs, values, strict=True)))
+    if background:
+        ax.add_collection(LineCollection(background, colors="0.75", linewidths=0.6,
+                                         zorder=1, label=f"{len(background)} more runs"))
+        ax.autoscale_view()
     data = _png(plt, fig, ax)
     rundir.write_atomic(out, data)
     return out
