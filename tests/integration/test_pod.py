@@ -58,14 +58,21 @@ def test_sync_submit_monitor_fetch_round_trip_of_v3(project):
     assert proc.returncode == 0, proc.stderr
     job = json.loads(proc.stdout)["jobs"][0]
     assert hp(project, "monitor", "--once", job["id"]).returncode == 0
-    view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED"})
-    assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
+    watched = hp(project, "--json", "monitor", job["id"], "--interval", "0.5", timeout=600)
+    assert watched.returncode == 0, hp(project, "logs").stdout[-3000:]
+    snaps = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert snaps[-1]["job"]["state"] == "SUCCEEDED" and snaps[-1]["flags"] == []
+    assert snaps[-1]["summary"]["final_evaluation"]
+    # the monitor copied only the watched files, as they grew: no predictions, no checkpoints
+    local = Path(job["run_dir"])
+    assert (local / "eval" / "evaluation.csv").is_file()
+    assert not (local / "eval" / "predictions.csv").exists()
+    assert not (local / "finetune" / "checkpoints").exists()
 
     fetched = hp(project, "fetch", job["id"])
     assert fetched.returncode == 0, fetched.stderr
     assert "verified against MANIFEST.sha256" in fetched.stdout
-    local = Path(job["run_dir"])
-    assert (local / "eval" / "evaluation.csv").is_file()
+    assert (local / "eval" / "predictions.csv").is_file()
     assert "Final evaluation" in hp(project, "logs", job["id"]).stdout
 
 
@@ -180,3 +187,45 @@ def test_a_fetch_killed_mid_transfer_completes_on_rerun(project):
     assert again.returncode == 0, again.stderr
     assert "verified against MANIFEST.sha256" in again.stdout
     assert (local / "big.bin").stat().st_size == 192 << 20
+
+
+def test_a_monitor_refresh_is_one_round_trip_carrying_only_new_bytes(project, tmp_path):
+    from hpcrun import rundir
+    from hpcrun.backends.files import RemoteFiles
+    from hpcrun.config import load_remote
+    from hpcrun.job import JobRecord
+    from hpcrun.shell import SshRunner
+
+    remote = load_remote("runpod", project)
+    files = RemoteFiles(SshRunner(remote), remote.workdir, remote.python, "runpod")
+    record = JobRecord(id="x", backend="pod", host="pod", experiment="e",
+                       run_dir=str(tmp_path / "local" / "e" / "r1"), project_dir=str(project))
+    there = Path(files.run_dir(record))
+    (there / "train").mkdir(parents=True)
+    rundir.write_json(there / rundir.STATUS, {"state": "RUNNING", "epoch": 1})
+    log = rundir.CsvLog(there / "train" / rundir.TRAINING, ["Epoch", "Val Loss"])
+    for epoch in range(1, 1001):
+        log.write([epoch, 1 / epoch])
+    log.sync()
+
+    calls: list[int] = []
+    run = files.ssh.run
+
+    def counted(argv, **kwargs):
+        result = run(argv, **kwargs)
+        calls.append(len(result.stdout))
+        return result
+
+    files.ssh.run = counted  # type: ignore[method-assign]
+    known: dict = {}
+    files.catch_up(record, known)
+    first = calls[-1]
+    log.write([1001, 0.001])
+    log.sync()
+    files.catch_up(record, known)
+    assert len(calls) == 2  # one round trip per refresh, for every watched file
+    assert calls[-1] < 300 < first / 20  # the new row, not the file again
+    rows = rundir.read_rows(Path(record.run_dir) / "train" / rundir.TRAINING)
+    assert len(rows) == 1001 and rows[-1]["Epoch"] == "1001"
+    log.close()
+    files.close()

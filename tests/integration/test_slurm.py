@@ -73,8 +73,13 @@ def job_times(native_id: str) -> tuple[str, str]:
 def test_v3_runs_as_three_chained_jobs_in_order(project):
     data = submit(project, "v3")
     job = data["jobs"][0]
-    view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED", "CANCELLED"})
-    assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
+    watched = hp(project, "--json", "monitor", "--interval", "0.5", timeout=600)
+    snaps = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert watched.returncode == 0, hp(project, "logs").stdout[-3000:]
+    assert snaps[-1]["job"]["state"] == "SUCCEEDED" and snaps[-1]["flags"] == []
+    assert snaps[-1]["summary"]["final_evaluation_stage"] == "eval"
+    assert any(s["job"]["state"] == "RUNNING" and s["epoch"] for s in snaps)
+    view = hpj(project, "status", job["id"])[0]
     native = view["native"]
     assert list(native) == ["pretrain", "finetune", "eval"]
     times = [job_times(native[s]) for s in native]
@@ -122,7 +127,10 @@ def test_cancel_makes_the_job_cancelled(project):
 def test_a_failed_parent_reports_its_dependents_as_blocked(project):
     data = submit(project, "v3", "--set", "pipeline.0.overrides.model.name=no_such_module:f")
     job = data["jobs"][0]["id"]
-    view = wait_job(project, job, {"FAILED", "SUCCEEDED"})
+    watched = hp(project, "monitor", job, "--interval", "0.5", timeout=600)
+    assert watched.returncode == 1 and "FAILED" in watched.stdout
+    assert "! failed [pretrain]" in watched.stdout and "no_such_module" in watched.stdout
+    view = hpj(project, "status", job)[0]
     assert view["state"] == "FAILED"
     deadline = time.monotonic() + 30
     while "blocked" not in (view["reason"] or "") and time.monotonic() < deadline:
