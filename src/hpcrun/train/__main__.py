@@ -11,10 +11,12 @@ import argparse
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from .. import rundir
@@ -57,8 +59,72 @@ def _say_error(message: str, hint: str | None = None) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _record_failure(holder: dict[str, Any], ctx: Any, exc: BaseException) -> None:
-    """failure.json (first failing rank wins), status FAILED, manifest — best effort."""
+#: what a collective reports when the process at the other end has gone away
+_PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe",
+              "nccl communicator was aborted")
+
+
+def _recorded_failure(holder: dict[str, Any]) -> dict[str, Any] | None:
+    """failure.json, when another rank has already written it in this run (a rerun moves
+    the previous run's record aside before the ranks start)."""
+    run = holder.get("run_dir")
+    return rundir.read_json(run.failure) if run is not None and holder.get("started") else None
+
+
+def _ended_peers(holder: dict[str, Any], ctx: Any, exc: BaseException) -> list[dict[str, Any]]:
+    """Ranks whose process ended without a failure record, when ``exc`` is this rank losing
+    them: the record and the error line then name the rank that died, not the one that
+    noticed."""
+    run = holder.get("run_dir")
+    if run is None or ctx is None or not ctx.distributed:
+        return []
+    from .pipeline import ended_ranks
+
+    lost = any(text in str(exc).lower() for text in _PEER_LOST)
+    try:
+        return ended_ranks(run, ctx, wait=2.0 if lost else 0.0)
+    except Exception:  # noqa: BLE001 - naming the cause must not hide the failure
+        return []
+
+
+def _peer_message(ended: list[dict[str, Any]], ctx: Any, exc: BaseException) -> str:
+    first = ended[0]
+    return (f"rank {first['rank']} on {first['host']} (pid {first['pid']}) ended without "
+            f"recording a failure (killed?); rank {ctx.rank} lost its connection to it: "
+            f"{type(exc).__name__}: {exc}")
+
+
+def _create_exclusive(path: Path, text: str) -> None:
+    """Create ``path`` holding ``text`` whole, or raise FileExistsError if it exists: a reader
+    never sees a half-written record, and a full disk leaves no empty one behind."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)  # fails if the record exists, like O_EXCL
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links on this filesystem: create it in place
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+    finally:
+        tmp.unlink(missing_ok=True)
+    rundir.fsync_dir(path.parent)
+
+
+def _record_failure(holder: dict[str, Any], ctx: Any, exc: BaseException,
+                    ended: list[dict[str, Any]] | None = None) -> None:
+    """failure.json (first failing rank wins), status FAILED, manifest — best effort.
+
+    With ``ended`` (peers found dead), the record names the first of them as the failing
+    rank and keeps this rank's view under ``reported_by``.
+    """
     run = holder.get("run_dir")
     if run is None:
         return
@@ -70,27 +136,30 @@ def _record_failure(holder: dict[str, Any], ctx: Any, exc: BaseException) -> Non
         "traceback": "".join(traceback.format_exception(exc)).splitlines()[-25:],
         "time": time.time(),
     }
+    if ended:
+        reporter = {key: info[key] for key in ("rank", "host", "pid", "exception")}
+        info.update(ended[0], exception=_peer_message(ended, ctx, exc), reported_by=reporter,
+                    ended_ranks=[peer["rank"] for peer in ended])
     status = rundir.read_json(run.status) or {}
     info["stage"], info["epoch"] = status.get("stage"), status.get("epoch")
+    cause = info["exception"]
     try:
         run.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run.failure, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(info, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _create_exclusive(run.failure, json.dumps(info, indent=2))
     except FileExistsError:
-        pass  # another rank failed first: its record is the root cause
+        # another rank failed first: its record is the root cause, and status.json keeps
+        # saying so (this rank's error is often only the lost connection to that rank)
+        cause = (rundir.read_json(run.failure) or {}).get("exception") or cause
     except OSError as err:
         print(f"hpcrun.train: could not write {run.failure}: {err}", file=sys.stderr)
     state = holder.get("run")
     try:
         if state is not None:
-            state.fail(info["exception"])
+            state.fail(cause)
         elif status:
             from .pipeline import mark_failed
 
-            mark_failed(status, info["exception"])
+            mark_failed(status, cause)
             rundir.write_json(run.status, status)
         if getattr(ctx, "is_main", True) and run.root.exists():
             rundir.write_manifest(run.root)
@@ -101,6 +170,12 @@ def _record_failure(holder: dict[str, Any], ctx: Any, exc: BaseException) -> Non
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rank = int(os.environ.get("RANK", "0") or 0)
+    # A file-size limit (ulimit -f) must fail the write with EFBIG, which the trainer reports
+    # and records, rather than kill the process with SIGXFSZ, which leaves the run looking
+    # alive. CPython ignores the signal at start-up already; this keeps it so however the
+    # interpreter was started.
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     _configure_console(rank)
     from ..config import load_config
 
@@ -146,10 +221,18 @@ def main(argv: list[str] | None = None) -> int:
         _record_failure(holder, ctx, exc)
         code = exc.exit_code
     except BaseException as exc:  # noqa: BLE001 - every failure must leave failure.json
-        rank_text = f"rank {ctx.rank}" if ctx is not None else f"rank {rank}"
-        _say_error(f"{rank_text} on {socket.gethostname()}: {type(exc).__name__}: {exc}")
+        first = _recorded_failure(holder)
+        ended = [] if first else _ended_peers(holder, ctx, exc)
+        if first:  # this rank only lost its peer: repeat the cause, not the lost connection
+            _say_error(f"rank {ctx.rank if ctx else rank} stopped: rank {first.get('rank')} "
+                       f"failed first: {first.get('exception')}")
+        elif ended:
+            _say_error(_peer_message(ended, ctx, exc))
+        else:
+            rank_text = f"rank {ctx.rank}" if ctx is not None else f"rank {rank}"
+            _say_error(f"{rank_text} on {socket.gethostname()}: {type(exc).__name__}: {exc}")
         log.error("training failed:\n%s", "".join(traceback.format_exception(exc)))
-        _record_failure(holder, ctx, exc)
+        _record_failure(holder, ctx, exc, ended)
         code = EXIT_FAILED if not isinstance(exc, BadInput) else EXIT_BAD_INPUT
     finally:
         if ctx is not None:

@@ -4,10 +4,16 @@ A checkpoint holds the unwrapped model, optimizer, scheduler, AMP scaler, the nu
 completed epochs, the best metric, early-stopping counters and every rank's RNG states. RNG
 states are stored as plain lists and tensors so that ``torch.load(weights_only=True)`` can read
 them: loading a checkpoint never unpickles arbitrary objects.
+
+A process killed while writing leaves its temp file behind (``.last.pt.<random>.tmp``, as large
+as a checkpoint); ``remove_partial`` deletes those when the stage starts again, so repeated
+preemptions do not fill the disk.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import random
 import shutil
@@ -18,6 +24,12 @@ import numpy as np
 import torch
 
 from ..rundir import fsync_dir, write_atomic
+from .writes import writing
+
+log = logging.getLogger("hpcrun.train")
+
+#: errors of os.link that mean "this filesystem has no hard links here": copy instead
+_NO_HARD_LINKS = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
 def rng_state() -> dict[str, Any]:
@@ -44,8 +56,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` to ``path`` so that ``path`` is always a complete checkpoint."""
-    write_atomic(path, lambda handle: torch.save(state, handle))
+    """Write ``state`` to ``path`` so that ``path`` is always a complete checkpoint.
+
+    Raises ``WriteFailed`` naming ``path`` when storage fails; ``path`` is then unchanged.
+    """
+    with writing(path):
+        write_atomic(path, lambda handle: torch.save(state, handle))
 
 
 def link(source: Path, target: Path) -> None:
@@ -54,13 +70,38 @@ def link(source: Path, target: Path) -> None:
     ``source`` is replaced by a new file on the next save, so the link keeps this version.
     """
     tmp = target.with_name(f".{target.name}.link")
-    try:
+    with writing(target):
         tmp.unlink(missing_ok=True)
-        os.link(source, tmp)
-    except OSError:  # filesystems without hard links
-        shutil.copy2(source, tmp)
-    os.replace(tmp, target)
+        try:
+            os.link(source, tmp)
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:  # a full or read-only disk fails a copy too
+                raise
+            shutil.copy2(source, tmp)
+        os.replace(tmp, target)
     fsync_dir(target.parent)
+
+
+def remove_partial(directory: Path) -> None:
+    """Delete the temp files of checkpoint writes that never finished.
+
+    Only the stage's rank 0 writes in ``directory``, and it calls this before its first
+    write, so every temp file found belongs to a process that is gone.
+    """
+    if not directory.is_dir():
+        return
+    for path in directory.iterdir():
+        name = path.name
+        if not (name.startswith(".") and name.endswith((".tmp", ".link"))):
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # the next write into the directory reports the cause
+            log.warning("could not remove %s: %s", path, exc.strerror or exc)
+            continue
+        log.info("removed %s, left by a checkpoint write that was interrupted", path)
 
 
 def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:

@@ -35,6 +35,7 @@ from .diagnostics import EpochSums, GradientTracker, memory_row
 from .losses import TrainModule
 from .metrics import binary_metrics, separation_from_sums, separation_stats
 from .models import build_model
+from .writes import CsvLog, writing
 
 log = logging.getLogger("hpcrun.train")
 
@@ -266,7 +267,7 @@ class StageRunner:
 
     # -- training --------------------------------------------------------------------------
 
-    def _open_logs(self) -> dict[str, rundir.CsvLog]:
+    def _open_logs(self) -> dict[str, CsvLog]:
         learned = self.tcfg.loss.learned_weights
         files = {rundir.TRAINING: rundir.training_columns(self.metrics)}
         if self.diagnostics:
@@ -278,7 +279,7 @@ class StageRunner:
             })
             if self.tcfg.logging.per_layer_gradients:
                 files[rundir.GRADIENT_LAYERS] = rundir.GRADIENT_LAYER_COLUMNS
-        return {name: rundir.CsvLog(self.dir / name, columns) for name, columns in files.items()}
+        return {name: CsvLog(self.dir / name, columns) for name, columns in files.items()}
 
     def _train(self) -> StageResult:
         tcfg, ctx = self.tcfg, self.ctx
@@ -310,6 +311,8 @@ class StageRunner:
         start = 1
 
         last = self.ckpt_dir / rundir.LAST_CKPT
+        if ctx.is_main:
+            checkpoint.remove_partial(self.ckpt_dir)
         if last.exists():
             state = checkpoint.load(last, self.device)
             self.module.load_state_dict(state["module"])
@@ -329,11 +332,12 @@ class StageRunner:
                 start = tcfg.epochs + 1
             log.info("stage %s: resuming after epoch %d", self.stage.name, start - 1)
         completed = start - 1
-        logs: dict[str, rundir.CsvLog] = {}
+        logs: dict[str, CsvLog] = {}
         if ctx.is_main:
             for name in (rundir.TRAINING, rundir.LOSS_COMPONENTS, rundir.GRADIENT_STATS,
                          rundir.GRADIENT_LAYERS, rundir.PROBABILITY_STATS, rundir.GPU_MEMORY):
-                dropped = rundir.truncate_epochs(self.dir / name, completed)
+                with writing(self.dir / name):
+                    dropped = rundir.truncate_epochs(self.dir / name, completed)
                 if dropped:
                     log.info("%s: dropped %d rows past epoch %d", name, dropped, completed)
             logs = self._open_logs()
@@ -420,9 +424,12 @@ class StageRunner:
                     log.info("[%s] early stopping after epoch %d (best %s=%.5f at epoch %s)",
                              self.stage.name, epoch, es.metric, best_metric, best_epoch)
                     break
-        finally:
+        except BaseException:
             for handle in logs.values():
-                handle.close()
+                handle.abandon()  # a second error from a failing disk must not hide the first
+            raise
+        for handle in logs.values():
+            handle.close()
         return StageResult(state_name, epochs_run=epoch, best_epoch=best_epoch,
                            best_metric=best_metric)
 
@@ -521,7 +528,7 @@ class StageRunner:
                           separation=separation_stats(labels, prob))
         return result
 
-    def _write_epoch(self, logs: dict[str, rundir.CsvLog], epoch: int, elapsed: float, lr: float,
+    def _write_epoch(self, logs: dict[str, CsvLog], epoch: int, elapsed: float, lr: float,
                      train_values: list[float], val_eval: dict[str, Any],
                      tracker: GradientTracker) -> None:
         k = len(self.components)
@@ -579,9 +586,11 @@ class StageRunner:
             prediction_rows.extend(
                 (split, int(i), int(label), float(p))
                 for i, label, p in zip(ev["index"], ev["labels"], ev["probs"], strict=True))
-        rundir.write_csv(self.dir / rundir.EVALUATION, rundir.EVALUATION_COLUMNS, eval_rows)
-        rundir.write_csv(self.dir / rundir.PREDICTIONS, rundir.PREDICTION_COLUMNS,
-                         prediction_rows)
+        with writing(self.dir / rundir.EVALUATION):
+            rundir.write_csv(self.dir / rundir.EVALUATION, rundir.EVALUATION_COLUMNS, eval_rows)
+        with writing(self.dir / rundir.PREDICTIONS):
+            rundir.write_csv(self.dir / rundir.PREDICTIONS, rundir.PREDICTION_COLUMNS,
+                             prediction_rows)
         if not self.diagnostics:
             return results
         learned = self.module.effective_weights()
@@ -598,11 +607,12 @@ class StageRunner:
             files[rundir.GPU_MEMORY] = (rundir.MEMORY_COLUMNS, memory_rows)
         for name, (columns, rows) in files.items():
             path = self.dir / name
-            if eval_only:
-                path.unlink(missing_ok=True)  # an evaluation stage's files are its alone
-            else:  # a stage resumed after its final evaluation writes those rows again
-                rundir.filter_rows(path, lambda row: not row[1].startswith("eval_"))
-            handle = rundir.CsvLog(path, columns)
+            with writing(path):
+                if eval_only:
+                    path.unlink(missing_ok=True)  # an evaluation stage's files are its alone
+                else:  # a stage resumed after its final evaluation writes those rows again
+                    rundir.filter_rows(path, lambda row: not row[1].startswith("eval_"))
+            handle = CsvLog(path, columns)
             for row in rows:
                 handle.write(row)
             handle.close()

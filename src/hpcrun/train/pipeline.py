@@ -20,6 +20,7 @@ from ..errors import EXIT_OK, EXIT_REQUEUE, ConfigError
 from .context import DistContext
 from .data import Dataset, load_data
 from .loop import StageRunner, StopRequest
+from .writes import writing
 
 log = logging.getLogger("hpcrun.train")
 
@@ -95,12 +96,14 @@ class Run:
 
     def start(self, hosts: list[str], data: Dataset) -> None:
         run = self.dir
-        run.root.mkdir(parents=True, exist_ok=True)
-        run.logs.mkdir(exist_ok=True)
-        if run.failure.exists():  # a rerun of a failed run: keep the old record beside
-            run.failure.rename(run.root / f"failure-{int(run.failure.stat().st_mtime)}.json")
+        with writing(run.root):
+            run.root.mkdir(parents=True, exist_ok=True)
+            run.logs.mkdir(exist_ok=True)
+            if run.failure.exists():  # a rerun of a failed run: keep the old record beside
+                run.failure.rename(run.root / f"failure-{int(run.failure.stat().st_mtime)}.json")
         if not run.config.exists():
-            rundir.write_atomic(run.config, self.cfg.to_yaml().encode())
+            with writing(run.config):
+                rundir.write_atomic(run.config, self.cfg.to_yaml().encode())
         meta = rundir.read_json(run.metadata) or {
             "run_id": run.root.name, "experiment": self.cfg.experiment,
             "created_at": _now(), "job_ids": [], "runs": [],
@@ -122,7 +125,8 @@ class Run:
                              "started_at": _now(), "ended_at": None,
                              "state": "RUNNING", "pid": os.getpid(), "host": self.ctx.host,
                              "resumed": run.status.exists()})
-        rundir.write_json(run.metadata, meta)
+        with writing(run.metadata):
+            rundir.write_json(run.metadata, meta)
         previous = rundir.read_json(run.status) or {}
         stages = previous.get("stages") or {}
         self.status = {
@@ -135,7 +139,8 @@ class Run:
 
     def write_status(self, **changes: Any) -> None:
         self.status.update(changes, updated_at=time.time())
-        rundir.write_json(self.dir.status, self.status)
+        with writing(self.dir.status):
+            rundir.write_json(self.dir.status, self.status)
 
     def stage_done(self, name: str) -> bool:
         return self.status.get("stages", {}).get(name) == "SUCCEEDED"
@@ -150,7 +155,8 @@ class Run:
         meta["runs"][-1].update(ended_at=_now(), state=state)
         meta["ended_at"] = _now()
         meta["state"] = state
-        rundir.write_json(self.dir.metadata, meta)
+        with writing(self.dir.metadata):
+            rundir.write_json(self.dir.metadata, meta)
 
 
 def mark_failed(status: dict[str, Any], message: str) -> None:
@@ -166,9 +172,65 @@ def mark_failed(status: dict[str, Any], message: str) -> None:
     status.update(state="FAILED", message=(prefix + message)[:400], updated_at=time.time())
 
 
+def write_manifest(run: rundir.RunDir) -> None:
+    with writing(run.manifest):
+        rundir.write_manifest(run.root)
+
+
+def pid_file(run: rundir.RunDir, rank: int) -> Path:
+    """``logs/rank<N>.pid``: "HOST PID" of the rank's process, for signal forwarding and for
+    telling which rank of a job ended first."""
+    return run.logs / f"rank{rank}.pid"
+
+
+def ended_ranks(run: rundir.RunDir, ctx: DistContext, wait: float = 0.0) -> list[dict[str, Any]]:
+    """The other ranks on this host whose process has ended (or is a zombie not yet reaped by
+    the launcher), waiting up to ``wait`` seconds for one to show.
+
+    A rank killed outright (OOM killer, kill -9) writes nothing; its peers only see a closed
+    connection in their next collective, a moment before the kernel has finished the dead
+    process, hence the wait. Ranks on other hosts cannot be checked from here.
+    """
+    import psutil
+
+    started = psutil.Process().create_time()
+    local = []
+    for rank in range(ctx.world_size):
+        path = pid_file(run, rank)
+        try:
+            host, pid_text = path.read_text().split()
+            written = path.stat().st_mtime
+        except (OSError, ValueError):
+            continue
+        # a pid file older than this process is a previous start's: its process is long gone
+        if rank != ctx.rank and host == ctx.host and written >= started - 1:
+            local.append((rank, host, int(pid_text), written))
+
+    def gone(pid: int, written: float) -> bool:
+        try:
+            process = psutil.Process(pid)
+            # a process started after the pid file was written reuses the pid
+            return process.create_time() > written + 1 or \
+                process.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+        except psutil.Error:
+            return False
+
+    deadline = time.monotonic() + wait
+    while True:
+        ended = [{"rank": rank, "host": host, "pid": pid}
+                 for rank, host, pid, written in local if gone(pid, written)]
+        if ended or time.monotonic() >= deadline:
+            return ended
+        time.sleep(0.02)
+
+
 def _setup_file_logging(ctx: DistContext, run: rundir.RunDir) -> None:
-    run.logs.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run.logs / f"train.rank{ctx.rank}.log")
+    path = run.logs / f"train.rank{ctx.rank}.log"
+    with writing(path):
+        run.logs.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [rank %(rank)s] %(message)s"))
     handler.addFilter(_RankFilter(ctx.rank))
     log.addHandler(handler)
@@ -203,9 +265,11 @@ def run_pipeline(ctx: DistContext, cfg: ExperimentConfig, stage_arg: str, run: r
         state.start(hosts, datasets[names[0]])
         holder["run"] = state
     ctx.barrier()
+    holder["started"] = True  # a failure.json from here on is this run's
     _setup_file_logging(ctx, run)
     # where a job script finds this rank to forward a preemption signal (signal-trainer.sh)
-    rundir.write_atomic(run.logs / f"rank{ctx.rank}.pid", f"{ctx.host} {os.getpid()}\n".encode())
+    with writing(pid_file(run, ctx.rank)):
+        rundir.write_atomic(pid_file(run, ctx.rank), f"{ctx.host} {os.getpid()}\n".encode())
     done = ctx.broadcast_object(state.status.get("stages", {}))
 
     stop = StopRequest(ctx)
@@ -232,7 +296,7 @@ def run_pipeline(ctx: DistContext, cfg: ExperimentConfig, stage_arg: str, run: r
                 state.status["stages"][name] = "PREEMPTED"
                 state.finish("PREEMPTED", f"stop requested (SIGUSR1/SIGTERM) during stage "
                              f"{name}; resume continues after epoch {result.epochs_run}")
-                rundir.write_manifest(run.root)
+                write_manifest(run)
             log.warning("preempted during stage %s: checkpoint saved, exiting with %d",
                         name, EXIT_REQUEUE)
             return EXIT_REQUEUE
@@ -248,7 +312,7 @@ def run_pipeline(ctx: DistContext, cfg: ExperimentConfig, stage_arg: str, run: r
             state.finish("PENDING", f"waiting for stage {remaining[0]}")
         else:
             state.finish("SUCCEEDED")
-        rundir.write_manifest(run.root)
+        write_manifest(run)
         _print_summary(run, results)
     return EXIT_OK
 
