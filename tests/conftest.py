@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -136,3 +140,83 @@ def start_sandbox(script: str, env: dict[str, str] | None = None) -> dict[str, s
 def stop_sandbox(script: str, env: dict[str, str] | None = None) -> None:
     subprocess.run([str(REPO / "hpc" / script)], capture_output=True, env=env, timeout=120,
                    stdin=subprocess.DEVNULL)
+
+
+SLURM_STATE = Path(os.environ.get("HPCRUN_SLURM_DIR", "/tmp/hpcrun-slurm"))
+
+
+@pytest.fixture(scope="session")
+def slurm_env():
+    """The sandbox cluster (hpc/slurm/up.sh); stopped again at the end if this session
+    started it."""
+    was_up = pid_alive(SLURM_STATE / "run" / "slurmctld.pid")
+    yield start_sandbox("slurm/up.sh")
+    if not was_up:
+        stop_sandbox("slurm/down.sh")
+
+
+# ------------------------------------------------------------------------- the CLI in this process
+
+
+@dataclass
+class Answer:
+    code: int
+    out: str
+    err: str
+
+
+def invoke(*argv: str) -> Answer:
+    """``hpcrun ARGV...`` in this process, through the console script's ``main``; SystemExit
+    becomes the exit code. stdout and stderr encode as they do when piped (UTF-8; strict on
+    stdout, backslashreplace on stderr), so output that could not be printed fails here too."""
+    from hpcrun import cli
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict", newline="")
+    err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace",
+                           newline="")
+    code: object = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.main(list(argv))
+        except SystemExit as exc:
+            code = exc.code
+    return Answer(code if isinstance(code, int) else 0, _written(out), _written(err))
+
+
+def _written(stream: io.TextIOWrapper) -> str:
+    stream.flush()
+    return stream.buffer.getvalue().decode("utf-8", "replace")  # type: ignore[attr-defined]
+
+
+STUB_PYTHON = r"""#!/usr/bin/env bash
+# A python that runs nothing: asked for hpcrun's launchers it names them, otherwise it records
+# its arguments and environment (NUL-separated) and exits 0.
+if [ "${1-}" = -c ]; then printf '%s\n' {launchers}; exit 0; fi
+record={records}/$$
+printf '%s\0' "$@" > "$record.argv"
+env -0 > "$record.env"
+"""
+
+
+def stub_python(folder: Path) -> Path:
+    """An executable ``python`` in ``folder`` (see STUB_PYTHON); its calls land in
+    ``folder/records``."""
+    from hpcrun.resources import launchers_dir
+
+    records = folder / "records"
+    records.mkdir(parents=True, exist_ok=True)
+    stub = folder / "python"
+    stub.write_text(STUB_PYTHON.replace("{launchers}", shlex.quote(str(launchers_dir())))
+                    .replace("{records}", shlex.quote(str(records))))
+    stub.chmod(0o755)
+    return stub
+
+
+def stub_calls(folder: Path) -> list[tuple[list[str], dict[str, str]]]:
+    """What the stub python in ``folder`` was called with: (argv, environment) per call."""
+    calls = []
+    for argv_file in sorted((folder / "records").glob("*.argv")):
+        argv = argv_file.read_bytes().decode().split("\0")[:-1]
+        pairs = argv_file.with_suffix(".env").read_bytes().decode().split("\0")[:-1]
+        calls.append((argv, dict(p.split("=", 1) for p in pairs if "=" in p)))
+    return calls

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import os
 import re
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import (
@@ -33,6 +34,8 @@ from pydantic import (
 
 from .errors import ConfigError
 from .resources import configs_dir
+
+_T = TypeVar("_T")
 
 # --------------------------------------------------------------------------- schema
 
@@ -53,6 +56,31 @@ _CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9_&|\[\]*:,.()!-]+$")
 MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_NODES = 50_000
 MAX_CONFIG_DEPTH = 40
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _printable(text: str) -> str:
+    """One line: control characters (newlines, terminal escapes) from keys, values and file
+    names are shown escaped."""
+    return _CONTROL_RE.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+def _one_line_errors(function: typing.Callable[..., _T]) -> typing.Callable[..., _T]:
+    """A ``ConfigError`` raised inside ``function`` leaves with a one-line message."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> _T:
+        try:
+            return function(*args, **kwargs)
+        except ConfigError as exc:
+            exc.message = _printable(exc.message)
+            exc.hint = _printable(exc.hint) if exc.hint else exc.hint
+            exc.args = (exc.message,)
+            raise
+
+    return wrapper
 
 
 class _Section(BaseModel):
@@ -270,6 +298,16 @@ class DistributedConfig(_Section):
         return value
 
 
+def _plain_path(value: str) -> str:
+    """A directory whose jobs hpcrun can still find: process command lines are read back with
+    a carriage return turned into a newline, so a path holding control characters would make
+    a running job look dead (and impossible to cancel)."""
+    if not value or _CONTROL_RE.search(value):
+        raise ValueError("must be a path without control characters (newlines, carriage "
+                         "returns, escapes)")
+    return value
+
+
 def _one_shell_line(value: str) -> str:
     if "\n" in value or "\r" in value:
         raise ValueError("each setup entry must be one shell line")
@@ -374,13 +412,18 @@ class ExperimentConfig(_Section):
     distributed: DistributedConfig = DistributedConfig()
     resources: ResourcesConfig = ResourcesConfig()
     bundle: BundleConfig = BundleConfig()
-    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
     monitor: MonitorConfig = MonitorConfig()
 
     @field_validator("experiment")
     @classmethod
     def _valid_experiment(cls, value: str) -> str:
         return _check_name(value, "experiment name")
+
+    @field_validator("runs_dir")
+    @classmethod
+    def _runs_dir(cls, value: str) -> str:
+        return _plain_path(value)
 
     @model_validator(mode="after")
     def _pipeline_order(self) -> ExperimentConfig:
@@ -457,9 +500,9 @@ class RemoteConfig(_Section):
     @field_validator("workdir")
     @classmethod
     def _workdir(cls, value: str) -> str:
-        if not value or "\n" in value or value.startswith("-"):
+        if not value or value.startswith("-"):
             raise ValueError(f"workdir {value!r} is not a usable directory")
-        return value
+        return _plain_path(value)
 
     @field_validator("ssh_options")
     @classmethod
@@ -467,11 +510,15 @@ class RemoteConfig(_Section):
         for option in value:
             if not re.match(r"^[A-Za-z]+=[^\n]*$", option):
                 raise ValueError(f"ssh option {option!r} must look like Name=value")
-            if option.lower().replace(" ", "") == "stricthostkeychecking=no":
-                raise ValueError("StrictHostKeyChecking=no is refused: host keys are checked")
+            name, _, setting = option.partition("=")
+            # ssh reads no, off and false alike, ignoring case, blanks and quotes
+            if name.lower() == "stricthostkeychecking" and \
+                    re.sub(r'[\s"]', "", setting).lower() in ("no", "off", "false"):
+                raise ValueError(f"{option!r} is refused: host keys are checked")
         return value
 
 
+@_one_line_errors
 def load_remote(name: str, project_dir: Path | None = None,
                 env: typing.Mapping[str, str] | None = None) -> RemoteConfig:
     """A remote from ``configs/remotes.yaml`` (the project's, then hpcrun's)."""
@@ -493,6 +540,7 @@ def load_remote(name: str, project_dir: Path | None = None,
     data = _interpolate(raw or {}, origins, env, f"remotes.{name}")
     if isinstance(data, dict) and data.get("identity_file") == "":
         data["identity_file"] = None
+    _check_text({"remotes": {name: data}}, origins, str(path))
     try:
         return RemoteConfig.model_validate(data)
     except ValidationError as exc:
@@ -591,14 +639,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read as UTF-8 text: {exc}") from None
     try:
-        data = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
+        data = safe_load(text, str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}:{where}: malformed YAML: {problem}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -606,6 +652,60 @@ def _read_yaml(path: Path) -> dict[str, Any]:
                           f"{type(data).__name__}")
     _check_shape(data, str(path))
     return data
+
+
+def safe_load(text: str, source: str) -> Any:
+    """YAML with the safe loader, refusing before it is built a document nested deeper than
+    ``MAX_CONFIG_DEPTH`` (the C composer recurses once per level and would crash the process)
+    or holding more than ``MAX_CONFIG_NODES`` values once aliases and merge keys are expanded
+    (building a merge-key bomb takes exponential time). Raises ``ConfigError`` for those and
+    ``yaml.YAMLError`` for malformed text."""
+    try:
+        _check_events(text, source)
+        return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
+    except UnicodeEncodeError:  # a str from argv holding bytes that are not UTF-8
+        raise ConfigError(f"{source}: holds text that is not valid UTF-8") from None
+
+
+def _check_events(text: str, source: str) -> None:
+    """One pass over the parser's events: nesting depth, and the number of values each anchor
+    stands for, so that an alias counts as everything it repeats."""
+    stack: list[list[Any]] = []  # per open collection: [values, is mapping, items seen, anchor]
+    sizes: dict[str, int] = {}
+    start_events = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+    end_events = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+
+    def add(count: int) -> None:
+        if not stack:
+            return
+        top = stack[-1]
+        top[2] += 1
+        if top[1] and top[2] % 2 == 1 and count == 1:
+            return  # a plain mapping key
+        top[0] += count
+        if top[0] > MAX_CONFIG_NODES:
+            raise ConfigError(f"{source}: more than {MAX_CONFIG_NODES} values (after expanding "
+                              "aliases); refusing to load it")
+
+    for event in yaml.parse(text, Loader=_SAFE_LOADER):
+        if isinstance(event, start_events):
+            if len(stack) > MAX_CONFIG_DEPTH:
+                raise ConfigError(f"{source}: nested deeper than {MAX_CONFIG_DEPTH} levels")
+            stack.append([1, isinstance(event, yaml.MappingStartEvent), 0, event.anchor])
+        elif isinstance(event, end_events):
+            count, _, _, anchor = stack.pop()
+            if anchor is not None:
+                sizes[anchor] = count
+            add(count)
+        elif isinstance(event, yaml.ScalarEvent):
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+            add(1)
+        elif isinstance(event, yaml.AliasEvent):
+            if any(frame[3] == event.anchor for frame in stack):
+                raise ConfigError(f"{source}: the alias *{event.anchor} refers to a value that "
+                                  "contains it; refusing to load it")
+            add(sizes.get(event.anchor, 1))
 
 
 def _check_shape(data: Any, source: str) -> None:
@@ -682,6 +782,34 @@ def _interpolate(node: Any, origins: _Origins, env: typing.Mapping[str, str],
     return value
 
 
+def _text_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    if "\x00" in value:
+        return "a NUL byte"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "text that is not valid UTF-8"
+    return None
+
+
+def _check_text(node: Any, origins: _Origins, source: str, path: str = "") -> None:
+    """Refuse keys and strings that no file name, argument or environment value can hold."""
+    if isinstance(node, dict):
+        items: typing.Iterable[tuple[Any, Any]] = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return
+    for key, value in items:
+        dotted = f"{path}.{key}" if path else str(key)
+        problem = _text_problem(key) or _text_problem(value)
+        if problem:
+            raise ConfigError(f"{origins.find(dotted, source)}: {dotted}: holds {problem}")
+        _check_text(value, origins, source, dotted)
+
+
 def parse_set(expression: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` -> (["a","b","c"], parsed value). The value is read as YAML."""
     key, sep, raw = expression.partition("=")
@@ -693,7 +821,7 @@ def parse_set(expression: str) -> tuple[list[str], Any]:
             "training.lr=0.001"
         )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw, f"--set {key}") if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     if isinstance(value, (dict, list)):
@@ -727,6 +855,7 @@ def apply_set(data: dict[str, Any], parts: list[str], value: Any) -> None:
         raise ConfigError(f"--set {'.'.join(parts)}: {'.'.join(parts[:-1])} is not a section")
 
 
+@_one_line_errors
 def load_config(
     name_or_path: str | Path,
     overrides: typing.Sequence[str] = (),
@@ -746,18 +875,21 @@ def load_config(
         origins.record(value, "--set", ".".join(parts))
     data.setdefault("experiment", path.stem)
     data = _interpolate(data, origins, env)
+    _check_text(data, origins, str(path))
     return validate(data, origins=origins, source=str(path))
 
 
+@_one_line_errors
 def load_config_text(text: str, source: str = "<config>") -> ExperimentConfig:
     """Validate a resolved YAML document (e.g. a run directory's config.yaml)."""
     try:
-        data = yaml.load(text, Loader=_SAFE_LOADER) or {}  # noqa: S506 - a safe loader
+        data = safe_load(text, source) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: malformed YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a config must be a mapping of sections")
     _check_shape(data, source)
+    _check_text(data, _Origins(), source)
     return validate(data, source=source)
 
 

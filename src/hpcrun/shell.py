@@ -7,8 +7,10 @@ argv, exit code and the tail of stderr otherwise.
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
+import stat
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -134,6 +136,18 @@ def _ssh_failure(target: str, stderr: str, known_hosts: str, identity: str | Non
     return None
 
 
+def _private_dir(path: Path) -> None:
+    """``path`` must be a directory of this user's that no one else can enter: ssh's control
+    sockets live there, and whoever can put a socket there answers hpcrun's ssh commands."""
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise OperationFailed(f"{path} is not a directory owned by this user; refusing to keep "
+                              "ssh control sockets there",
+                              hint=f"remove it: rm -r {shlex.quote(str(path))}")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+
+
 class SshRunner:
     """Runs commands on a remote through the OpenSSH client: one ControlMaster connection
     reused by every call, BatchMode, a connect timeout, and host keys always checked
@@ -151,13 +165,13 @@ class SshRunner:
         if not self.known_hosts.exists():
             self.known_hosts.touch(mode=0o600)
         import hashlib
-        import os
 
         # one directory per state directory (so per known_hosts file), with a short path:
         # unix socket paths are limited to ~100 bytes
         tag = hashlib.sha256(str(state).encode()).hexdigest()[:8]
         self.control_dir = Path(control_dir or f"/tmp/hpcrun-ssh-{os.getuid()}-{tag}")
         self.control_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_dir(self.control_dir)
 
     @property
     def target(self) -> str:

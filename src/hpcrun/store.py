@@ -53,6 +53,9 @@ class JobStore:
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path else default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.exists():
+            # this user's only; SQLite gives the -wal and -shm files the database's mode
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         with self._connect() as db:
             db.executescript(_SCHEMA)
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, hp, hpj, pid_alive, start_sandbox, stop_sandbox, wait_job
+from conftest import REPO, hp, hpj, start_sandbox, stop_sandbox, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -25,16 +25,6 @@ resources: {{cpus_per_task: 1, time: "00:10:00"}}
 pipeline:
   - {{name: train, mode: full_pipeline}}
 """
-
-
-@pytest.fixture(scope="session")
-def slurm_env():
-    """The sandbox cluster; stopped again at the end if this session started it."""
-    state = Path(os.environ.get("HPCRUN_SLURM_DIR", "/tmp/hpcrun-slurm"))
-    was_up = pid_alive(state / "run" / "slurmctld.pid")
-    yield start_sandbox("slurm/up.sh")
-    if not was_up:
-        stop_sandbox("slurm/down.sh")
 
 
 @pytest.fixture
