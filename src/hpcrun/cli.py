@@ -152,6 +152,10 @@ def submit(
                                     "hold back (glob, repeatable)."),
     resubmit_failed: bool = typer.Option(False, "--resubmit-failed", help="NAME is a sweep job: "
                                          "run its failed points again, and only those."),
+    resume: bool = typer.Option(False, "--resume", help="NAME is a job that failed, timed out, "
+                                "was cancelled or preempted: start it again in its run "
+                                "directory with the same scripts and bundle; finished stages "
+                                "are skipped, the others continue from last.pt."),
     remote: str | None = typer.Option(None, "--remote", "-r", help="Remote from "
                                       "configs/remotes.yaml (for --backend pod)."),
 ) -> None:
@@ -159,6 +163,16 @@ def submit(
     from . import ops
 
     out = _out(ctx)
+    if resume:
+        view = run_op(lambda: ops.resume(name, _cwd()))
+        if out.json:
+            out.emit(view.to_dict())
+        else:
+            out.print(f"resumed {view.record.handle}  {_state(view.status.state)}  "
+                      f"{view.record.run_dir}")
+        if follow:
+            raise typer.Exit(_watch(out, view.record.id, once=False, interval=1.0))
+        return
     if resubmit_failed:
         views = run_op(lambda: ops.resubmit_failed(name, _cwd()))
         if out.json:

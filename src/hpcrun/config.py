@@ -344,6 +344,9 @@ class ResourcesConfig(_Section):
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
+    #: seconds before the time limit SLURM warns the job (USR1: checkpoint and requeue);
+    #: 0: no warning, the time limit ends the job (TIMEOUT)
+    signal_grace_s: int = Field(120, ge=0, le=65535)
     setup: list[ShellLine] = Field(default_factory=list)
     slurm: SchedulerExtras = SchedulerExtras()
     pbs: SchedulerExtras = SchedulerExtras()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import posixpath
 import re
 import secrets
 import shutil
@@ -173,10 +174,10 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
         mine = [p for p in plans if p.job_id in (job.id, group_id)]
         job.info["scripts"] = [p.script_path for p in mine]
         job.info["commands"] = [p.command() for p in mine]
+        if group is None:  # what --resume runs again
+            job.info["plans"] = _plan_records(mine)
     if group is not None:  # what --resubmit-failed runs again
-        group.info["plans"] = [{"argv": list(p.argv), "stage": p.stage, "kind": p.kind,
-                                "script_path": p.script_path, "files": p.files,
-                                "members": list(p.members)} for p in plans]
+        group.info["plans"] = _plan_records(plans)
 
     result = SubmitResult(jobs, plans, dry_run, bundle, group)
     if dry_run:
@@ -224,6 +225,67 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
     return result
 
 
+def _plan_records(plans: Sequence[SubmitPlan]) -> list[dict[str, Any]]:
+    """What the job store keeps of a job's plans, to run them again (the scripts stay in the
+    run directory)."""
+    return [{"argv": list(p.argv), "stage": p.stage, "kind": p.kind,
+             "script_path": p.script_path, "files": p.files, "members": list(p.members)}
+            for p in plans]
+
+
+def _stored_plans(record: JobRecord, read: Any = None) -> list[SubmitPlan]:
+    """The plans of ``_plan_records``, each with its script as written at submit time."""
+    read = read or (lambda path: Path(path).read_text())
+    plans = []
+    for p in record.info.get("plans", []):
+        script = read(p["script_path"])
+        if script is None:
+            raise OperationFailed(f"the job script {p['script_path']} is gone",
+                                  hint="submit the experiment again")
+        plans.append(SubmitPlan(job_id=record.id, script=script, script_path=p["script_path"],
+                                argv=tuple(p["argv"]), files=p["files"], stage=p["stage"],
+                                kind=p["kind"], members=tuple(p["members"])))
+    return plans
+
+
+def resume(ref: str, project_dir: Path, store: JobStore | None = None) -> JobView:
+    """Start a failed, cancelled, timed-out or preempted job again in its own run directory,
+    with the scripts and bundle it was submitted with: the trainer skips the stages that
+    succeeded and continues the others from their ``last.pt``, so no epoch runs twice."""
+    store = store or JobStore()
+    record = store.resolve(ref, str(project_dir.resolve()))
+    if record.info.get("kind") == "sweep" or record.group:
+        raise BadInput(f"job {record.id} is part of a sweep; --resume takes a single job",
+                       hint="hpcrun submit --resubmit-failed SWEEP reruns a sweep's failed "
+                       "points")
+    view = views([record], store)[0]
+    state = view.status.state
+    if state == "SUCCEEDED":
+        raise BadInput(f"job {record.id} has already succeeded: nothing to resume")
+    if not is_terminal(state) and state != "PREEMPTED":
+        raise BadInput(f"job {record.id} is {state}; only a job that has ended can be resumed",
+                       hint=f"wait for it, or stop it first: hpcrun cancel {record.id}")
+    if not record.info.get("plans"):
+        raise BadInput(f"job {record.id} was submitted by an hpcrun that did not record its "
+                       "plans; it cannot be resumed", hint="submit the experiment again")
+    backend = backend_for(record)
+    plans = _stored_plans(record, backend.files.read_text)
+    trainer = backend.files.read_json(posixpath.join(backend.files.run_dir(record),
+                                                     rundir.STATUS)) or {}
+    done = {k for k, v in (trainer.get("stages") or {}).items() if v == "SUCCEEDED"}
+    plans = [p for p in plans if p.stage is None or p.stage not in done]
+    native = backend.resume(record, plans)[record.id]
+    record.native_id = native.get("id")
+    kept = {k: v for k, v in (record.info.get("native") or {}).items() if k in done}
+    record.info.update(native.get("info", {}))
+    if kept:
+        record.info["native"] = {**kept, **record.info.get("native", {})}
+    record.info["resumed"] = int(record.info.get("resumed", 0)) + 1
+    store.update(record.id, native_id=record.native_id, state="PENDING", info=record.info)
+    record.state = "PENDING"
+    return views([record], store)[0]
+
+
 def resubmit_failed(ref: str, project_dir: Path, store: JobStore | None = None) -> list[JobView]:
     """Run a sweep's failed (or cancelled) points again, and only those."""
     store = store or JobStore()
@@ -239,10 +301,7 @@ def resubmit_failed(ref: str, project_dir: Path, store: JobStore | None = None) 
               if child.status.state in ("FAILED", "CANCELLED", "PREEMPTED")]
     if not failed:
         raise BadInput(f"sweep {record.id} has no failed points to resubmit")
-    plans = [SubmitPlan(job_id=record.id, script=Path(p["script_path"]).read_text(),
-                        script_path=p["script_path"], argv=tuple(p["argv"]), files=p["files"],
-                        stage=p["stage"], kind=p["kind"], members=tuple(p["members"]))
-             for p in record.info.get("plans", [])]
+    plans = _stored_plans(record)
     natives = backend_for(record).resubmit(record, plans, [i for i, _ in failed])
     for _, point in failed:
         native = natives.get(point.id)

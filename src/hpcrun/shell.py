@@ -217,6 +217,21 @@ class SshRunner:
             raise CommandFailed(full, result.returncode, result.stderr)
         return result
 
+    def rsync(self, argv: Sequence[str], *, input: str | None = None,
+              on_line: Callable[[str], None] | None = None, timeout: float = 3600) -> Result:
+        """Run an rsync whose ``-e`` is ``rsync_shell()`` on this machine; a failure of the ssh
+        connection under it is the same one line as for ``run``."""
+        try:
+            if on_line is not None:
+                return self.local.stream(argv, input=input, on_line=on_line, timeout=timeout)
+            return self.local.run(argv, input=input, timeout=timeout)
+        except CommandFailed as exc:
+            problem = _ssh_failure(f"{self.target}:{self.remote.port}", exc.stderr,
+                                   str(self.known_hosts), self.remote.identity_file)
+            if problem:
+                raise OperationFailed(problem) from None
+            raise
+
     def close(self) -> None:
         self.local.run([*self.ssh_argv(), "-O", "exit", self.target], check=False, timeout=10)
 

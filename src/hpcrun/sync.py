@@ -73,8 +73,8 @@ def push(bundle: Bundle, ssh: SshRunner, workdir: str, *, dry_run: bool = False,
         ssh.run(["mkdir", "-p", code, posixpath.dirname(frozen)])
     argv = rsync_argv(str(bundle.project_dir), f"{ssh.target}:{code}", ssh.rsync_shell(),
                       dry_run=dry_run, delete=delete)
-    result = local.stream(argv, input="\0".join(bundle.files) + "\0", on_line=progress,
-                          timeout=3600)
+    result = ssh.rsync(argv, input="\0".join(bundle.files) + "\0",
+                       on_line=progress or (lambda line: None))
     sent, transferred, changed = parse_stats(result.stdout)
     if not dry_run:
         meta = {"hash": bundle.hash, "git": bundle.git.as_dict(), "files": len(bundle.files)}

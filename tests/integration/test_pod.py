@@ -3,6 +3,7 @@ In CI a pod that cannot start is a failure, not a skip."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -229,3 +230,62 @@ def test_a_monitor_refresh_is_one_round_trip_carrying_only_new_bytes(project, tm
     assert len(rows) == 1001 and rows[-1]["Epoch"] == "1001"
     log.close()
     files.close()
+
+
+def _cut_the_pod_off() -> None:
+    """The pod's sshd stops listening and every live ssh connection to it drops: its
+    sessions end (as when the network goes), and so do hpcrun's shared connections."""
+    listener = psutil.Process(int(Path(os.environ.get("HPCRUN_POD_DIR", "/tmp/hpcrun-pod"),
+                                       "run", "sshd.pid").read_text()))
+    sessions = listener.children(recursive=True)
+    stop_sandbox("pod/down.sh")
+    for process in sessions:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    for ssh in psutil.process_iter(["name", "cmdline"]):
+        line = " ".join(ssh.info["cmdline"] or [])
+        if ssh.info["name"] == "ssh" and ("ControlMaster=auto" in line or "[mux]" in line):
+            with contextlib.suppress(psutil.Error):
+                ssh.kill()
+
+
+def test_sshd_stopping_during_monitor_sync_and_fetch_is_retried_or_rerun(project):
+    (project / "configs" / "long.yaml").write_text(
+        "extends: v3\nexperiment: long\ndata: {rows: 20000}\n"
+        "training: {epochs: 40, early_stopping: {enabled: false}}\n"
+        "resources: {cpus_per_task: 1}\npipeline: [{name: train, mode: full_pipeline}]\n")
+    proc = hp(project, "--json", "submit", "--backend", "pod", "--remote", "runpod", "long")
+    assert proc.returncode == 0, proc.stderr
+    job = json.loads(proc.stdout)["jobs"][0]
+    wait_job(project, job["id"], {"RUNNING"})
+    watch = subprocess.Popen([HPCRUN, "monitor", job["id"], "--interval", "0.5"], cwd=project,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        _cut_the_pod_off()
+        lost_at = time.monotonic()
+        time.sleep(8)
+        start_sandbox("pod/up.sh")
+        back_at = time.monotonic()
+        out, err = watch.communicate(timeout=300)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    assert watch.returncode == 0, out[-3000:] + err[-3000:]
+    assert "connection lost, retrying" in out and "cannot reach" in out, out[-3000:]
+    assert "SUCCEEDED" in out and "Traceback" not in out + err
+    print(f"\nsshd down {back_at - lost_at:.0f} s during monitor: retried, then followed the "
+          "job to SUCCEEDED")
+
+    _cut_the_pod_off()
+    try:
+        for argv in (["fetch", job["id"]], ["sync", "--remote", "runpod"]):
+            failed = hp(project, *argv)
+            lines = [line for line in failed.stderr.splitlines() if line.strip()]
+            assert failed.returncode == 1 and len(lines) == 1, failed.stderr
+            assert "cannot reach" in lines[0]
+    finally:
+        start_sandbox("pod/up.sh")
+    fetched = hp(project, "fetch", job["id"])
+    assert fetched.returncode == 0 and "verified against MANIFEST.sha256" in fetched.stdout
+    assert hp(project, "sync", "--remote", "runpod").returncode == 0

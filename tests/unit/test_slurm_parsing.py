@@ -9,6 +9,7 @@ import pytest
 from hpcrun.backends.slurm import (
     STATE_TABLE,
     SlurmBackend,
+    controller_trouble,
     parse_jobcomp,
     parse_sacct,
     parse_scontrol,
@@ -99,3 +100,15 @@ def test_combined_state_pending_with_reason_and_timeout_as_failure(tmp_path):
     assert pending.state == "PENDING" and pending.reason == "stage train: JobArrayTaskLimit"
     timeout = SlurmBackend()._combine(record({"train": "31"}, tmp_path), states)
     assert timeout.state == "FAILED" and "timeout" in timeout.reason
+
+
+@pytest.mark.parametrize("stderr, trouble", [
+    ("sbatch: error: Batch job submission failed: Invalid partition name specified", False),
+    ("sbatch: error: Batch job submission failed: Requested time limit is invalid", False),
+    ("sbatch: error: Batch job submission failed: Socket timed out on send/recv operation", True),
+    ("sbatch: error: slurm_receive_msg: Zero Bytes were transmitted or received", True),
+    ("sbatch: error: Unable to contact slurm controller (connect failure)", True),
+    ("", True),
+])
+def test_a_silent_or_unreachable_controller_is_not_a_refusal(stderr, trouble):
+    assert controller_trouble(stderr) is trouble

@@ -107,6 +107,14 @@ class ScriptBackend:
         if isinstance(self.files, RemoteFiles):
             self.files.pull(record, partial)
 
+    def resume(self, record: JobRecord, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
+        """Start ``plans`` (a job's stored plans) again in the job's run directory, after
+        removing what its previous end left there (exit code, pid, cancel marker)."""
+        run = self.files.run_dir(record)
+        self.files.remove([posixpath.join(run, name) for name in
+                           (rundir.JOB_EXIT, rundir.JOB_PID, rundir.JOB_CANCELLED)])
+        return self.submit(plans)  # type: ignore[attr-defined]
+
     def catch_up(self, record: JobRecord, known: dict[str, list]) -> None:
         """Bring the local copy of a remote job's watched files up to date (only what was
         added since ``known``); nothing to do when the run directory is on this machine."""

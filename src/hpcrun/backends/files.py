@@ -34,6 +34,10 @@ class LocalFiles:
             if modes and path in modes:
                 target.chmod(modes[path])
 
+    def remove(self, paths: list[str]) -> None:
+        for path in paths:
+            Path(path).unlink(missing_ok=True)
+
     def read_text(self, path: str) -> str | None:
         try:
             return Path(path).read_text(encoding="utf-8", errors="replace")
@@ -77,6 +81,9 @@ class RemoteFiles:
         return agent(self.ssh, "prepare", {"files": files, "modes": modes or {}, "dirs": dirs,
                                            "start": start}, python=self.python)
 
+    def remove(self, paths: list[str]) -> None:
+        self.ssh.run(["rm", "-f", "--", *paths])
+
     def read_text(self, path: str) -> str | None:
         result = self.ssh.run(["cat", path], check=False)
         return result.stdout if result.returncode == 0 else None
@@ -107,7 +114,7 @@ class RemoteFiles:
         if partial:
             argv += ["--include=*/", "--include=*.csv", "--include=*.json", "--exclude=*"]
         argv += [f"{self.ssh.target}:{self.run_dir(record).rstrip('/')}/", str(local) + "/"]
-        self.local.run(argv, timeout=3600)
+        self.ssh.rsync(argv)
 
     def close(self) -> None:
         self.ssh.close()

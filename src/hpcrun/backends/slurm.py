@@ -25,7 +25,6 @@ from .base import ScriptBackend
 from .files import RemoteFiles, files_for
 
 #: seconds before the time limit at which SLURM sends USR1 to the batch shell
-SIGNAL_GRACE_S = 120
 
 #: native SLURM state -> hpcrun state
 STATE_TABLE = {
@@ -150,6 +149,22 @@ def parse_jobcomp(text: str) -> dict[str, NativeState]:
     return _parse_job_lines(text, "jobcomp")
 
 
+#: how often ``sbatch --test-only`` is asked when the controller did not answer
+PREFLIGHT_ATTEMPTS = 4
+#: what SLURM's clients print when the controller did not answer (not a refusal)
+_CONTROLLER_TROUBLE = ("socket timed out", "zero bytes were transmitted", "unable to contact",
+                       "temporarily unavailable", "connection refused", "communication",
+                       "timed out", "slurm_persist_conn")
+
+
+def controller_trouble(stderr: str) -> bool:
+    """Whether a failed client command means "no answer from slurmctld" (a busy or restarting
+    controller; asking again may work) rather than a refusal. No message at all counts: a
+    refusal always says what was refused."""
+    text = stderr.strip().lower()
+    return not text or any(needle in text for needle in _CONTROLLER_TROUBLE)
+
+
 def preflight_error(stderr: str) -> str:
     """One line naming the directive ``sbatch --test-only`` refused."""
     message = " ".join(stderr.strip().splitlines()[-1:]) or "rejected"
@@ -160,6 +175,10 @@ def preflight_error(stderr: str) -> str:
         if needle in lowered:
             return f"slurm refused {directive}: {message} ({meaning})"
     return f"slurm refused the job: {message}"
+
+
+def _placeholders(template: str) -> set[str]:
+    return set(re.findall(r"{(\w+)}", template))
 
 
 class SlurmBackend(ScriptBackend):
@@ -201,7 +220,7 @@ class SlurmBackend(ScriptBackend):
             pattern = "%A_%a" if array else "%j"
             output = posixpath.join(log_dir, f"slurm-{stage}-{pattern}.out")
             script = render_template("slurm.sbatch.j2", {
-                **shared, "name": f"{first.experiment}-{stage}", "grace": SIGNAL_GRACE_S,
+                **shared, "name": f"{first.experiment}-{stage}", "grace": resources.signal_grace_s,
                 "array": array, "directives": list(resources.slurm.directives),
                 "stage": stage, "setup": [*resources.setup, *resources.slurm.setup],
             }, project_dir)
@@ -235,14 +254,23 @@ class SlurmBackend(ScriptBackend):
         plan = plans[0]
         argv = ["sbatch", "--test-only", *(a for a in plan.argv[2:-1]
                                            if not a.startswith("--dependency="))]
-        try:
-            self.runner.run(argv, input=plan.script, timeout=60)
-        except CommandFailed as exc:
-            if exc.returncode == 127:
-                raise OperationFailed("sbatch is not installed here", hint="hpcrun doctor") \
-                    from None
-            raise BadInput(preflight_error(exc.stderr), hint="fix resources: in the config, or "
-                           "--set resources.KEY=VALUE") from None
+        for attempt in range(PREFLIGHT_ATTEMPTS):
+            try:
+                self.runner.run(argv, input=plan.script, timeout=60)
+                return
+            except CommandFailed as exc:
+                if exc.returncode == 127:
+                    raise OperationFailed("sbatch is not installed here",
+                                          hint="hpcrun doctor") from None
+                if not controller_trouble(exc.stderr):
+                    raise BadInput(preflight_error(exc.stderr), hint="fix resources: in the "
+                                   "config, or --set resources.KEY=VALUE") from None
+                if attempt == PREFLIGHT_ATTEMPTS - 1:
+                    last = " ".join(exc.stderr.strip().splitlines()[-1:]) or "no answer"
+                    raise OperationFailed(f"cannot reach the SLURM controller: {last}",
+                                          hint="is slurmctld up and not overloaded? "
+                                          "(hpcrun doctor); then submit again") from None
+                time.sleep(2 ** attempt)  # a busy controller: ask again, nothing was queued
 
     def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
         """Queue the stages in order, each depending on the one before. If one is refused,
@@ -266,8 +294,11 @@ class SlurmBackend(ScriptBackend):
                 self.write(plan)
         try:
             for plan in plans:
+                # a dependency on a stage that is not queued again (it succeeded before a
+                # resume) is dropped: that stage's output is already there
                 argv = [a.format(**ids) if a.startswith("--dependency=") else a
-                        for a in plan.argv]
+                        for a in plan.argv
+                        if not a.startswith("--dependency=") or _placeholders(a) <= set(ids)]
                 if indices is not None:  # command-line options win over #SBATCH lines
                     argv = [a for a in argv if not a.startswith("--dependency=")]
                     argv.insert(-1, f"--array={','.join(str(i) for i in indices)}")
@@ -353,9 +384,12 @@ class SlurmBackend(ScriptBackend):
         stage_states: dict[str, str] = {}
         failed = blocked = None
         reason = None
+        finished = {k for k, v in (trainer.get("stages") or {}).items() if v == "SUCCEEDED"}
         for stage, sid in native.items():
             st = states.get(sid)
             mapped = STATE_TABLE.get(st.state, "UNKNOWN") if st else "UNKNOWN"
+            if mapped == "UNKNOWN" and stage in finished:  # SLURM forgot it; the run did not
+                mapped = "SUCCEEDED"
             if st and st.state == "PENDING" and st.reason == "DependencyNeverSatisfied":
                 mapped = "BLOCKED"
                 blocked = blocked or stage
