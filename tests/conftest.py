@@ -155,6 +155,17 @@ def slurm_env():
         stop_sandbox("slurm/down.sh")
 
 
+@pytest.fixture
+def slurm_project(tmp_path, monkeypatch, slurm_env):
+    """An empty project whose hpcrun talks to the sandbox cluster, with its own job store."""
+    root = tmp_path / "project"
+    (root / "configs").mkdir(parents=True)
+    for key, value in {**slurm_env, "XDG_STATE_HOME": str(tmp_path / "state"),
+                       "XDG_CACHE_HOME": str(tmp_path / "cache"), "NO_COLOR": "1"}.items():
+        monkeypatch.setenv(key, value)
+    return root
+
+
 # ------------------------------------------------------------------------- the CLI in this process
 
 

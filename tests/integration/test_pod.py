@@ -113,14 +113,21 @@ def test_a_corrupted_local_artifact_is_detected(project):
     assert "train/training.csv: checksum mismatch" in again.stderr
 
 
-def test_the_job_survives_every_ssh_connection_closing(project):
+def running_long_job(project: Path, epochs: int) -> dict:
+    """A pod job of ``epochs`` epochs, once it runs."""
     (project / "configs" / "long.yaml").write_text(
         "extends: v3\nexperiment: long\ndata: {rows: 20000}\n"
-        "training: {epochs: 200, early_stopping: {enabled: false}}\n"
+        f"training: {{epochs: {epochs}, early_stopping: {{enabled: false}}}}\n"
         "resources: {cpus_per_task: 1}\npipeline: [{name: train, mode: full_pipeline}]\n")
     proc = hp(project, "--json", "submit", "--backend", "pod", "--remote", "runpod", "long")
+    assert proc.returncode == 0, proc.stderr
     job = json.loads(proc.stdout)["jobs"][0]
     wait_job(project, job["id"], {"RUNNING"})
+    return job
+
+
+def test_the_job_survives_every_ssh_connection_closing(project):
+    job = running_long_job(project, 200)
     for ssh in [p for p in psutil.process_iter(["name", "cmdline"])
                 if p.info["name"] == "ssh" and "ControlMaster=auto" in " ".join(
                     p.info["cmdline"] or [])]:
@@ -250,14 +257,7 @@ def _cut_the_pod_off() -> None:
 
 
 def test_sshd_stopping_during_monitor_sync_and_fetch_is_retried_or_rerun(project):
-    (project / "configs" / "long.yaml").write_text(
-        "extends: v3\nexperiment: long\ndata: {rows: 20000}\n"
-        "training: {epochs: 40, early_stopping: {enabled: false}}\n"
-        "resources: {cpus_per_task: 1}\npipeline: [{name: train, mode: full_pipeline}]\n")
-    proc = hp(project, "--json", "submit", "--backend", "pod", "--remote", "runpod", "long")
-    assert proc.returncode == 0, proc.stderr
-    job = json.loads(proc.stdout)["jobs"][0]
-    wait_job(project, job["id"], {"RUNNING"})
+    job = running_long_job(project, 40)
     watch = subprocess.Popen([HPCRUN, "monitor", job["id"], "--interval", "0.5"], cwd=project,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

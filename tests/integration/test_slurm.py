@@ -28,13 +28,8 @@ pipeline:
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch, slurm_env):
-    root = tmp_path / "project"
-    (root / "configs").mkdir(parents=True)
-    for key, value in {**slurm_env, "XDG_STATE_HOME": str(tmp_path / "state"),
-                       "XDG_CACHE_HOME": str(tmp_path / "cache"), "NO_COLOR": "1"}.items():
-        monkeypatch.setenv(key, value)
-    return root
+def project(slurm_project):
+    return slurm_project
 
 
 def tiny(project, name, epochs=1):
