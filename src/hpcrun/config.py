@@ -940,7 +940,7 @@ def _describe(error: dict[str, Any], prefix: tuple[Any, ...], origins: _Origins 
             loc[:-1])
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        allowed = f" Allowed here: {', '.join(known)}" if known else ""
+        allowed = f" (allowed here: {', '.join(known)})" if known else ""
         message = f"{where}: {dotted}: unknown key{hint}{allowed}"
     elif kind == "missing":
         message = f"{where}: {dotted}: required key is missing"

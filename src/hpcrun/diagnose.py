@@ -31,6 +31,9 @@ SIGNATURES = (
     ("DUE TO TIME LIMIT", "the scheduler's time limit was reached"),
     ("DUE TO PREEMPTION", "preempted by the scheduler"),
     ("Signal 9 (SIGKILL)", "a process was killed with SIGKILL"),
+    ("No space left on device", "the disk of the run directory is full"),
+    ("File too large", "a file-size limit (ulimit -f) was reached"),
+    ("Read-only file system", "the run directory is on a read-only filesystem"),
 )
 
 

@@ -64,6 +64,10 @@ class SubmitResult:
         }
 
 
+#: sweep points one submit may create (each is validated, given a run directory and a record)
+MAX_SWEEP_POINTS = 10_000
+
+
 def parse_sweep(expression: str) -> tuple[str, list[str]]:
     """``key=v1,v2,...`` -> (key, [v1, v2, ...])."""
     key, sep, values = expression.partition("=")
@@ -84,6 +88,14 @@ def sweep_points(cfg: ExperimentConfig, sweeps: Sequence[str]) -> list[dict[str,
         grid[key] = values
     if not grid:
         return [{}]
+    size = 1
+    for values in grid.values():
+        size *= len(values)
+    if size > MAX_SWEEP_POINTS:
+        shape = " x ".join(str(len(v)) for v in grid.values())
+        raise BadInput(f"the sweep has {size:,} points ({shape}); at most "
+                       f"{MAX_SWEEP_POINTS:,} are submitted at once",
+                       hint="split it into several submits, or sweep fewer values")
     keys = list(grid)
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*grid.values())]
 

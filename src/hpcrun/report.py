@@ -343,7 +343,7 @@ def _num(value: float | None, digits: int = 4) -> str:
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4f}"
+        return "-" if math.isnan(value) else f"{value:.4f}"
     return str(value)
 
 
@@ -596,7 +596,7 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid 
 h3{font-size:1em}
 table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em}
 th,td{border:1px solid #ddd;padding:.25em .6em}th{background:#f3f3f3;text-align:left}
-td.n{text-align:right;font-variant-numeric:tabular-nums}
+td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .plots{display:flex;flex-wrap:wrap;gap:.8em}
 figure{margin:0}figcaption{font-size:.85em;color:#555}
 img{border:1px solid #eee;max-width:100%}

@@ -201,6 +201,9 @@ def wait_for_file(path: Path, timeout: float) -> bool:
         (["--set", "remote=${HPCRUN_TEST_UNSET_VAR}"], ["HPCRUN_TEST_UNSET_VAR is not set"]),
         (["--sweep", "training.lr"], ["KEY=V1,V2"]),
         (["--set", "experiment=$(touch /tmp/hpcrun-pwned)"], ["experiment name"]),
+        (["--sweep", "seed=" + ",".join(map(str, range(101))),
+          "--sweep", "training.lr=" + ",".join(f"0.{i}" for i in range(1, 101))],
+         ["10,100 points (101 x 100)", "at most 10,000"]),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_records_nothing(project, args, needles):
