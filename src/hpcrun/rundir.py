@@ -275,6 +275,14 @@ class CsvLog:
             self.sync()
             self._handle.close()
 
+    def abandon(self) -> None:
+        """Close after a failure without raising again: rows that could not be flushed are
+        lost either way, and the error already on its way is the one to report."""
+        try:
+            self._handle.close()
+        except (OSError, ValueError):
+            pass
+
 
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """Write a whole CSV atomically (for files produced once, e.g. predictions.csv)."""

@@ -87,9 +87,3 @@ class CsvLog(rundir.CsvLog):
     def sync(self) -> None:
         with writing(self.path):
             super().sync()
-
-    def abandon(self) -> None:
-        """Close after a failure without raising again: rows that could not be flushed are
-        lost either way, and the error already on its way is the one to report."""
-        with contextlib.suppress(OSError, ValueError):
-            self._handle.close()
