@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcrun import rundir
+from hpcrun.errors import HpcrunError
 
 REPORT_DIR = rundir.REPORT
 REPORT_HTML = "report.html"
@@ -756,15 +757,16 @@ def compare(run_dirs: Sequence[Path], metric: str = "auroc", mode: str = "max",
     draw their validation-loss curves on one PNG."""
     import yaml
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser: 200 runs in ms
+    from hpcrun.config import safe_load
+
     loaded = [_load(Path(d)) for d in run_dirs]
     summaries = [summary for summary, _ in loaded]
     configs = []
     for run_dir in run_dirs:
         try:
             text = (Path(run_dir) / rundir.CONFIG).read_text()
-            configs.append(_flatten(yaml.load(text, Loader=loader) or {}))  # noqa: S506
-        except (OSError, yaml.YAMLError):
+            configs.append(_flatten(safe_load(text, str(run_dir)) or {}))
+        except (OSError, UnicodeDecodeError, HpcrunError, yaml.YAMLError):
             configs.append({})
     keys = sorted({k for c in configs for k in c})
     differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
