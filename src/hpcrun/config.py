@@ -606,7 +606,8 @@ def _search_dirs(project_dir: Path | None) -> list[Path]:
 def resolve_config_path(name: str, project_dir: Path | None = None,
                         relative_to: Path | None = None) -> Path:
     """``NAME`` -> project ``configs/NAME.yaml``, then hpcrun's own; a path is taken as is."""
-    candidate = Path(name).expanduser()
+    # os.path's expanduser leaves "~user" of an unknown user as it is (pathlib's raises)
+    candidate = Path(os.path.expanduser(name))
     looks_like_path = "/" in name or candidate.suffix in (".yaml", ".yml")
     if looks_like_path:
         for base in filter(None, [relative_to, Path.cwd()]):

@@ -188,7 +188,7 @@ class SshRunner:
                 "-o", "ControlPersist=60", "-o", "ServerAliveInterval=15",
                 "-o", "LogLevel=ERROR"]
         if r.identity_file:
-            argv += ["-i", str(Path(r.identity_file).expanduser()), "-o", "IdentitiesOnly=yes"]
+            argv += ["-i", os.path.expanduser(r.identity_file), "-o", "IdentitiesOnly=yes"]
         for name in r.env:
             argv += ["-o", f"SendEnv={name}"]
         for option in r.ssh_options:

@@ -180,12 +180,62 @@ def bench_pod(table: list[tuple[str, str, str]], repeats: int = 5) -> None:
         shared = timed(["bash", "-c", f"for i in $(seq {polls}); do "
                         f"{' '.join(shared_ssh)} {target} true; done"], work, env)
         subprocess.run([*shared_ssh, "-O", "exit", target], env=env, capture_output=True)
+        bench_remote_refresh(table, env, Path(tmp))
     a, b = statistics.median(ours), statistics.median(theirs)
     table.append(("unchanged re-sync of 2,000 files: `hpcrun sync` vs raw `rsync -az`",
                   f"{a * 1000:.0f} ms vs {b * 1000:.0f} ms; sent {again['bytes_sent']:,} "
                   f"of {first['bytes_sent']:,} bytes", f"{a / b:.2f}x"))
     table.append((f"{polls} polls through the shared connection vs {polls} fresh connections",
                   f"{shared * 1000:.0f} ms vs {fresh * 1000:.0f} ms", f"{shared / fresh:.2f}x"))
+
+
+def bench_remote_refresh(table: list[tuple[str, str, str]], env: dict[str, str], tmp: Path,
+                         rows: int = 100_000, repeats: int = 10) -> None:
+    """A monitor refresh of a pod's run directory after one new epoch (100,000-row
+    training.csv): one agent round trip carrying the new bytes vs an rsync of every CSV."""
+    from hpcrun.backends.files import RemoteFiles
+    from hpcrun.config import RemoteConfig
+    from hpcrun.job import JobRecord
+    from hpcrun.shell import SshRunner
+
+    os.environ.update(XDG_STATE_HOME=env["XDG_STATE_HOME"])
+    remote = RemoteConfig(host=env["RUNPOD_HOST"], port=int(env["RUNPOD_PORT"]),
+                          user=env["RUNPOD_USER"], identity_file=env["RUNPOD_SSH_KEY"],
+                          workdir=str(tmp / "pod"), python=sys.executable)
+    files = RemoteFiles(SshRunner(remote), remote.workdir, remote.python, "runpod")
+    record = JobRecord(id="b", backend="pod", host="pod", experiment="bench",
+                       run_dir=str(tmp / "local" / "bench" / "run"), project_dir=str(tmp))
+    there = Path(files.run_dir(record))
+    columns = rundir.training_columns(["auroc", "auprc"])
+    log = rundir.CsvLog(there / "train" / rundir.TRAINING, columns)
+    for e in range(1, rows + 1):
+        log.write([e, 1.0, 0.5, 0.4, 0.9, 0.8, 1e-3])
+    log.sync()
+    rundir.write_json(there / rundir.STATUS, {"state": "RUNNING", "epoch": rows})
+    known: dict = {}
+    files.catch_up(record, known)
+    copy = tmp / "rsync-copy"
+    copy.mkdir()
+    rsync = ["rsync", "-az", "--include=*/", "--include=*.csv", "--include=*.json",
+             "--exclude=*", "-e", files.ssh.rsync_shell(), f"{files.ssh.target}:{there}/",
+             f"{copy}/"]
+    subprocess.run(rsync, capture_output=True)
+    ours, theirs = [], []
+    for i in range(repeats):
+        log.write([rows + i + 1, 1.0, 0.5, 0.4, 0.9, 0.8, 1e-3])
+        log.sync()
+        began = time.perf_counter()
+        files.catch_up(record, known)
+        ours.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        subprocess.run(rsync, capture_output=True)
+        theirs.append(time.perf_counter() - began)
+    log.close()
+    files.close()
+    a, b = statistics.median(ours), statistics.median(theirs)
+    table.append((f"pod monitor refresh, 1 new row of a {rows:,}-row training.csv: one round "
+                  "trip vs rsync of the CSVs", f"{a * 1000:.0f} ms vs {b * 1000:.0f} ms",
+                  f"{a / b:.2f}x"))
 
 
 def bench_reader(table: list[tuple[str, str, str]], rows: int = 100_000,

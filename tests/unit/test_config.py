@@ -112,3 +112,10 @@ def test_malformed_yaml_names_line(tmp_path):
     write(tmp_path, "m", "experiment: m\ntraining: [1, 2\n")
     message = error("m", project_dir=tmp_path)
     assert "malformed YAML" in message and "line" in message
+
+
+@pytest.mark.parametrize("target", ["~0", "~no-such-user/base.yaml"])
+def test_extends_naming_an_unknown_users_home_is_a_config_error(tmp_path, target):
+    path = write(tmp_path, "home", f"experiment: home\nextends: {target}\n")
+    message = error(str(path), project_dir=tmp_path)
+    assert target in message and "\n" not in message
