@@ -26,13 +26,22 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir
-from .backends.local import LocalBackend
-from .job import JobRecord
+
+# The backends (pydantic, Jinja2, psutil) are imported only by the commands that use them: a
+# monitor refresh (``tail``) runs every few seconds and needs the run directory alone.
 
 
-def _record(run_dir: str) -> JobRecord:
+def _record(run_dir: str) -> Any:
+    from .job import JobRecord
+
     return JobRecord(id="pod", backend="local", host="pod", experiment="", run_dir=run_dir,
                      project_dir=run_dir)
+
+
+def _local() -> Any:
+    from .backends.local import LocalBackend
+
+    return LocalBackend()
 
 
 def prepare(request: dict[str, Any]) -> dict[str, Any]:
@@ -48,18 +57,18 @@ def prepare(request: dict[str, Any]) -> dict[str, Any]:
     if request.get("start"):
         script = request["start"]
         output = str(Path(script).parent / rundir.JOB_OUTPUT)
-        pid = LocalBackend().runner.spawn_detached(["bash", script], cwd=str(Path(script).parent),
+        pid = _local().runner.spawn_detached(["bash", script], cwd=str(Path(script).parent),
                                                    output=output)
     return {"pid": pid}
 
 
 def status(request: dict[str, Any]) -> dict[str, Any]:
-    backend = LocalBackend()
+    backend = _local()
     return {run_dir: asdict(backend._one(_record(run_dir))) for run_dir in request["run_dirs"]}
 
 
 def cancel(request: dict[str, Any]) -> dict[str, Any]:
-    return asdict(LocalBackend().cancel(_record(request["run_dir"])))
+    return asdict(_local().cancel(_record(request["run_dir"])))
 
 
 def snapshot(request: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import base64
 import functools
 import html
 import io
+import json
 import math
 import re
 import statistics
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from hpcrun import rundir
-from hpcrun.errors import HpcrunError
 
 REPORT_DIR = rundir.REPORT
 REPORT_HTML = "report.html"
@@ -191,7 +191,6 @@ class _Selection:
     stage_mode: str | None = None
 
 
-@functools.lru_cache(maxsize=64)
 def _selections(config_text: str) -> dict[str, _Selection]:
     """Per stage name, from a run's config.yaml text (empty when it cannot be read)."""
     from hpcrun.config import load_config_text  # pydantic + yaml: only when needed
@@ -210,12 +209,49 @@ def _selections(config_text: str) -> dict[str, _Selection]:
         return {}
 
 
-def read_selections(run: rundir.RunDir) -> dict[str, _Selection]:
+#: a run's config.yaml: its text, and its data (None when it is not readable YAML)
+RunConfig = tuple[str, Any]
+
+#: selections by what decides them (``_selection_key``): a sweep's runs share one validation
+_SELECTIONS: dict[str, dict[str, _Selection]] = {}
+
+
+def read_config(run: rundir.RunDir) -> RunConfig | None:
+    """A run's config.yaml, read and parsed once (through the capped YAML loader: a run
+    directory's config is not trusted more than any other YAML)."""
+    from hpcrun.config import safe_load
+
     try:
         text = run.config.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        return text, safe_load(text, str(run.config))
+    except Exception:  # noqa: BLE001 - malformed or capped YAML: validation says why
+        return text, None
+
+
+def _selection_key(text: str, data: Any) -> str:
+    """What decides the best epoch: early stopping and the pipeline (stage modes and their
+    overrides). A sweep's runs differ elsewhere (lr, dropout, seed)."""
+    if isinstance(data, dict) and isinstance(data.get("training") or {}, dict):
+        return json.dumps([(data.get("training") or {}).get("early_stopping"),
+                           data.get("pipeline")], sort_keys=True, default=str)
+    return text
+
+
+def read_selections(run: rundir.RunDir, config: RunConfig | None = None
+                    ) -> dict[str, _Selection]:
+    config = config or read_config(run)
+    if config is None:
         return {}
-    return _selections(text)
+    text, data = config
+    key = _selection_key(text, data)
+    if key not in _SELECTIONS:
+        if len(_SELECTIONS) >= 256:
+            _SELECTIONS.clear()
+        _SELECTIONS[key] = _selections(text)
+    return _SELECTIONS[key]
 
 
 def _best(epochs: Sequence[int | None], values: Sequence[float],
@@ -294,11 +330,12 @@ def _stage_names(run: rundir.RunDir, status: dict[str, Any], metadata: dict[str,
     return [name for _, name in sorted(names)]
 
 
-def _load(run_dir: Path) -> tuple[RunSummary, dict[str, _StageData]]:
+def _load(run_dir: Path, config: RunConfig | None = None
+          ) -> tuple[RunSummary, dict[str, _StageData]]:
     run = rundir.RunDir(run_dir)
     status = _dict(rundir.read_json(run.status))
     metadata = _dict(rundir.read_json(run.metadata))
-    selections = read_selections(run)
+    selections = read_selections(run, config)
     stage_states = _dict(status.get("stages"))
     data: dict[str, _StageData] = {}
     stages = []
@@ -755,19 +792,10 @@ def compare(run_dirs: Sequence[Path], metric: str = "auroc", mode: str = "max",
             out: Path | None = None) -> Comparison:
     """Rank runs by ``metric``, list the config keys whose values differ between them, and
     draw their validation-loss curves on one PNG."""
-    import yaml
-
-    from hpcrun.config import safe_load
-
-    loaded = [_load(Path(d)) for d in run_dirs]
+    raw = [read_config(rundir.RunDir(d)) for d in run_dirs]
+    loaded = [_load(Path(d), c) for d, c in zip(run_dirs, raw, strict=True)]
     summaries = [summary for summary, _ in loaded]
-    configs = []
-    for run_dir in run_dirs:
-        try:
-            text = (Path(run_dir) / rundir.CONFIG).read_text()
-            configs.append(_flatten(safe_load(text, str(run_dir)) or {}))
-        except (OSError, UnicodeDecodeError, HpcrunError, yaml.YAMLError):
-            configs.append({})
+    configs = [_flatten(c[1]) if c and isinstance(c[1], dict) else {} for c in raw]
     keys = sorted({k for c in configs for k in c})
     differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
     rows = []

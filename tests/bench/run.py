@@ -282,9 +282,10 @@ def synthetic_runs(root: Path, runs: int = 200, epochs: int = 100) -> list[Path]
     for i in range(runs):
         run = root / "runs" / "sweep" / f"run{i:03d}"
         run.mkdir(parents=True)
-        (run / rundir.CONFIG).write_text(config.replace("seed: 0", f"seed: {i}"))
+        (run / rundir.CONFIG).write_text(config.replace("\nseed: 42\n", f"\nseed: {i}\n"))
         for name in (rundir.STATUS, rundir.METADATA):
-            (run / name).write_bytes((template / name).read_bytes())
+            data = rundir.read_json(template / name) or {}
+            rundir.write_json(run / name, {**data, "run_id": run.name})
         values = {"Train Loss": [1 / (e + 1) for e in range(epochs)],
                   "Val Loss": [1.1 / (e + 1) + (i % 17) * 1e-3 for e in range(epochs)],
                   "Val AUROC": [0.5 + 0.4 * e / epochs for e in range(epochs)],

@@ -329,3 +329,14 @@ def test_importing_report_does_not_import_plotting_or_dataframes():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_runs_that_choose_their_best_epoch_differently_are_not_confused(tmp_path):
+    first, second = make_run(tmp_path / "a"), make_run(tmp_path / "b")
+    text = (second / rundir.CONFIG).read_text()
+    (second / rundir.CONFIG).write_text(text.replace("metric: val_auroc", "metric: val_mcc"))
+    seeded = (first / rundir.CONFIG).read_text().replace("seed: 0", "seed: 7")
+    (first / rundir.CONFIG).write_text(seeded)  # differs, but not in how it selects
+    assert report.summarize(first).stage("finetune").metric == "Val AUROC"
+    assert report.summarize(second).stage("finetune").metric == "Val MCC"
+    assert report.summarize(first).stage("finetune").metric == "Val AUROC"
