@@ -482,3 +482,31 @@ def test_monitor_of_a_failing_job_exits_1_and_notifies_the_flag_and_the_end(proj
         "HPCRUN_MESSAGE"]
     assert blocks[1]["HPCRUN_STATE"] == "FAILED"
     assert blocks[1]["HPCRUN_JOB_ID"] == data["jobs"][0]["id"]
+
+
+def test_a_cancelled_job_resumes_in_its_run_directory_with_no_epoch_twice(project):
+    (project / "configs" / "resumed.yaml").write_text(
+        MONITORED.replace("experiment: watched", "experiment: resumed").replace(
+            "epochs: 8", "epochs: 12"))
+    _, data = hpj(project, "submit", "--backend", "local", "resumed", check=True)
+    job = data["jobs"][0]
+    run_dir = Path(job["run_dir"])
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        status = json.loads((run_dir / "status.json").read_text()) if (
+            run_dir / "status.json").exists() else {}
+        if status.get("epoch", 0) >= 3:
+            break
+        time.sleep(0.2)
+    refused = hp(project, "submit", "--resume", job["id"])
+    assert refused.returncode == 2 and "only a job that has ended" in refused.stderr
+    assert hpj(project, "cancel", job["id"])[1][0]["state"] == "CANCELLED"
+
+    proc, view = hpj(project, "submit", "--resume", job["id"])
+    assert proc.returncode == 0, proc.stderr
+    assert view["id"] == job["id"] and view["run_dir"] == job["run_dir"]
+    assert wait_state(project, job["id"], {"SUCCEEDED", "FAILED"})["state"] == "SUCCEEDED"
+    lines = (run_dir / "train" / "training.csv").read_text().splitlines()[1:]
+    assert [int(line.split(",")[0]) for line in lines] == list(range(1, 13))
+    again = hp(project, "submit", "--resume", job["id"])
+    assert again.returncode == 2 and "already succeeded" in again.stderr
