@@ -155,15 +155,22 @@ def slurm_env():
         stop_sandbox("slurm/down.sh")
 
 
-@pytest.fixture
-def slurm_project(tmp_path, monkeypatch, slurm_env):
-    """An empty project whose hpcrun talks to the sandbox cluster, with its own job store."""
+def sandbox_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                    env: dict[str, str]) -> Path:
+    """An empty project whose hpcrun sees a sandbox's variables (``env``) and keeps its own
+    job store and cache under ``tmp_path``."""
     root = tmp_path / "project"
     (root / "configs").mkdir(parents=True)
-    for key, value in {**slurm_env, "XDG_STATE_HOME": str(tmp_path / "state"),
+    for key, value in {**env, "XDG_STATE_HOME": str(tmp_path / "state"),
                        "XDG_CACHE_HOME": str(tmp_path / "cache"), "NO_COLOR": "1"}.items():
         monkeypatch.setenv(key, value)
     return root
+
+
+@pytest.fixture
+def slurm_project(tmp_path, monkeypatch, slurm_env):
+    """An empty project whose hpcrun talks to the sandbox cluster, with its own job store."""
+    return sandbox_project(tmp_path, monkeypatch, slurm_env)
 
 
 # ------------------------------------------------------------------------- the CLI in this process

@@ -400,10 +400,14 @@ def cancel(
 # --------------------------------------------------------------------------- monitor
 
 
-def _status_text(snap: Any) -> str:
+def _reason(snap: Any) -> str:
+    """`` (why)`` for a job that is waiting or has ended badly, else nothing."""
     st = snap.view.status
-    reason = f" ({st.reason})" if st.reason and st.state not in ("RUNNING", "SUCCEEDED") else ""
-    return st.state + reason
+    return f" ({st.reason})" if st.reason and st.state not in ("RUNNING", "SUCCEEDED") else ""
+
+
+def _status_text(snap: Any) -> str:
+    return snap.view.status.state + _reason(snap)
 
 
 def _progress_text(snap: Any) -> str:
@@ -485,9 +489,8 @@ def _render_snapshot(snap: Any) -> Any:
     from .monitor import sparkline
 
     record, st = snap.view.record, snap.view.status
-    reason = f" ({st.reason})" if st.reason and st.state not in ("RUNNING", "SUCCEEDED") else ""
     parts: list[Any] = [Text.from_markup(
-        f"[bold]{record.handle}[/]  {_state(st.state)}{escape(reason)}  "
+        f"[bold]{record.handle}[/]  {_state(st.state)}{escape(_reason(snap))}  "
         f"{escape(record.experiment)}  elapsed {_ago(snap.elapsed_s)}")]
     if snap.connection:
         parts.append(Text(f"connection lost, retrying: {snap.connection}", style="bold yellow"))

@@ -114,6 +114,19 @@ class Event:
         return env
 
 
+def run_flags(record: JobRecord, state: str, backend: Any | None,
+              tables: rundir.RunTables | None = None) -> list[Any]:
+    """The red flags of a job's run directory, with its state and, for a failed job, the end
+    of its log read through ``backend`` (where known failure signatures are looked for)."""
+    from .diagnose import diagnose
+
+    log = None
+    if state == "FAILED" and backend is not None:
+        text = backend.read_log(record) or ""
+        log = "\n".join(text.splitlines()[-200:])
+    return diagnose(Path(record.run_dir), job_state=state, log_text=log, tables=tables)
+
+
 def _floats(rows: Sequence[dict[str, str]], column: str) -> list[float]:
     return [rundir.to_float(r.get(column)) for r in rows]
 
@@ -166,7 +179,6 @@ class Monitor:
         return Snapshot(**{**last.__dict__, "connection": why})
 
     def _read(self, view: Any) -> Snapshot:
-        from .diagnose import diagnose
         from .report import read_selections
 
         trainer = rundir.read_json(self.run.status) or {}
@@ -198,12 +210,7 @@ class Monitor:
                         snap.eta_s = snap.epoch_time_s * max(0, snap.epochs - snap.epoch)
             snap.series = self._series(folder, rows, column)
             snap.memory = self._memory(folder)
-        log = None
-        if view.status.state == "FAILED":
-            text = self._backend.read_log(self.record) or ""
-            log = "\n".join(text.splitlines()[-200:])
-        snap.flags = diagnose(self.run.root, job_state=view.status.state, log_text=log,
-                              tables=self.tables)
+        snap.flags = run_flags(self.record, view.status.state, self._backend, self.tables)
         return snap
 
     def _series(self, folder: Path, training: list[dict[str, str]],

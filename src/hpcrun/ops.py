@@ -26,7 +26,7 @@ from .bundle import Bundle, describe
 from .config import ExperimentConfig, load_config
 from .errors import BadInput, HpcrunError, OperationFailed
 from .job import JobRecord, JobStatus, is_terminal
-from .monitor import Event, Monitor, Snapshot
+from .monitor import Event, Monitor, Snapshot, run_flags
 from .render import JobSpec, SubmitPlan
 from .shell import LocalRunner
 from .store import JobStore
@@ -528,13 +528,8 @@ class FetchResult:
 
 def flags_of(view: JobView) -> list[Any]:
     """The run's red flags, with the job's state and, for a failure, the end of its log."""
-    from .diagnose import diagnose
-
-    log = None
-    if view.status.state == "FAILED" and view.record.info.get("kind") != "sweep":
-        text = backend_for(view.record).read_log(view.record) or ""
-        log = "\n".join(text.splitlines()[-200:])
-    return diagnose(Path(view.record.run_dir), job_state=view.status.state, log_text=log)
+    sweep = view.record.info.get("kind") == "sweep"  # a sweep has no log of its own
+    return run_flags(view.record, view.status.state, None if sweep else backend_for(view.record))
 
 
 def fetch(ref: str | None, project_dir: Path, partial: bool = False,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .bundle import MANIFEST_NAME, Bundle, manifest_text
-from .shell import LocalRunner, SshRunner
+from .shell import SshRunner
 
 
 @dataclass
@@ -65,9 +65,8 @@ def parse_stats(text: str) -> tuple[int, int, list[str]]:
 
 
 def push(bundle: Bundle, ssh: SshRunner, workdir: str, *, dry_run: bool = False,
-         delete: bool = False, local: LocalRunner | None = None,
+         delete: bool = False,
          progress: Callable[[str], None] | None = None) -> SyncResult:
-    local = local or LocalRunner()
     code, frozen = remote_paths(workdir, bundle.hash)
     if not dry_run:
         ssh.run(["mkdir", "-p", code, posixpath.dirname(frozen)])

@@ -14,7 +14,16 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import HPCRUN, hp, hpj, pid_alive, start_sandbox, stop_sandbox, wait_job
+from conftest import (
+    HPCRUN,
+    hp,
+    hpj,
+    pid_alive,
+    sandbox_project,
+    start_sandbox,
+    stop_sandbox,
+    wait_job,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -32,14 +41,8 @@ def pod_env():
 
 @pytest.fixture
 def project(tmp_path, monkeypatch, pod_env):
-    root = tmp_path / "project"
-    (root / "configs").mkdir(parents=True)
     workdir = tmp_path / "pod-workspace"  # every test syncs into its own directory
-    for key, value in {**pod_env, "RUNPOD_WORKDIR": str(workdir),
-                       "XDG_STATE_HOME": str(tmp_path / "state"),
-                       "XDG_CACHE_HOME": str(tmp_path / "cache"), "NO_COLOR": "1"}.items():
-        monkeypatch.setenv(key, value)
-    return root
+    return sandbox_project(tmp_path, monkeypatch, {**pod_env, "RUNPOD_WORKDIR": str(workdir)})
 
 
 def test_sync_submit_monitor_fetch_round_trip_of_v3(project):
@@ -95,13 +98,20 @@ def test_unchanged_resync_sends_under_one_percent_of_the_first(project):
     assert any("part000.bin" in line for line in dry["changed"])
 
 
-def test_a_corrupted_local_artifact_is_detected(project):
+def finished_tiny_job(project: Path) -> dict:
+    """A one-epoch pod job, once it has succeeded."""
     (project / "configs" / "tiny.yaml").write_text(
         "extends: v3\nexperiment: tiny\ndata: {rows: 600}\ntraining: {epochs: 1}\n"
         "resources: {cpus_per_task: 1}\npipeline: [{name: train, mode: full_pipeline}]\n")
     proc = hp(project, "--json", "submit", "--backend", "pod", "--remote", "runpod", "tiny")
+    assert proc.returncode == 0, proc.stderr
     job = json.loads(proc.stdout)["jobs"][0]
     assert wait_job(project, job["id"], {"SUCCEEDED", "FAILED"})["state"] == "SUCCEEDED"
+    return job
+
+
+def test_a_corrupted_local_artifact_is_detected(project):
+    job = finished_tiny_job(project)
     assert hp(project, "fetch", job["id"]).returncode == 0
     target = Path(job["run_dir"]) / "train" / "training.csv"
     stat = target.stat()
@@ -166,13 +176,7 @@ def test_a_changed_host_key_is_refused_with_a_hint(project, tmp_path):
 
 
 def test_a_fetch_killed_mid_transfer_completes_on_rerun(project):
-    (project / "configs" / "tiny.yaml").write_text(
-        "extends: v3\nexperiment: tiny\ndata: {rows: 600}\ntraining: {epochs: 1}\n"
-        "resources: {cpus_per_task: 1}\npipeline: [{name: train, mode: full_pipeline}]\n")
-    proc = hp(project, "--json", "submit", "--backend", "pod", "--remote", "runpod", "tiny")
-    job = json.loads(proc.stdout)["jobs"][0]
-    view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED"})
-    assert view["state"] == "SUCCEEDED"
+    job = finished_tiny_job(project)
     # a large artifact on the pod, covered by the manifest like any other
     remote = Path(job["info"]["remote_run_dir"])
     with open(remote / "train" / "big.bin", "wb") as handle:

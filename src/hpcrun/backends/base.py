@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -13,6 +14,22 @@ from ..bundle import Bundle
 from ..job import JobRecord, JobStatus, is_terminal
 from ..render import JobSpec, SubmitPlan
 from .files import LocalFiles, RemoteFiles
+
+
+def fill_dependencies(argv: Sequence[str], ids: dict[str, str], prefix: str,
+                      flag: str | None = None) -> list[str]:
+    """``argv`` with each ``PREFIX...{stage}`` argument filled in from the native ``ids`` of
+    the stages queued so far. One naming a stage not queued this time (it succeeded before a
+    resume: its output is already there) is dropped, with its ``flag`` word before it."""
+    out: list[str] = []
+    for arg in argv:
+        if not arg.startswith(prefix):
+            out.append(arg)
+        elif set(re.findall(r"{(\w+)}", arg)) <= set(ids):
+            out.append(arg.format(**ids))
+        elif flag is not None and out and out[-1] == flag:
+            out.pop()
+    return out
 
 
 class Backend(Protocol):

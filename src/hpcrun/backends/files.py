@@ -73,7 +73,7 @@ class RemoteFiles:
         return remote_paths(self.workdir, bundle.hash)[1]
 
     def ship(self, bundle: Bundle) -> None:
-        push(bundle, self.ssh, self.workdir, local=self.local)
+        push(bundle, self.ssh, self.workdir)
 
     def write(self, files: dict[str, str], modes: dict[str, int] | None = None,
               start: str | None = None) -> dict:

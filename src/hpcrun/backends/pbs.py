@@ -21,7 +21,7 @@ from ..errors import BadInput, OperationFailed
 from ..job import JobRecord, JobStatus, is_terminal
 from ..render import JobSpec, SubmitPlan, render_template, scheduler_context
 from ..shell import CommandFailed, LocalRunner
-from .base import ScriptBackend
+from .base import ScriptBackend, fill_dependencies
 
 #: PBS job_state letter -> hpcrun state (F/X, finished, are decided by Exit_status)
 STATE_TABLE = {
@@ -114,21 +114,6 @@ def _short(job_id: str) -> str:
     return job_id.split(".", 1)[0]
 
 
-def _dependencies(argv: Sequence[str], ids: dict[str, str]) -> list[str]:
-    """``argv`` with its ``-W depend=...{stage}`` filled in from ``ids``; a dependency on a
-    stage not queued this time (it succeeded before a resume) is dropped with its ``-W``."""
-    out: list[str] = []
-    for arg in argv:
-        if arg.startswith("depend="):
-            if set(re.findall(r"{(\w+)}", arg)) <= set(ids):
-                out.append(arg.format(**ids))
-            elif out and out[-1] == "-W":
-                out.pop()
-            continue
-        out.append(arg)
-    return out
-
-
 class PbsBackend(ScriptBackend):
     follow_interval = 2.0
 
@@ -193,7 +178,7 @@ class PbsBackend(ScriptBackend):
         try:
             for plan in plans:
                 self.write(plan)
-                argv = _dependencies(plan.argv, ids)
+                argv = fill_dependencies(plan.argv, ids, "depend=", flag="-W")
                 if indices is not None:
                     argv.insert(-1, "-J" + _array_range(indices, len(plan.members)))
                 ids[plan.stage or "all"] = self.runner.run(argv, timeout=120).stdout.strip()

@@ -21,7 +21,7 @@ from ..errors import BadInput, OperationFailed
 from ..job import JobRecord, JobStatus, is_terminal
 from ..render import JobSpec, SubmitPlan, render_template, scheduler_context
 from ..shell import CommandFailed, LocalRunner
-from .base import ScriptBackend
+from .base import ScriptBackend, fill_dependencies
 from .files import RemoteFiles, files_for
 
 #: seconds before the time limit at which SLURM sends USR1 to the batch shell
@@ -177,10 +177,6 @@ def preflight_error(stderr: str) -> str:
     return f"slurm refused the job: {message}"
 
 
-def _placeholders(template: str) -> set[str]:
-    return set(re.findall(r"{(\w+)}", template))
-
-
 class SlurmBackend(ScriptBackend):
     name = "slurm"
 
@@ -294,11 +290,7 @@ class SlurmBackend(ScriptBackend):
                 self.write(plan)
         try:
             for plan in plans:
-                # a dependency on a stage that is not queued again (it succeeded before a
-                # resume) is dropped: that stage's output is already there
-                argv = [a.format(**ids) if a.startswith("--dependency=") else a
-                        for a in plan.argv
-                        if not a.startswith("--dependency=") or _placeholders(a) <= set(ids)]
+                argv = fill_dependencies(plan.argv, ids, "--dependency=")
                 if indices is not None:  # command-line options win over #SBATCH lines
                     argv = [a for a in argv if not a.startswith("--dependency=")]
                     argv.insert(-1, f"--array={','.join(str(i) for i in indices)}")
