@@ -168,8 +168,11 @@ class Monitor:
             if self._last is None:
                 raise
             return self._lost(exc.message)
+        # the trainer appends an epoch's CSV rows before it updates status.json: reading
+        # the status first keeps the tables at least as far as the epoch it names
+        trainer = rundir.read_json(self.run.status) or {}
         self.tables.refresh()
-        snap = self._read(view)
+        snap = self._read(view, trainer)
         self._last = snap
         return snap
 
@@ -178,10 +181,9 @@ class Monitor:
         last = self._last
         return Snapshot(**{**last.__dict__, "connection": why})
 
-    def _read(self, view: Any) -> Snapshot:
+    def _read(self, view: Any, trainer: dict[str, Any]) -> Snapshot:
         from .report import read_selections
 
-        trainer = rundir.read_json(self.run.status) or {}
         stage = trainer.get("stage")
         snap = Snapshot(view, stage=stage, epoch=int(trainer.get("epoch") or 0),
                         epochs=int(trainer.get("epochs") or 0),
@@ -198,6 +200,9 @@ class Monitor:
             mode = selection.mode if selection else "min"
             if rows:
                 snap.latest = rows[-1]
+                written = rundir.to_float(rows[-1].get("Epoch"))
+                if math.isfinite(written):
+                    snap.epoch = max(snap.epoch, int(written))
                 scored = [r for r in rows if math.isfinite(rundir.to_float(r.get(column)))]
                 if scored:
                     pick = min if mode == "min" else max

@@ -169,6 +169,7 @@ def test_a_refresh_reads_only_new_rows(tmp_path):
     before = tail._offset
     snap = monitor.refresh()
     assert snap.latest["Epoch"] == "3" and snap.series["val loss"][-1] == 0.3
+    assert snap.epoch == 3 and snap.eta_s == 14.0  # status.json still says 2: rows win
     assert tail._offset - before == len("3,2.0,0.3,0.3,0.75,0.001\n")
     assert backend.caught_up == 2
 
