@@ -4,21 +4,28 @@
 :mod:`hpcrun.rundir` and returns a :class:`RunSummary`; ``format_summary`` turns it into plain
 text lines; ``write_report`` adds per-stage plots and a self-contained ``report.html``.
 
-Reading is pure Python (csv rows, plain lists): no pandas, no torch. matplotlib is imported
-only inside :func:`write_report`, so importing this module stays cheap for the CLI.
+Reading is pure Python (CSV columns, plain lists): no pandas, no torch. matplotlib is imported
+only to draw (its ``Figure`` objects, never pyplot, so a caller's backend is left alone), so
+importing this module stays cheap for the CLI. A report's plots and a comparison's runs are
+spread over forked worker processes when there are enough of them and more than one CPU.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import functools
 import html
 import io
 import json
 import math
+import multiprocessing
+import os
 import re
 import statistics
-from collections.abc import Iterable, Sequence
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -117,48 +124,44 @@ class _StageData:
     def __init__(self, directory: Path):
         self.dir = directory
 
-    def _rows(self, name: str) -> list[dict[str, str]]:
+    def _read(self, name: str) -> rundir.Table:
         try:
-            return rundir.read_rows(self.dir / name)
-        except (OSError, UnicodeDecodeError, ValueError):
-            return []
+            return rundir.read_table(self.dir / name)
+        except (OSError, UnicodeDecodeError, ValueError, csv.Error):
+            return rundir.Table([], [])
 
     @functools.cached_property
     def has_training(self) -> bool:
         return (self.dir / rundir.TRAINING).is_file()
 
     @functools.cached_property
-    def training(self) -> list[dict[str, str]]:
-        return self._rows(rundir.TRAINING)
+    def training(self) -> rundir.Table:
+        return self._read(rundir.TRAINING)
 
     @functools.cached_property
-    def loss_components(self) -> list[dict[str, str]]:
-        return self._rows(rundir.LOSS_COMPONENTS)
+    def loss_components(self) -> rundir.Table:
+        return self._read(rundir.LOSS_COMPONENTS)
 
     @functools.cached_property
-    def gradients(self) -> list[dict[str, str]]:
-        return self._rows(rundir.GRADIENT_STATS)
+    def gradients(self) -> rundir.Table:
+        return self._read(rundir.GRADIENT_STATS)
 
     @functools.cached_property
-    def probabilities(self) -> list[dict[str, str]]:
-        return self._rows(rundir.PROBABILITY_STATS)
+    def probabilities(self) -> rundir.Table:
+        return self._read(rundir.PROBABILITY_STATS)
 
     @functools.cached_property
-    def memory(self) -> list[dict[str, str]]:
-        return self._rows(rundir.GPU_MEMORY)
+    def memory(self) -> rundir.Table:
+        return self._read(rundir.GPU_MEMORY)
 
     @functools.cached_property
-    def evaluation(self) -> list[dict[str, str]]:
-        return self._rows(rundir.EVALUATION)
+    def evaluation(self) -> rundir.Table:
+        return self._read(rundir.EVALUATION)
 
 
 def _epoch(text: str | None) -> int | None:
     value = rundir.to_float(text)
     return int(value) if math.isfinite(value) else None
-
-
-def _column(rows: Iterable[dict[str, str]], name: str) -> list[float]:
-    return [rundir.to_float(row.get(name)) for row in rows]
 
 
 def _finite(values: Iterable[float]) -> list[float]:
@@ -170,14 +173,16 @@ def _max(values: Iterable[float]) -> float:
     return max(finite) if finite else math.nan
 
 
-def _phase_series(rows: Iterable[dict[str, str]], phase: str,
+def _phase_series(table: rundir.Table, phase: str,
                   column: str) -> tuple[list[int], list[float]]:
     epochs, values = [], []
-    for row in rows:
-        epoch = _epoch(row.get("epoch"))
-        if row.get("phase") == phase and epoch is not None:
-            epochs.append(epoch)
-            values.append(rundir.to_float(row.get(column)))
+    for epoch_text, row_phase, text in zip(table.column("epoch"), table.column("phase"),
+                                           table.column(column), strict=True):
+        if row_phase == phase:
+            epoch = _epoch(epoch_text)
+            if epoch is not None:
+                epochs.append(epoch)
+                values.append(rundir.to_float(text))
     return epochs, values
 
 
@@ -281,14 +286,14 @@ def _evaluation_table(rows: Iterable[dict[str, str]]) -> tuple[dict[str, Any], .
 def _summarize_stage(name: str, data: _StageData, state: str | None,
                      selection: _Selection | None) -> StageSummary:
     rows = data.training
-    header = set(rows[0]) if rows else set()
+    header = set(rows.header)
     chosen = selection or _Selection()
     if chosen.column not in header:  # metric not logged (or no config): lowest Val Loss
         chosen = _Selection(stage_mode=chosen.stage_mode)
-    epochs = [_epoch(r.get("Epoch")) for r in rows]
-    best_epoch, best_value = _best(epochs, _column(rows, chosen.column), chosen)
+    epochs = [_epoch(text) for text in rows.column("Epoch")]
+    best_epoch, best_value = _best(epochs, rows.floats(chosen.column), chosen)
 
-    losses = _column(rows, "Train Loss")
+    losses = rows.floats("Train Loss")
     first = losses[0] if losses else math.nan
     last = losses[-1] if losses else math.nan
     decrease = first - last
@@ -303,7 +308,7 @@ def _summarize_stage(name: str, data: _StageData, state: str | None,
     else:
         sep_last = seps[-1] if seps else math.nan
 
-    times = _finite(_column(rows, "Epoch Time"))
+    times = _finite(rows.floats("Epoch Time"))
     return StageSummary(
         name=name, state=state, mode=chosen.stage_mode, trained=data.has_training,
         epochs=len(rows), metric=chosen.column if data.has_training else None,
@@ -311,9 +316,9 @@ def _summarize_stage(name: str, data: _StageData, state: str | None,
         first_train_loss=first, last_train_loss=last, loss_decrease=decrease,
         loss_decrease_pct=pct, separation_best=sep_best, separation_last=sep_last,
         median_epoch_time=statistics.median(times) if times else math.nan,
-        peak_host_rss_mb=_max(_column(data.memory, "host_rss_mb")),
-        peak_gpu_mb=_max(_column(data.memory, "peak_mb")),
-        evaluation=_evaluation_table(data.evaluation),
+        peak_host_rss_mb=_max(data.memory.floats("host_rss_mb")),
+        peak_gpu_mb=_max(data.memory.floats("peak_mb")),
+        evaluation=_evaluation_table(data.evaluation.rows()),
     )
 
 
@@ -470,10 +475,14 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "stage"
 
 
-def _new_axes(plt: Any, title: str, ylabel: str) -> tuple[Any, Any]:
+def _new_axes(title: str, ylabel: str) -> tuple[Any, Any]:
+    """A figure of its own (not pyplot's: no global state, no backend switched for the
+    caller's process) with one labelled axes."""
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=_FIGSIZE, dpi=_DPI)
+    fig = Figure(figsize=_FIGSIZE, dpi=_DPI)
+    ax = fig.add_subplot()
     fig.subplots_adjust(left=0.12, right=0.98, top=0.91, bottom=0.14)  # no layout engine: fast
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("epoch", fontsize=9)
@@ -484,15 +493,12 @@ def _new_axes(plt: Any, title: str, ylabel: str) -> tuple[Any, Any]:
     return fig, ax
 
 
-def _png(plt: Any, fig: Any, ax: Any) -> bytes:
+def _png(fig: Any, ax: Any) -> bytes:
     handles = ax.get_legend_handles_labels()[0]
     if handles:
         ax.legend(fontsize=7, loc="best", ncols=2 if len(handles) > 4 else 1, framealpha=0.7)
     buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None})
-    finally:
-        plt.close(fig)
+    fig.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None})
     return buffer.getvalue()
 
 
@@ -500,13 +506,13 @@ def _has_data(values: Iterable[float]) -> bool:
     return any(math.isfinite(v) for v in values)
 
 
-def _plot_losses(plt: Any, stage: str, data: _StageData) -> bytes | None:
+def _plot_losses(summary: StageSummary, data: _StageData) -> bytes | None:
     rows = data.training
-    epochs = [_epoch(r.get("Epoch")) for r in rows]
-    train, val = _column(rows, "Train Loss"), _column(rows, _VAL_LOSS)
+    epochs = [_epoch(text) for text in rows.column("Epoch")]
+    train, val = rows.floats("Train Loss"), rows.floats(_VAL_LOSS)
     components = []
     if data.loss_components:
-        components = [c for c in data.loss_components[0] if c is not None and c not in
+        components = [c for c in data.loss_components.header if c not in
                       ("epoch", "phase", "total") and not c.startswith(("weight_", "sigma_"))]
     series = []
     for phase in ("train", "val"):
@@ -521,52 +527,51 @@ def _plot_losses(plt: Any, stage: str, data: _StageData) -> bytes | None:
                            f"C{2 + components.index(component) % 8}"))
     if not (_has_data(train) or _has_data(val) or any(_has_data(s[2]) for s in series)):
         return None
-    fig, ax = _new_axes(plt, f"{stage}: loss", "loss")
+    fig, ax = _new_axes(f"{summary.name}: loss", "loss")
     ax.plot(epochs, train, color="C0", linewidth=2, marker=".", label="train loss")
     ax.plot(epochs, val, color="C1", linewidth=2, marker=".", label="val loss")
     for label, xs, ys, style, colour in series:
         ax.plot(xs, ys, linestyle=style, linewidth=0.9, color=colour, label=label)
-    return _png(plt, fig, ax)
+    return _png(fig, ax)
 
 
-def _plot_metrics(plt: Any, stage: str, data: _StageData, summary: StageSummary) -> bytes | None:
+def _plot_metrics(summary: StageSummary, data: _StageData) -> bytes | None:
     rows = data.training
-    columns = [c for c in (rows[0] if rows else {}) if c and c.startswith("Val ")
-               and c != _VAL_LOSS]
-    epochs = [_epoch(r.get("Epoch")) for r in rows]
-    curves = [(c, _column(rows, c)) for c in columns]
+    columns = [c for c in rows.header if c.startswith("Val ") and c != _VAL_LOSS]
+    epochs = [_epoch(text) for text in rows.column("Epoch")]
+    curves = [(c, rows.floats(c)) for c in columns]
     curves = [(c, ys) for c, ys in curves if _has_data(ys)]
     if not curves:
         return None
-    fig, ax = _new_axes(plt, f"{stage}: validation metrics", "value")
+    fig, ax = _new_axes(f"{summary.name}: validation metrics", "value")
     for column, ys in curves:
         width = 2 if column == summary.metric else 1.2
         ax.plot(epochs, ys, linewidth=width, marker=".", label=column.removeprefix("Val "))
     if summary.best_epoch is not None:
         ax.axvline(summary.best_epoch, color="grey", linestyle=":", linewidth=1,
                    label=f"best epoch {summary.best_epoch} ({summary.metric})")
-    return _png(plt, fig, ax)
+    return _png(fig, ax)
 
 
-def _plot_separation(plt: Any, stage: str, data: _StageData) -> bytes | None:
+def _plot_separation(summary: StageSummary, data: _StageData) -> bytes | None:
     train = _phase_series(data.probabilities, "train", "separation")
     val = _phase_series(data.probabilities, "val", "separation")
     if not (_has_data(train[1]) or _has_data(val[1])):
         return None
-    fig, ax = _new_axes(plt, f"{stage}: separation (pos mean - neg mean)", "separation")
+    fig, ax = _new_axes(f"{summary.name}: separation (pos mean - neg mean)", "separation")
     ax.plot(*train, marker=".", label="train")
     ax.plot(*val, marker=".", label="val")
     ax.axhline(0, color="grey", linewidth=0.8)
-    return _png(plt, fig, ax)
+    return _png(fig, ax)
 
 
-def _plot_gradients(plt: Any, stage: str, data: _StageData) -> bytes | None:
+def _plot_gradients(summary: StageSummary, data: _StageData) -> bytes | None:
     rows = data.gradients
-    epochs = [_epoch(r.get("epoch")) for r in rows]
-    mean, low, high = (_column(rows, c) for c in ("norm_mean", "norm_min", "norm_max"))
+    epochs = [_epoch(text) for text in rows.column("epoch")]
+    mean, low, high = (rows.floats(c) for c in ("norm_mean", "norm_min", "norm_max"))
     if not (_has_data(mean) or _has_data(high)):
         return None
-    fig, ax = _new_axes(plt, f"{stage}: gradient norm", "total gradient norm")
+    fig, ax = _new_axes(f"{summary.name}: gradient norm", "total gradient norm")
     ax.fill_between(epochs, low, high, alpha=0.2, color="C0", label="min-max")
     ax.plot(epochs, mean, color="C0", marker=".", label="mean")
     ax.plot(epochs, high, color="C3", linewidth=1, linestyle="--", label="max")
@@ -583,45 +588,80 @@ def _plot_gradients(plt: Any, stage: str, data: _StageData) -> bytes | None:
             ax.yaxis.set_minor_formatter(FuncFormatter(minor))
         else:
             ax.yaxis.set_minor_formatter(NullFormatter())
-    return _png(plt, fig, ax)
+    return _png(fig, ax)
 
 
-def _plot_memory(plt: Any, stage: str, data: _StageData) -> bytes | None:
-    ranks: dict[str, list[dict[str, str]]] = {}
-    for row in data.memory:
-        ranks.setdefault(row.get("rank") or "?", []).append(row)
+def _plot_memory(summary: StageSummary, data: _StageData) -> bytes | None:
+    table = data.memory
+    ranks: dict[str, list[int]] = {}
+    for index, rank in enumerate(table.column("rank")):
+        ranks.setdefault(rank or "?", []).append(index)
+    all_epochs = table.column("epoch")
+    values = {column: table.floats(column) for column in ("host_rss_mb", "peak_mb")}
     curves = []
-    for rank, rows in sorted(ranks.items(), key=lambda item: rundir.to_float(item[0])):
-        epochs = [_epoch(r.get("epoch")) for r in rows]
+    for rank, indices in sorted(ranks.items(), key=lambda item: rundir.to_float(item[0])):
+        epochs = [_epoch(all_epochs[i]) for i in indices]
         for column, label in (("host_rss_mb", "host RSS"), ("peak_mb", "GPU peak")):
-            ys = _column(rows, column)
+            ys = [values[column][i] for i in indices]
             if _has_data(ys):
                 curves.append((f"{label} rank {rank}", epochs, ys, column == "peak_mb"))
     if not curves:
         return None
-    fig, ax = _new_axes(plt, f"{stage}: memory", "MB")
+    fig, ax = _new_axes(f"{summary.name}: memory", "MB")
     for label, epochs, ys, gpu in curves:
         ax.plot(epochs, ys, marker=".", linestyle="--" if gpu else "-", label=label)
-    return _png(plt, fig, ax)
+    return _png(fig, ax)
 
 
-def _stage_plots(plt: Any, summary: StageSummary,
-                 data: _StageData) -> list[tuple[str, str, bytes]]:
-    """``(kind, caption, png bytes)`` for each plot the stage has data for."""
-    makers = (
-        ("losses", "Loss per epoch", lambda: _plot_losses(plt, summary.name, data)),
-        ("metrics", "Validation metrics", lambda: _plot_metrics(plt, summary.name, data,
-                                                                summary)),
-        ("separation", "Separation", lambda: _plot_separation(plt, summary.name, data)),
-        ("gradients", "Gradient norms", lambda: _plot_gradients(plt, summary.name, data)),
-        ("memory", "Memory", lambda: _plot_memory(plt, summary.name, data)),
-    )
-    out = []
-    for kind, caption, make in makers:
-        png = make()
-        if png is not None:
-            out.append((kind, caption, png))
-    return out
+#: the plots of a training stage: kind (its file name), caption, and what draws it
+_PLOTS: dict[str, tuple[str, Callable[[StageSummary, _StageData], bytes | None]]] = {
+    "losses": ("Loss per epoch", _plot_losses),
+    "metrics": ("Validation metrics", _plot_metrics),
+    "separation": ("Separation", _plot_separation),
+    "gradients": ("Gradient norms", _plot_gradients),
+    "memory": ("Memory", _plot_memory),
+}
+
+
+def _draw(task: tuple[str, StageSummary, _StageData]) -> bytes | None:
+    kind, summary, data = task
+    return _PLOTS[kind][1](summary, data)
+
+
+def _workers() -> int:
+    """CPUs this process may use (a batch job's allocation, not the whole node's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return 1
+
+
+def _fan_out(work: Callable[[Any], Any], items: Sequence[Any], least: int) -> list[Any]:
+    """``[work(item) for item in items]``, spread over forked worker processes when there
+    are at least ``least`` items and more than one CPU (plots and CSV parsing are CPU-bound
+    Python, which threads would not speed up). Serial where forking is unsafe: another
+    thread is running (a notebook's), or the platform has no fork."""
+    workers = min(_workers(), len(items), _MAX_WORKERS)
+    if workers < 2 or len(items) < least or threading.active_count() > 1:
+        return [work(item) for item in items]
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    for stream in (sys.stdout, sys.stderr):  # a worker would print their buffers again
+        if stream is not None:
+            stream.flush()
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(work, items, chunksize=max(1, len(items) // (workers * 4))))
+    except BrokenProcessPool:  # a worker died (e.g. killed for memory): do it here instead
+        return [work(item) for item in items]
+
+
+#: ceiling on the worker processes of one report or comparison, and how many plots or runs
+#: it takes before forking them pays for itself
+_MAX_WORKERS = 8
+_FORK_PLOTS = 4
+_FORK_RUNS = 32
 
 
 # --------------------------------------------------------------------------- html
@@ -727,22 +767,19 @@ def render_html(summary: RunSummary,
 def write_report(run_dir: Path, out_dir: Path | None = None) -> ReportFiles:
     """Write ``<stage>_<kind>.png`` per training stage and ``report.html`` into ``out_dir``
     (default ``run_dir/report``). Plots without data are skipped. Returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.figure  # noqa: F401 - imported once, before any worker is forked
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR
     summary, data = _load(run_dir)
     files = ReportFiles(pngs=[], html=out_dir / REPORT_HTML)
+    tasks = [(kind, stage, data[stage.name]) for stage in summary.stages if stage.trained
+             for kind in _PLOTS]
     images: dict[str, list[tuple[str, str, bytes]]] = {}
-    for stage in summary.stages:
-        if not stage.trained:
-            continue
-        plots = _stage_plots(plt, stage, data[stage.name])
-        images[stage.name] = plots
-        for kind, _, png in plots:
+    for (kind, stage, _), png in zip(tasks, _fan_out(_draw, tasks, least=_FORK_PLOTS), strict=True):
+        plots = images.setdefault(stage.name, [])
+        if png is not None:
+            plots.append((kind, _PLOTS[kind][0], png))
             path = out_dir / f"{_safe_name(stage.name)}_{kind}.png"
             rundir.write_atomic(path, png)
             files.pngs.append(path)
@@ -792,10 +829,11 @@ def compare(run_dirs: Sequence[Path], metric: str = "auroc", mode: str = "max",
             out: Path | None = None) -> Comparison:
     """Rank runs by ``metric``, list the config keys whose values differ between them, and
     draw their validation-loss curves on one PNG."""
-    raw = [read_config(rundir.RunDir(d)) for d in run_dirs]
-    loaded = [_load(Path(d), c) for d, c in zip(run_dirs, raw, strict=True)]
-    summaries = [summary for summary, _ in loaded]
-    configs = [_flatten(c[1]) if c and isinstance(c[1], dict) else {} for c in raw]
+    from hpcrun.config import load_config_text  # noqa: F401 - imported before any fork
+
+    entries = _fan_out(_compare_entry, [Path(d) for d in run_dirs], least=_FORK_RUNS)
+    summaries = [summary for summary, _, _ in entries]
+    configs = [config for _, config, _ in entries]
     keys = sorted({k for c in configs for k in c})
     differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
     rows = []
@@ -808,45 +846,54 @@ def compare(run_dirs: Sequence[Path], metric: str = "auroc", mode: str = "max",
     sign = -1 if mode == "max" else 1
     rows.sort(key=lambda r: (math.isnan(r["value"]), sign * (0 if math.isnan(r["value"])
                                                              else r["value"])))
-    ranked = [Path(r["run_dir"]) for r in rows]
-    png = _overlay(ranked, {Path(d): x for d, x in zip(run_dirs, loaded, strict=True)},
-                   out) if out is not None else None
+    curves = {str(d): (summary.run_id, curve)
+              for d, (summary, _, curve) in zip(run_dirs, entries, strict=True)}
+    png = _overlay([curves[r["run_dir"]] for r in rows], out) if out is not None else None
     return Comparison(metric, split, rows, differing, png)
+
+
+#: a run's validation-loss curve (epochs, values) in its last training stage
+_Curve = tuple[list[int | None], list[float]]
+
+
+def _compare_entry(run_dir: Path) -> tuple[RunSummary, dict[str, Any], _Curve | None]:
+    """What a comparison needs of one run: its summary, its flattened config, and the
+    curve the overlay draws."""
+    config = read_config(rundir.RunDir(run_dir))
+    summary, data = _load(run_dir, config)
+    trained = [s for s in summary.stages if s.trained]
+    curve = None
+    if trained:
+        rows = data[trained[-1].name].training  # already read for the summary
+        curve = [_epoch(text) for text in rows.column("Epoch")], rows.floats(_VAL_LOSS)
+    flat = _flatten(config[1]) if config and isinstance(config[1], dict) else {}
+    return summary, flat, curve
 
 
 #: how many of the ranked runs an overlay names; the rest are drawn thin and grey
 OVERLAY_LABELLED = 10
 
 
-def _overlay(ranked: Sequence[Path],
-             loaded: dict[Path, tuple[RunSummary, dict[str, _StageData]]], out: Path) -> Path:
+def _overlay(ranked: Sequence[tuple[str, _Curve | None]], out: Path) -> Path:
     """Validation-loss curves of the last training stage of each run, best ranked first: the
     top runs in colour with a legend, the others as a grey background (one line collection,
     so hundreds of runs stay cheap and readable)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
 
-    fig, ax = _new_axes(plt, "validation loss", "loss")
+    fig, ax = _new_axes("validation loss", "loss")
     background = []
-    for rank, run_dir in enumerate(ranked):
-        summary, data = loaded[run_dir]
-        trained = [s for s in summary.stages if s.trained]
-        if not trained:
+    for rank, (run_id, curve) in enumerate(ranked):
+        if curve is None:
             continue
-        rows = data[trained[-1].name].training  # already read for the summary
-        epochs, values = [int(r["Epoch"]) for r in rows], _column(rows, "Val Loss")
+        epochs, values = curve
         if rank < OVERLAY_LABELLED:
-            ax.plot(epochs, values, label=f"#{rank + 1} {summary.run_id}", linewidth=1.2,
-                    zorder=3)
+            ax.plot(epochs, values, label=f"#{rank + 1} {run_id}", linewidth=1.2, zorder=3)
         else:
             background.append(list(zip(epochs, values, strict=True)))
     if background:
         ax.add_collection(LineCollection(background, colors="0.75", linewidths=0.6,
                                          zorder=1, label=f"{len(background)} more runs"))
         ax.autoscale_view()
-    data = _png(plt, fig, ax)
+    data = _png(fig, ax)
     rundir.write_atomic(out, data)
     return out

@@ -6,6 +6,7 @@ import base64
 import html
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -340,3 +341,74 @@ def test_runs_that_choose_their_best_epoch_differently_are_not_confused(tmp_path
     assert report.summarize(first).stage("finetune").metric == "Val AUROC"
     assert report.summarize(second).stage("finetune").metric == "Val MCC"
     assert report.summarize(first).stage("finetune").metric == "Val AUROC"
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def _sweep(root: Path, points: int) -> list[Path]:
+    """Runs that differ in their seed and in their test AUROC (highest for the last)."""
+    runs = []
+    for i in range(points):
+        run = make_run(root / f"p{i}")
+        text = (run / rundir.CONFIG).read_text()
+        (run / rundir.CONFIG).write_text(text.replace("\nseed: 42\n", f"\nseed: {i}\n"))
+        rows = [[*row[:1], 0.5 + i / 100, *row[2:]] for row in EVALUATION["eval"]]
+        rundir.write_csv(run / "eval" / rundir.EVALUATION, rundir.EVALUATION_COLUMNS, rows)
+        runs.append(run)
+    return runs
+
+
+def _pid_square(x: int) -> tuple[int, int]:
+    return os.getpid(), x * x
+
+
+def _die_in_a_worker(x: int) -> int:
+    if os.getpid() != PARENT_PID:
+        os._exit(3)
+    return x
+
+
+PARENT_PID = os.getpid()
+
+
+@pytest.fixture
+def forked(monkeypatch):
+    """Work spread over two worker processes however many CPUs and threads there are."""
+    monkeypatch.setattr(report, "_workers", lambda: 2)
+    monkeypatch.setattr(report.threading, "active_count", lambda: 1)
+
+
+def test_fan_out_spreads_work_over_worker_processes_in_order(forked):
+    out = report._fan_out(_pid_square, list(range(40)), least=4)
+    assert [square for _, square in out] == [x * x for x in range(40)]
+    assert os.getpid() not in {pid for pid, _ in out}
+    assert report._fan_out(_pid_square, [1, 2], least=4) == [(os.getpid(), 1), (os.getpid(), 4)]
+
+
+def test_fan_out_does_the_work_itself_when_a_worker_dies(forked):
+    assert report._fan_out(_die_in_a_worker, list(range(8)), least=4) == list(range(8))
+
+
+def test_compare_in_worker_processes_ranks_exactly_as_in_one(tmp_path, monkeypatch):
+    runs = _sweep(tmp_path, 5)
+    monkeypatch.setattr(report, "_FORK_RUNS", 10**9)
+    alone = report.compare(runs, out=tmp_path / "alone.png")
+    with monkeypatch.context() as patch:
+        patch.setattr(report, "_FORK_RUNS", 2)
+        patch.setattr(report, "_workers", lambda: 2)
+        patch.setattr(report.threading, "active_count", lambda: 1)
+        spread = report.compare(runs, out=tmp_path / "spread.png")
+    assert spread.rows == alone.rows and spread.differing == alone.differing == ["seed"]
+    assert [row["seed"] for row in spread.rows] == [4, 3, 2, 1, 0]
+    assert spread.split == "test" and spread.rows[0]["value"] == pytest.approx(0.54)
+    assert (tmp_path / "spread.png").read_bytes() == (tmp_path / "alone.png").read_bytes()
+
+
+def test_a_report_leaves_the_callers_matplotlib_alone(run):
+    code = ("import sys, matplotlib; matplotlib.use('svg'); from hpcrun import report; "
+            f"report.write_report({str(run)!r}); "
+            "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["svg", "False"]

@@ -40,6 +40,18 @@ def test_read_rows_ignores_a_torn_last_line(tmp_path):
     assert rundir.read_rows(path) == [{"a": "1", "b": "2"}]
 
 
+def test_read_table_gives_the_rows_by_column_and_pads_short_rows(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("epoch,phase,v\n1,train,0.5\n\n1,val\n2,train,nan,extra\n3,tr")
+    table = rundir.read_table(path)
+    assert len(table) == 3 and table.header == ["epoch", "phase", "v"]
+    assert list(table.column("phase")) == ["train", "val", "train"]
+    assert table.floats("v")[0] == 0.5 and all(v != v for v in table.floats("v")[1:])
+    assert list(table.column("missing")) == ["", "", ""]
+    assert table.rows()[1] == {"epoch": "1", "phase": "val", "v": ""}
+    assert len(rundir.read_table(tmp_path / "absent.csv")) == 0
+
+
 def test_manifest_detects_changes_and_escapes(tmp_path):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "training.csv").write_text("Epoch\n1\n")
