@@ -55,6 +55,14 @@ def only_run_dir(cwd: Path, experiment: str) -> Path:
     return runs[0]
 
 
+def epoch_of(cwd: Path, experiment: str) -> int:
+    """The epoch the only run of ``experiment`` reports; 0 until its run directory exists
+    (``runs/<experiment>/`` is created a moment before the run's own directory)."""
+    folder = cwd / "runs" / experiment
+    runs = sorted(folder.iterdir()) if folder.is_dir() else []
+    return read_status(runs[0]).get("epoch", 0) if len(runs) == 1 else 0
+
+
 def read_status(run: Path) -> dict:
     try:
         return json.loads((run / "status.json").read_text())

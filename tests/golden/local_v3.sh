@@ -2,7 +2,7 @@
 # hpcrun job <JOB_ID> (v3), rendered for the local backend.
 # Runs detached in its own session; writes its pid to job.pid and its exit code to job.exit.
 set -u
-printf '%s\n' "$$" > <RUN_DIR>/job.pid
+printf '%s\n' "$$" > <RUN_DIR>/job.pid.tmp && mv <RUN_DIR>/job.pid.tmp <RUN_DIR>/job.pid
 cd <BUNDLE> || exit 1
 export PYTHONPATH=<BUNDLE>/src:<BUNDLE>${PYTHONPATH:+:$PYTHONPATH}
 export HPCRUN_BACKEND=local

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -260,18 +261,32 @@ def _cut_the_pod_off() -> None:
                 ssh.kill()
 
 
+def _first_output(proc: subprocess.Popen, timeout: float) -> str:
+    """What ``proc`` printed up to its first newline, read from the pipe itself (so that
+    ``communicate`` gets the rest)."""
+    fd, seen = proc.stdout.fileno(), b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 65536) if ready else b""
+        assert chunk, f"no line from {proc.args} in {timeout} s"
+        seen += chunk
+    return seen.decode()
+
+
 def test_sshd_stopping_during_monitor_sync_and_fetch_is_retried_or_rerun(project):
     job = running_long_job(project, 40)
     watch = subprocess.Popen([HPCRUN, "monitor", job["id"], "--interval", "0.5"], cwd=project,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(3)
+        first = _first_output(watch, 120)  # the monitor has followed the job once
         _cut_the_pod_off()
         lost_at = time.monotonic()
         time.sleep(8)
         start_sandbox("pod/up.sh")
         back_at = time.monotonic()
         out, err = watch.communicate(timeout=300)
+        out = first + out
     finally:
         if watch.poll() is None:
             watch.kill()

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 ARTIFACT = REPO / "test-artifacts" / "report-screenshot.png"
 WIDTH = 1280
 MIN_HEIGHT = 2400
-BROWSER_TIMEOUT = 60
+BROWSER_TIMEOUT = 180
 
 # Runs once the page has loaded (data: images included) and leaves what the browser made of the
 # images in a <pre>, which --dump-dom then prints: decoded or not, natural size, and where each

@@ -117,7 +117,7 @@ def test_a_failed_parent_reports_its_dependents_as_blocked(project):
     assert "! failed [pretrain]" in watched.stdout and "no_such_module" in watched.stdout
     view = hpj(project, "status", job)[0]
     assert view["state"] == "FAILED"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while "blocked" not in (view["reason"] or "") and time.monotonic() < deadline:
         time.sleep(1)
         view = hpj(project, "status", job)[0]
@@ -141,12 +141,13 @@ def test_preflight_rejects_a_bad_partition_and_queues_nothing(project):
 
 
 def test_usr1_checkpoints_requeues_and_the_resumed_job_finishes(project):
-    name = tiny(project, "preempt", epochs=12)
+    name = tiny(project, "preempt", epochs=30)  # still running when the signal comes
     (project / "configs" / f"{name}.yaml").write_text(
-        TINY.format(name=name, epochs=12).replace("rows: 600", "rows: 30000"))
+        TINY.format(name=name, epochs=30).replace("rows: 600", "rows: 30000"))
     data = submit(project, name)
     job = data["jobs"][0]
     run = Path(job["run_dir"])
+    native = hpj(project, "status", job["id"])[0]["native"]["train"]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() \
@@ -154,13 +155,13 @@ def test_usr1_checkpoints_requeues_and_the_resumed_job_finishes(project):
         if status.get("epoch", 0) >= 2:
             break
         time.sleep(0.3)
-    native = hpj(project, "status", job["id"])[0]["native"]["train"]
+    assert status.get("epoch", 0) >= 2, status  # the trainer is up, its handler installed
     subprocess.run(["scancel", "--signal=USR1", "--batch", native], check=True)
     view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=400)
     assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
     epochs = [line.split(",")[0] for line in
               (run / "train" / "training.csv").read_text().splitlines()[1:]]
-    assert epochs == [str(e) for e in range(1, 13)]
+    assert epochs == [str(e) for e in range(1, 31)]
     meta = json.loads((run / "metadata.json").read_text())
     assert len(meta["runs"]) == 2 and meta["runs"][0]["state"] == "PREEMPTED"
     assert meta["runs"][1]["resumed"] is True

@@ -148,7 +148,7 @@ def test_full_disk_fails_a_two_rank_run_with_the_cause_then_resume_finishes(tmp_
 
 
 def test_read_only_checkpoints_then_read_only_run_directory(tmp_path):
-    cfg = wide_config(tmp_path, "ro", epochs=5, width=1024)
+    cfg = wide_config(tmp_path, "ro", epochs=30, width=1024)  # still running when signalled
     run = tmp_path / "run"
     checkpoints = run / "train" / "checkpoints"
     proc = start_trainer(tmp_path, "--config", str(cfg), "--run-dir", str(run))
@@ -186,4 +186,4 @@ def test_read_only_checkpoints_then_read_only_run_directory(tmp_path):
     assert sha256(checkpoints / "last.pt") == digest
     report("read-only run directory", exit_after_start=ended_after, epochs_lost=0)
 
-    assert_resumes_to_the_end(tmp_path, cfg, run, epochs=5)
+    assert_resumes_to_the_end(tmp_path, cfg, run, epochs=30)

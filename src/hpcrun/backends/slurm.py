@@ -151,6 +151,8 @@ def parse_jobcomp(text: str) -> dict[str, NativeState]:
 
 #: how often ``sbatch --test-only`` is asked when the controller did not answer
 PREFLIGHT_ATTEMPTS = 4
+#: how long ``cancel`` waits for a cancelled job to leave COMPLETING, in seconds
+CANCEL_WAIT_S = 60
 #: what SLURM's clients print when the controller did not answer (not a refusal)
 _CONTROLLER_TROUBLE = ("socket timed out", "zero bytes were transmitted", "unable to contact",
                        "temporarily unavailable", "connection refused", "communication",
@@ -442,9 +444,12 @@ class SlurmBackend(ScriptBackend):
         blocked = "BLOCKED" in (current.detail.get("stages") or {}).values()
         if ids and (blocked or not is_terminal(current.state)):
             self.runner.run(["scancel", *ids], check=False, timeout=60)
-            for _ in range(50):
+            # squeue shows a cancelled job COMPLETING until its processes are gone (up to the
+            # cluster's KillWait, often 30 s): wait for the end rather than a number of polls
+            deadline = time.monotonic() + CANCEL_WAIT_S
+            while True:
                 current = self.status([record])[record.id]
-                if is_terminal(current.state):
+                if is_terminal(current.state) or time.monotonic() > deadline:
                     break
-                time.sleep(0.2)
+                time.sleep(0.3)
         return current
