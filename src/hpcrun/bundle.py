@@ -24,7 +24,7 @@ SECRET_PATTERNS = (
     ".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.p12", "*.pfx", "*.keystore",
     "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".netrc", ".pgpass", "*credentials*",
     "*secret*", ".git-credentials", ".npmrc", ".pypirc", ".aws/", ".ssh/", ".gnupg/",
-    ".azure/", ".kube/", ".config/gcloud/", ".docker/config.json",
+    ".azure/", ".kube/", "**/.config/gcloud/", "**/.docker/config.json",
 )
 MANIFEST_NAME = "BUNDLE.sha256"
 
@@ -67,10 +67,13 @@ def git_state(path: Path, runner: LocalRunner | None = None) -> GitState:
 
 def _matches(rel: str, pattern: str) -> bool:
     """gitignore-like: ``dir/`` matches a directory at any depth, a pattern without ``/``
-    matches a file name at any depth, anything else matches the whole relative path."""
+    matches a file name at any depth, ``**/rest`` matches ``rest`` in every directory, anything
+    else matches the whole relative path."""
     parts = rel.split("/")
     if pattern in ("**", "*"):
         return True
+    if pattern.startswith("**/"):
+        return any(_matches("/".join(parts[i:]), pattern[3:]) for i in range(len(parts)))
     if pattern.endswith("/"):
         name = pattern.rstrip("/")
         if "/" in name:

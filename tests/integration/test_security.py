@@ -83,7 +83,8 @@ SECRET_FILES = [
     "credentials.json", "gcp-credentials.json", "db_secret.yaml", ".git-credentials", ".npmrc",
     ".pypirc", ".aws/credentials", ".aws/config", ".ssh/config", ".gnupg/pubring.kbx",
     ".kube/config", ".azure/accessTokens.json", ".config/gcloud/credentials.db",
-    ".docker/config.json", "sub/dir/.env", "sub/.aws/credentials",
+    ".docker/config.json", "sub/dir/.env", "sub/.aws/credentials", "home/.docker/config.json",
+    "home/user/.config/gcloud/access_tokens.db",
 ]
 
 
