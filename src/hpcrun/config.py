@@ -299,9 +299,8 @@ class DistributedConfig(_Section):
 
 
 def _plain_path(value: str) -> str:
-    """A directory whose jobs hpcrun can still find: process command lines are read back with
-    a carriage return turned into a newline, so a path holding control characters would make
-    a running job look dead (and impossible to cancel)."""
+    """A directory hpcrun writes into job scripts, scheduler options, log lines and one-line
+    messages: control characters in it would only garble them."""
     if not value or _CONTROL_RE.search(value):
         raise ValueError("must be a path without control characters (newlines, carriage "
                          "returns, escapes)")

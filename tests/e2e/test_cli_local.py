@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -189,6 +190,27 @@ def _alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def test_a_job_under_a_directory_with_a_carriage_return_is_followed_and_cancelled(project):
+    root = project.parent / "odd\rdir" / "project"  # the environment of `project`, its path
+    (root / "configs").mkdir(parents=True)
+    (root / "configs" / "long.yaml").write_text(LONG)
+    _, data = hpj(root, "submit", "--backend", "local", "long", check=True)
+    job = data["jobs"][0]
+    assert "\r" in job["run_dir"]
+    assert wait_for_file(Path(job["run_dir"]) / "train" / "training.csv", 120)
+    assert hpj(root, "status", job["id"])[1][0]["state"] == "RUNNING"
+    root_proc = psutil.Process(int((Path(job["run_dir"]) / "job.pid").read_text()))
+    group = [root_proc, *root_proc.children(recursive=True)]
+    try:
+        proc, views = hpj(root, "cancel", job["id"])
+        assert proc.returncode == 0 and views[0]["state"] == "CANCELLED"
+        assert [p for p in group if _alive(p)] == []
+    finally:  # a job hpcrun lost track of must not outlive the test
+        for process in group:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
 
 
 def wait_for_file(path: Path, timeout: float) -> bool:
@@ -519,3 +541,4 @@ def test_a_cancelled_job_resumes_in_its_run_directory_with_no_epoch_twice(projec
     assert [int(line.split(",")[0]) for line in lines] == list(range(1, 41))
     again = hp(project, "submit", "--resume", job["id"])
     assert again.returncode == 2 and "already succeeded" in again.stderr
+

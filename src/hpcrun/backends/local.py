@@ -25,6 +25,12 @@ CANCEL_MARKER = rundir.JOB_CANCELLED
 CANCEL_GRACE_S = 15.0
 
 
+def _newlines_as_psutil_reads(text: str) -> str:
+    """``text`` as psutil returns it inside a command line on Linux: it reads /proc with
+    universal newlines, so a carriage return comes back as a newline."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _read_int(path: Path) -> int | None:
     try:
         return int(path.read_text().split()[0])
@@ -107,7 +113,9 @@ class LocalBackend(ScriptBackend):
             proc = psutil.Process(pid)
             if proc.status() == psutil.STATUS_ZOMBIE:
                 return None
-            if files["script"] not in " ".join(proc.cmdline()):
+            line = " ".join(proc.cmdline())
+            if not any(form in line for form in (files["script"],
+                                                 _newlines_as_psutil_reads(files["script"]))):
                 return None
             return proc
         except (psutil.NoSuchProcess, psutil.AccessDenied):
