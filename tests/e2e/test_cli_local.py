@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -542,3 +543,19 @@ def test_a_cancelled_job_resumes_in_its_run_directory_with_no_epoch_twice(projec
     again = hp(project, "submit", "--resume", job["id"])
     assert again.returncode == 2 and "already succeeded" in again.stderr
 
+
+def test_slurm_log_paths_keep_a_percent_literal_and_refuse_a_backslash(project):
+    runs = project / "runs 100%"
+    proc, data = hpj(project, "submit", "--backend", "slurm", "v3", "--dry-run",
+                     "--set", f"runs_dir={runs}")
+    assert proc.returncode == 0, proc.stderr
+    argv = shlex.split(data["plans"][0]["command"])
+    output = next(a for a in argv if a.startswith("--output="))
+    assert output.startswith(f"--output={project}/runs 100%%/")  # sbatch reads %% as %
+    assert output.endswith("/logs/slurm-pretrain-%j.out")
+
+    bad = hp(project, "submit", "--backend", "slurm", "v3", "--dry-run",
+              "--set", f"runs_dir={project}/back\\slash")
+    lines = [line for line in bad.stderr.splitlines() if line.strip()]
+    assert bad.returncode == 2 and "backslash" in lines[0], bad.stderr
+    assert "Traceback" not in bad.stderr

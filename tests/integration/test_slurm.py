@@ -83,6 +83,18 @@ def test_v3_runs_as_three_chained_jobs_in_order(project):
     assert fetched.returncode == 0 and "verified" in fetched.stdout
 
 
+def test_a_percent_in_the_run_directory_is_a_literal_for_slurm_logs(project):
+    name = tiny(project, "pct")
+    data = submit(project, name, "--set", f"runs_dir={project}/runs 100%j")
+    job = data["jobs"][0]
+    assert "/runs 100%j/" in job["run_dir"]
+    view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
+    assert view["state"] == "SUCCEEDED", view
+    native = view["native"]["train"]
+    assert (Path(job["run_dir"]) / "logs" / f"slurm-train-{native}.out").is_file()
+    assert "Final evaluation" in hp(project, "logs", job["id"]).stdout
+
+
 def test_a_sweep_is_one_array_job_with_overrides_per_task(project):
     name = tiny(project, "sweep")
     data = submit(project, name, "--sweep", "training.lr=0.001,0.01",

@@ -149,6 +149,15 @@ def parse_jobcomp(text: str) -> dict[str, NativeState]:
     return _parse_job_lines(text, "jobcomp")
 
 
+def _filename_pattern_text(path: str) -> str:
+    """``path`` as literal text inside sbatch's ``--output`` filename pattern: ``%`` doubled;
+    a backslash would turn off every replacement (``%j`` included), so it is refused."""
+    if "\\" in path:
+        raise BadInput(f"{path}: SLURM cannot write job logs under a path holding a backslash",
+                       hint="choose runs_dir (or the remote's workdir) without '\\'")
+    return path.replace("%", "%%")
+
+
 #: how often ``sbatch --test-only`` is asked when the controller did not answer
 PREFLIGHT_ATTEMPTS = 4
 #: how long ``cancel`` waits for a cancelled job to leave COMPLETING, in seconds
@@ -209,6 +218,7 @@ class SlurmBackend(ScriptBackend):
         owner = group.id if group is not None else first.id
         script_dir = self.place(group.run_dir) if group is not None else first.run_dir
         log_dir = posixpath.join(script_dir, rundir.LOGS)
+        log_pattern_dir = _filename_pattern_text(log_dir)
         shared = scheduler_context(specs)
         resources = first.resources
         plans: list[SubmitPlan] = []
@@ -216,7 +226,8 @@ class SlurmBackend(ScriptBackend):
         for stage in first.stages:
             script_path = posixpath.join(script_dir, f"job-{stage}.sbatch")
             pattern = "%A_%a" if array else "%j"
-            output = posixpath.join(log_dir, f"slurm-{stage}-{pattern}.out")
+            log_name = f"slurm-{stage}-{pattern}.out"
+            output = posixpath.join(log_pattern_dir, log_name)
             script = render_template("slurm.sbatch.j2", {
                 **shared, "name": f"{first.experiment}-{stage}", "grace": resources.signal_grace_s,
                 "array": array, "directives": list(resources.slurm.directives),
@@ -229,7 +240,8 @@ class SlurmBackend(ScriptBackend):
                 argv.append(f"--dependency={kind}:{{{previous}}}")
             argv.append(str(script_path))
             plans.append(SubmitPlan(job_id=owner, script=script, script_path=str(script_path),
-                                    argv=tuple(argv), files={"output": str(output)},
+                                    argv=tuple(argv),
+                                    files={"output": posixpath.join(log_dir, log_name)},
                                     stage=stage, kind="array" if array else "job",
                                     members=tuple(s.id for s in specs) if array else ()))
             previous = stage
