@@ -60,7 +60,8 @@ def epoch_of(cwd: Path, experiment: str) -> int:
     (``runs/<experiment>/`` is created a moment before the run's own directory)."""
     folder = cwd / "runs" / experiment
     runs = sorted(folder.iterdir()) if folder.is_dir() else []
-    return read_status(runs[0]).get("epoch", 0) if len(runs) == 1 else 0
+    assert len(runs) <= 1, runs
+    return read_status(runs[0]).get("epoch", 0) if runs else 0
 
 
 def read_status(run: Path) -> dict:

@@ -22,6 +22,7 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 import statistics
 import sys
 import threading
@@ -164,6 +165,10 @@ def _epoch(text: str | None) -> int | None:
     return int(value) if math.isfinite(value) else None
 
 
+def _epochs(table: rundir.Table, column: str = "Epoch") -> list[int | None]:
+    return [_epoch(text) for text in table.column(column)]
+
+
 def _finite(values: Iterable[float]) -> list[float]:
     return [v for v in values if math.isfinite(v)]
 
@@ -290,7 +295,7 @@ def _summarize_stage(name: str, data: _StageData, state: str | None,
     chosen = selection or _Selection()
     if chosen.column not in header:  # metric not logged (or no config): lowest Val Loss
         chosen = _Selection(stage_mode=chosen.stage_mode)
-    epochs = [_epoch(text) for text in rows.column("Epoch")]
+    epochs = _epochs(rows)
     best_epoch, best_value = _best(epochs, rows.floats(chosen.column), chosen)
 
     losses = rows.floats("Train Loss")
@@ -508,7 +513,7 @@ def _has_data(values: Iterable[float]) -> bool:
 
 def _plot_losses(summary: StageSummary, data: _StageData) -> bytes | None:
     rows = data.training
-    epochs = [_epoch(text) for text in rows.column("Epoch")]
+    epochs = _epochs(rows)
     train, val = rows.floats("Train Loss"), rows.floats(_VAL_LOSS)
     components = []
     if data.loss_components:
@@ -538,7 +543,7 @@ def _plot_losses(summary: StageSummary, data: _StageData) -> bytes | None:
 def _plot_metrics(summary: StageSummary, data: _StageData) -> bytes | None:
     rows = data.training
     columns = [c for c in rows.header if c.startswith("Val ") and c != _VAL_LOSS]
-    epochs = [_epoch(text) for text in rows.column("Epoch")]
+    epochs = _epochs(rows)
     curves = [(c, rows.floats(c)) for c in columns]
     curves = [(c, ys) for c, ys in curves if _has_data(ys)]
     if not curves:
@@ -567,7 +572,7 @@ def _plot_separation(summary: StageSummary, data: _StageData) -> bytes | None:
 
 def _plot_gradients(summary: StageSummary, data: _StageData) -> bytes | None:
     rows = data.gradients
-    epochs = [_epoch(text) for text in rows.column("epoch")]
+    epochs = _epochs(rows, "epoch")
     mean, low, high = (rows.floats(c) for c in ("norm_mean", "norm_min", "norm_max"))
     if not (_has_data(mean) or _has_data(high)):
         return None
@@ -651,10 +656,18 @@ def _fan_out(work: Callable[[Any], Any], items: Sequence[Any], least: int) -> li
         if stream is not None:
             stream.flush()
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_ignore_interrupts) as pool:
             return list(pool.map(work, items, chunksize=max(1, len(items) // (workers * 4))))
-    except BrokenProcessPool:  # a worker died (e.g. killed for memory): do it here instead
+    except (BrokenProcessPool, OSError, ImportError, NotImplementedError):
+        # a worker died (killed for memory), or none could start (a process limit, no
+        # /dev/shm for the pool's semaphores): do the work here instead
         return [work(item) for item in items]
+
+
+def _ignore_interrupts() -> None:
+    """In a worker: Ctrl-C is the parent's to handle (one line), not every worker's."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 #: ceiling on the worker processes of one report or comparison, and how many plots or runs
@@ -767,7 +780,8 @@ def render_html(summary: RunSummary,
 def write_report(run_dir: Path, out_dir: Path | None = None) -> ReportFiles:
     """Write ``<stage>_<kind>.png`` per training stage and ``report.html`` into ``out_dir``
     (default ``run_dir/report``). Plots without data are skipped. Returns the files written."""
-    import matplotlib.figure  # noqa: F401 - imported once, before any worker is forked
+    import matplotlib.backends.backend_agg  # noqa: F401 - imported once, before any fork
+    import matplotlib.figure  # noqa: F401
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR
@@ -865,7 +879,7 @@ def _compare_entry(run_dir: Path) -> tuple[RunSummary, dict[str, Any], _Curve | 
     curve = None
     if trained:
         rows = data[trained[-1].name].training  # already read for the summary
-        curve = [_epoch(text) for text in rows.column("Epoch")], rows.floats(_VAL_LOSS)
+        curve = _epochs(rows), rows.floats(_VAL_LOSS)
     flat = _flatten(config[1]) if config and isinstance(config[1], dict) else {}
     return summary, flat, curve
 

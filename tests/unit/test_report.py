@@ -390,6 +390,17 @@ def test_fan_out_does_the_work_itself_when_a_worker_dies(forked):
     assert report._fan_out(_die_in_a_worker, list(range(8)), least=4) == list(range(8))
 
 
+def test_fan_out_does_the_work_itself_when_no_worker_can_start(forked, monkeypatch):
+    import concurrent.futures
+
+    def refused(*args, **kwargs):
+        raise OSError(11, "Resource temporarily unavailable")  # fork under a process limit
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", refused)
+    assert report._fan_out(_pid_square, [1, 2, 3, 4], least=2) == [
+        (os.getpid(), x * x) for x in (1, 2, 3, 4)]
+
+
 def test_compare_in_worker_processes_ranks_exactly_as_in_one(tmp_path, monkeypatch):
     runs = _sweep(tmp_path, 5)
     monkeypatch.setattr(report, "_FORK_RUNS", 10**9)
