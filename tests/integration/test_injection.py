@@ -27,8 +27,8 @@ from test_pod import pod_env  # noqa: F401 - the sandbox pod (sshd on loopback)
 #: interpolation would refuse that one before rendering)
 HOSTILE = ("p $(touch PWNED) `touch PWNED` ; touch PWNED '; touch PWNED; ' \"; touch PWNED; \""
            " \ntouch PWNED\n || touch PWNED # && touch PWNED a\rtouch PWNED")
-#: SLURM reads a backslash in --output as an escape and then cannot open the log: the job
-#: fails to launch (safely, but nothing runs), so SLURM gets the paths without it
+#: SLURM reads a backslash in --output as an escape and then cannot open the log: hpcrun
+#: refuses such a run directory for SLURM, so SLURM gets the paths without it
 BACKSLASH = " \\"
 #: sweep values (no ','): a plain scalar, a YAML-quoted one and one YAML cannot parse
 SWEEP = "data.label_column=$(touch PWNED)`touch PWNED`,'; touch PWNED; ',\"; touch PWNED #"
@@ -171,6 +171,7 @@ def test_slurm_parses_and_runs_hostile_scripts_executing_nothing(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("hostile", [HOSTILE], indirect=True)  # no '\\': sbatch's own refusal
 @pytest.mark.parametrize("directive", ["--output=/tmp/o-$(touch PWNED).out",
                                        "--wrap=touch PWNED", "--comment=`touch PWNED`"])
 def test_directives_sbatch_cannot_parse_are_refused_before_anything_runs(
