@@ -18,6 +18,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union
 
@@ -56,6 +57,9 @@ _CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9_&|\[\]*:,.()!-]+$")
 MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_NODES = 50_000
 MAX_CONFIG_DEPTH = 40
+#: how many configs one ``extends:`` chain may hold (each file is capped on its own, and the
+#: merged whole is held to the same caps)
+MAX_EXTENDS_CHAIN = 16
 
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -506,6 +510,15 @@ class RemoteConfig(_Section):
             raise ValueError(f"workdir {value!r} is not a usable directory")
         return _plain_path(value)
 
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: list[str]) -> list[str]:
+        for name in value:  # ssh's SendEnv takes patterns: '*' would forward everything
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+                raise ValueError(f"env {name!r} must be one environment variable's name "
+                                 "(letters, digits, '_'; no patterns)")
+        return value
+
     @field_validator("ssh_options")
     @classmethod
     def _options(cls, value: list[str]) -> list[str]:
@@ -558,20 +571,30 @@ class _Origins:
     """Which file (or ``--set``) supplied each dotted key, for error messages."""
 
     def __init__(self) -> None:
-        self._by_key: dict[str, str] = {}
+        self._by_key: dict[str, str] = {}  # in the order the sources were applied
 
     def record(self, data: Any, source: str, prefix: str = "") -> None:
         if isinstance(data, dict):
             for key, value in data.items():
                 dotted = f"{prefix}.{key}" if prefix else str(key)
-                self._by_key[dotted] = source
+                self.set(dotted, source)
                 self.record(value, source, dotted)
 
     def set(self, dotted: str, source: str) -> None:
+        self._by_key.pop(dotted, None)
         self._by_key[dotted] = source
 
     def find(self, dotted: str, fallback: str) -> str:
-        parts = dotted.split(".")
+        """The source that last supplied ``dotted`` or a key inside it (an error about a
+        section is the fault of whoever changed it last), else of its nearest parent."""
+        inside = dotted + "."
+        latest = None
+        for key, source in self._by_key.items():
+            if key == dotted or key.startswith(inside):
+                latest = source
+        if latest:
+            return latest
+        parts = dotted.split(".")[:-1]
         while parts:
             hit = self._by_key.get(".".join(parts))
             if hit:
@@ -690,7 +713,7 @@ def _check_events(text: str, source: str) -> None:
             raise ConfigError(f"{source}: more than {MAX_CONFIG_NODES} values (after expanding "
                               "aliases); refusing to load it")
 
-    for event in yaml.parse(text, Loader=_SAFE_LOADER):
+    for event in _events(text, source):
         if isinstance(event, start_events):
             if len(stack) > MAX_CONFIG_DEPTH:
                 raise ConfigError(f"{source}: nested deeper than {MAX_CONFIG_DEPTH} levels")
@@ -711,9 +734,22 @@ def _check_events(text: str, source: str) -> None:
             add(sizes.get(event.anchor, 1))
 
 
-def _check_shape(data: Any, source: str) -> None:
-    """Refuse documents whose aliases or nesting would expand beyond reason."""
-    budget = [MAX_CONFIG_NODES]
+def _events(text: str, source: str) -> Iterator[yaml.Event]:
+    """The parser's events. libyaml (PyYAML 6.0.4 on) has a nesting cap of its own, 1000
+    levels, which its scanner hits before the first event is handed out: that is the same
+    refusal as ours, not malformed text."""
+    try:
+        yield from yaml.parse(text, Loader=_SAFE_LOADER)
+    except yaml.scanner.ScannerError as exc:
+        if "maximum nesting depth" in str(exc.problem):
+            raise ConfigError(f"{source}: nested deeper than {MAX_CONFIG_DEPTH} levels") from None
+        raise
+
+
+def _check_shape(data: Any, source: str, budget_left: int = MAX_CONFIG_NODES) -> int:
+    """Refuse documents whose aliases or nesting would expand beyond reason (more values than
+    ``budget_left``). Returns how many values ``data`` holds."""
+    budget = [budget_left]
 
     def walk(node: Any, depth: int) -> None:
         budget[0] -= 1
@@ -730,15 +766,23 @@ def _check_shape(data: Any, source: str) -> None:
                 walk(value, depth + 1)
 
     walk(data, 0)
+    return budget_left - budget[0]
 
 
 def _load_with_extends(path: Path, origins: _Origins, project_dir: Path | None,
-                       chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+                       chain: tuple[Path, ...] = (), values: int = 0) -> dict[str, Any]:
+    """``path`` merged over what it extends; ``values`` counts those of the configs read so
+    far, which the whole chain may hold no more than one config may."""
     resolved = path.resolve()
     if resolved in chain:
         cycle = " -> ".join(str(p) for p in (*chain, resolved))
         raise ConfigError(f"{path}: extends cycle: {cycle}")
+    if len(chain) >= MAX_EXTENDS_CHAIN:
+        raise ConfigError(f"{path}: an extends chain of more than {MAX_EXTENDS_CHAIN} configs "
+                          f"(from {chain[0]})")
     data = _read_yaml(path)
+    values += _check_shape(data, f"{path} with the configs extending it",
+                           MAX_CONFIG_NODES - values)
     parent_name = data.pop("extends", None)
     if parent_name is None:
         origins.record(data, str(path))
@@ -749,8 +793,12 @@ def _load_with_extends(path: Path, origins: _Origins, project_dir: Path | None,
     parent_path = resolve_config_path(parent_name, project_dir, relative_to=path.parent)
     if parent_path.resolve() == resolved:
         # ``extends: v3`` inside a project's own configs/v3.yaml means hpcrun's v3
-        parent_path = resolve_config_path(parent_name, project_dir=Path("/nonexistent"))
-    parent = _load_with_extends(parent_path, origins, project_dir, (*chain, resolved))
+        try:
+            parent_path = resolve_config_path(parent_name, project_dir=Path("/nonexistent"))
+        except ConfigError:
+            raise ConfigError(f"{path}: extends: {parent_name!r} is this file itself, and "
+                              "hpcrun ships no config of that name") from None
+    parent = _load_with_extends(parent_path, origins, project_dir, (*chain, resolved), values)
     origins.record(data, str(path))
     return deep_merge(parent, data)
 

@@ -479,6 +479,8 @@ def test_names_that_reach_directives_or_comments_are_validated(project: Path,
     answer = invoke(*argv)
     assert_clean(answer, argv)
     assert answer.code == 2, setting
+    section = setting.partition("=")[0].rsplit(".", 1)[0]
+    assert answer.err.startswith(f"hpcrun: error: --set: {section}"), answer.err  # names it
 
 
 @pytest.mark.parametrize(("variable", "value"), [
@@ -495,3 +497,34 @@ def test_remote_fields_that_reach_ssh_argv_are_validated(project: Path,
     answer = invoke(*argv)
     assert_clean(answer, argv)
     assert answer.code == 2 and "remotes.runpod" in answer.err, answer.err
+
+
+@pytest.mark.parametrize("names", ['["*"]', '["WANDB_*"]', '["A B"]', '["X,Y"]', '["-oX"]'])
+def test_forwarded_environment_names_are_single_names_not_patterns(project: Path,
+                                                                  names: str) -> None:
+    """ssh's SendEnv takes patterns: '*' would send the whole environment to the remote."""
+    (project / "configs" / "remotes.yaml").write_text(
+        f"remotes:\n  box:\n    host: 127.0.0.1\n    env: {names}\n")
+    argv = ("submit", "v3", "--dry-run", "--backend", "pod", "--remote", "box")
+    answer = invoke(*argv)
+    assert_clean(answer, argv)
+    assert answer.code == 2 and "remotes.box.env" in answer.err and "no patterns" in answer.err, \
+        answer.err
+
+
+def test_an_extends_chain_is_held_to_the_caps_of_one_config(project: Path) -> None:
+    configs = project / "configs"
+    big = "\n".join(f"  k{i}: {i}" for i in range(20_000))
+    for i in range(3):  # each under the cap, together over it
+        parent = f"extends: big{i - 1}\n" if i else "extends: v3\n"
+        (configs / f"big{i}.yaml").write_text(f"{parent}model:\n options:\n{big}\n")
+    for i in range(20):
+        parent = f"extends: deep{i - 1}\n" if i else "extends: v3\n"
+        (configs / f"deep{i}.yaml").write_text(parent)
+    (configs / "self.yaml").write_text("extends: self\n")
+    for name, expected in (("big2", "more than 50000 values"),
+                           ("deep19", "an extends chain of more than 16 configs"),
+                           ("self", "is this file itself")):
+        answer = invoke("config", "show", name)
+        assert_clean(answer, ("config", "show", name))
+        assert answer.code == 2 and expected in answer.err, answer.err
