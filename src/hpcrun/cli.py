@@ -327,9 +327,26 @@ def status(
             out.print(f"  point {child.record.id}  {_state(child.status.state)}  "
                       f"{child.record.info.get('sweep_point')}")
         out.print(f"  run dir: {record.run_dir}")
+        if view.triage is not None:
+            _print_triage(view.triage)
     bad = [v for v in views if v.status.state in ("FAILED", "CANCELLED")]
     if bad:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _print_triage(triage: Any) -> None:
+    """A failed job's triage, as plain lines (log lines are the job's text: never markup)."""
+    lines = [f"  cause: {triage.cause}"]
+    if triage.signal:
+        lines.append(f"  signal: {triage.signal}")
+    if triage.failure:  # its exception is already in the cause
+        lines.append("  failure.json: " + ", ".join(
+            f"{k} {v}" for k, v in triage.failure.items() if k != "exception"))
+    if triage.log_tail:
+        lines.append("  last log lines:")
+        lines.extend(f"    {line}" for line in triage.log_tail)
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
 
 
 @app.command("list")
@@ -550,6 +567,20 @@ def _finish(out: Output, monitor: Any, snap: Any) -> None:
     sys.stdout.write("\n".join(format_summary(summary)) + "\n")
     sys.stdout.write("\n".join(_flag_lines(snap.flags)) + "\n")
     sys.stdout.flush()
+    triage = _triage_of(snap)
+    if triage is not None:
+        _print_triage(triage)
+
+
+def _triage_of(snap: Any) -> Any:
+    from . import ops
+
+    if snap.state != "FAILED" or snap.connection:
+        return None
+    try:
+        return ops.triage(snap.view)
+    except Exception:  # noqa: BLE001 - the summary is shown; a log that can't be read is no error
+        return None
 
 
 def _watch(out: Output, job: str | None, once: bool, interval: float | None,
@@ -584,6 +615,9 @@ def _watch(out: Output, job: str | None, once: bool, interval: float | None,
             data = snap.to_dict()
             if done(snap) and not once:
                 data["summary"] = run_op(monitor.summary).to_dict()
+                triage = _triage_of(snap)
+                if triage is not None:
+                    data["triage"] = triage.to_dict()
             out.emit(data)
             if done(snap):
                 break
@@ -613,10 +647,9 @@ def _watch(out: Output, job: str | None, once: bool, interval: float | None,
                 snap = refresh()
                 live.update(_render_snapshot(snap))
         _finish(out, monitor, snap)
-    state = snap.state
-    if once:
-        return EXIT_FAILED if state in ("FAILED", "CANCELLED") else 0
-    return 0 if state == "SUCCEEDED" else EXIT_FAILED
+    if once and not is_terminal(snap.state):
+        return 0  # still on its way
+    return 0 if snap.state == "SUCCEEDED" else EXIT_FAILED
 
 
 def _watch_group(out: Output, group: str, interval: float = 2.0) -> int:
@@ -641,7 +674,9 @@ def _watch_group(out: Output, group: str, interval: float = 2.0) -> int:
 def monitor(
     ctx: typer.Context,
     job: str = typer.Argument("latest", help="Job id, prefix, handle or 'latest'."),
-    once: bool = typer.Option(False, "--once", help="Print one snapshot and exit."),
+    once: bool = typer.Option(False, "--once", help="Print one snapshot and exit: 0 while "
+                              "the job is on its way or once it succeeded, 1 once it ended "
+                              "otherwise."),
     interval: float | None = typer.Option(
         None, "--interval", min=0.1, help="Seconds between refreshes (default: the run's "
         "monitor.refresh_s)."),
@@ -654,7 +689,8 @@ def monitor(
 ) -> None:
     """Watch a job live until it ends: state and scheduler reason, epoch progress with ETA,
     latest and best metrics, curves, memory per rank and red flags; then the run summary.
-    The exit code reflects the job's outcome (0 only when it succeeded)."""
+    The exit code reflects the job's outcome: 0 only when it succeeded, 1 when it failed,
+    was cancelled or was preempted (and not requeued)."""
     raise typer.Exit(_watch(_out(ctx), job, once, interval, notify))
 
 

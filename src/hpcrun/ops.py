@@ -274,7 +274,7 @@ def resume(ref: str, project_dir: Path, store: JobStore | None = None) -> JobVie
     state = view.status.state
     if state == "SUCCEEDED":
         raise BadInput(f"job {record.id} has already succeeded: nothing to resume")
-    if not is_terminal(state) and state != "PREEMPTED":
+    if not is_terminal(state):
         raise BadInput(f"job {record.id} is {state}; only a job that has ended can be resumed",
                        hint=f"wait for it, or stop it first: hpcrun cancel {record.id}")
     if not record.info.get("plans"):
@@ -306,8 +306,7 @@ def resubmit_failed(ref: str, project_dir: Path, store: JobStore | None = None) 
         raise BadInput(f"job {record.id} is not a sweep; --resubmit-failed takes a sweep (array) "
                        "job", hint="for a single job, submit it again")
     view = views([record], store)[0]
-    if not all(is_terminal(c.status.state) or c.status.state == "PREEMPTED"
-               for c in view.children):
+    if not all(is_terminal(c.status.state) for c in view.children):
         raise BadInput(f"sweep {record.id} is still running; resubmit once it has finished")
     failed = [(index, child.record) for index, child in enumerate(view.children)
               if child.status.state in ("FAILED", "CANCELLED", "PREEMPTED")]
@@ -350,10 +349,27 @@ def sync(remote: str, *, name: str | None = None, dry_run: bool = False, delete:
 
 
 @dataclass
+class Triage:
+    """Why a job failed, from what it left behind: the cause (failure.json and the known
+    signature its log shows), the signal that killed a process, and the log's last lines."""
+
+    cause: str
+    signal: str | None = None
+    failure: dict[str, Any] | None = None
+    log_tail: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cause": self.cause, "signal": self.signal, "failure": self.failure,
+                "log_tail": self.log_tail}
+
+
+@dataclass
 class JobView:
     record: JobRecord
     status: JobStatus
     children: list[JobView] = field(default_factory=list)
+    #: set by ``status`` for a failed job
+    triage: Triage | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = self.record.to_dict()
@@ -361,7 +377,73 @@ class JobView:
                    exit_code=self.status.exit_code, **self.status.detail)
         if self.children:
             out["points"] = [c.to_dict() for c in self.children]
+        if self.triage is not None:
+            out["triage"] = self.triage.to_dict()
         return out
+
+
+#: how a dead process shows in a log: torchrun's "Signal 9 (SIGKILL) received by PID",
+#: its "exitcode  : -9", a shell's "Killed"; an exit code over 128 is 128 + the signal
+_SIGNAL_RES = (re.compile(r"Signal (\d+) \((SIG[A-Z0-9]+)\)"),
+               re.compile(r"exitcode\s*:\s*-(\d+)"))
+TRIAGE_LOG_LINES = 12
+
+
+def _signal_name(number: int) -> str | None:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return None
+
+
+def _signal_of(log: str, exit_code: int | None) -> str | None:
+    found: tuple[int, str | None] | None = None
+    for pattern in _SIGNAL_RES:
+        for match in pattern.finditer(log):
+            if found is None or match.start() > found[0]:
+                number = int(match.group(1))
+                name = match.group(2) if match.lastindex == 2 else _signal_name(number)
+                found = (match.start(), name or f"signal {number}")
+    if found is not None:
+        return found[1]
+    if exit_code is not None and 128 < exit_code < 128 + 65:
+        return _signal_name(exit_code - 128)
+    return None
+
+
+def _trainer_lines(lines: list[str]) -> list[str]:
+    """A failed torchrun ends its output with the launcher's own traceback and a summary box
+    (whose rank, exit code and signal the triage reads); what the trainer said is before."""
+    ends = [i for i, line in enumerate(lines) if "ChildFailedError" in line]
+    if not ends:
+        return lines
+    starts = [i for i in range(ends[-1]) if lines[i].startswith("Traceback (most recent")]
+    return lines[:starts[-1] if starts else ends[-1]]
+
+
+def triage(view: JobView, backend: Any | None = None) -> Triage | None:
+    """The failure triage of a failed job (None for any other state, and for a sweep, whose
+    points each have their own)."""
+    from .diagnose import diagnose
+
+    record = view.record
+    if view.status.state != "FAILED" or record.info.get("kind") == "sweep":
+        return None
+    backend = backend or backend_for(record)
+    lines = (backend.read_log(record) or "").splitlines()
+    tail = "\n".join(lines[-200:])
+    flags = diagnose(Path(record.run_dir), job_state="FAILED", log_text=tail)
+    causes = [f.message for f in flags if f.code == "failed"]
+    failure = backend.files.read_json(posixpath.join(backend.files.run_dir(record),
+                                                     rundir.FAILURE))
+    kept = {k: failure[k] for k in ("rank", "host", "stage", "epoch", "exception")
+            if k in failure} if isinstance(failure, dict) else None
+    return Triage(cause=causes[0] if causes else (view.status.reason or "the job failed"),
+                  signal=_signal_of(tail, view.status.exit_code), failure=kept or None,
+                  log_tail=[line for line in _trainer_lines(lines)
+                            if line.strip()][-TRIAGE_LOG_LINES:])
 
 
 def _group_status(children: list[JobView]) -> JobStatus:
@@ -370,8 +452,9 @@ def _group_status(children: list[JobView]) -> JobStatus:
     summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items())
     if all(is_terminal(s) for s in states):
         state = ("SUCCEEDED" if all(s == "SUCCEEDED" for s in states)
-                 else "CANCELLED" if "CANCELLED" in states and "FAILED" not in states
-                 else "FAILED")
+                 else "FAILED" if "FAILED" in states
+                 else "PREEMPTED" if "PREEMPTED" in states
+                 else "CANCELLED")
     elif "RUNNING" in states:
         state = "RUNNING"
     else:
@@ -418,9 +501,13 @@ def views(records: Sequence[JobRecord], store: JobStore,
 
 
 def status(refs: Sequence[str], project_dir: Path, store: JobStore | None = None) -> list[JobView]:
+    """Fresh states of jobs, each failed one with its triage."""
     store = store or JobStore()
     records = [store.resolve(ref, str(project_dir.resolve())) for ref in (refs or ["latest"])]
-    return views(records, store)
+    out = views(records, store)
+    for view in out:
+        view.triage = triage(view)
+    return out
 
 
 def list_jobs(project_dir: Path, all_projects: bool = False, limit: int = 50,
@@ -542,7 +629,7 @@ def fetch(ref: str | None, project_dir: Path, partial: bool = False,
     view = views([record], store)[0]
     run = Path(record.run_dir)
     backend = backend_for(record)
-    finished = is_terminal(view.status.state) or view.status.state == "PREEMPTED"
+    finished = is_terminal(view.status.state)
     backend.pull(record, partial=partial or not finished)  # a remote run: rsync it back
     verified = False
     if finished and not partial:

@@ -76,7 +76,9 @@ PREDICTION_COLUMNS = ["split", "index", "label", "probability"]
 
 #: job states, shared by status.json and every backend's state table
 STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED", "UNKNOWN")
-TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+#: states a job does not leave by itself: PREEMPTED means it stopped with its checkpoint saved
+#: and nothing requeued it (a requeued SLURM job is PENDING again); `submit --resume` restarts it
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED"})
 
 
 def training_columns(metrics: Sequence[str]) -> list[str]:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -542,6 +543,47 @@ def test_a_cancelled_job_resumes_in_its_run_directory_with_no_epoch_twice(projec
     assert [int(line.split(",")[0]) for line in lines] == list(range(1, 41))
     again = hp(project, "submit", "--resume", job["id"])
     assert again.returncode == 2 and "already succeeded" in again.stderr
+
+
+def test_a_preempted_local_job_ends_the_monitor_with_exit_1_and_resumes(project):
+    """Nothing requeues a local job that was preempted: it has ended, and every watcher says
+    so instead of waiting for it forever."""
+    (project / "configs" / "preempted.yaml").write_text(
+        MONITORED.replace("experiment: watched", "experiment: preempted").replace(
+            "epochs: 12", "epochs: 40"))
+    _, data = hpj(project, "submit", "--backend", "local", "preempted", check=True)
+    job = data["jobs"][0]
+    run_dir = Path(job["run_dir"])
+    assert wait_for_file(run_dir / "job.pid", 60)
+    deadline = time.monotonic() + 240
+    workers: list[psutil.Process] = []
+    while time.monotonic() < deadline and not workers:
+        status = json.loads((run_dir / "status.json").read_text()) if (
+            run_dir / "status.json").exists() else {}
+        if status.get("epoch", 0) >= 2:
+            workers = [p for p in psutil.process_iter(["cmdline"])
+                       if str(run_dir) in " ".join(p.info["cmdline"] or [])
+                       and "hpcrun.train" in " ".join(p.info["cmdline"] or [])]
+        time.sleep(0.2)
+    assert workers, "the trainer never reached epoch 2"
+    workers[0].send_signal(signal.SIGUSR1)  # what a scheduler's warning signal does
+
+    watched = hp(project, "monitor", job["id"], "--interval", "0.5", timeout=120)
+    assert watched.returncode == 1, watched.stdout[-2000:] + watched.stderr[-2000:]
+    assert "PREEMPTED" in watched.stdout
+    once = hp(project, "monitor", job["id"], "--once")
+    assert once.returncode == 1 and "PREEMPTED" in once.stdout
+    follow = hp(project, "logs", job["id"], "--follow", timeout=60)
+    assert follow.returncode == 0
+    saved = int((run_dir / "train" / "training.csv").read_text().splitlines()[-1].split(",")[0])
+
+    proc, _ = hpj(project, "submit", "--resume", job["id"])
+    assert proc.returncode == 0, proc.stderr
+    assert wait_state(project, job["id"], {"SUCCEEDED", "FAILED"})["state"] == "SUCCEEDED"
+    lines = (run_dir / "train" / "training.csv").read_text().splitlines()[1:]
+    assert [int(line.split(",")[0]) for line in lines] == list(range(1, 41))
+    log = (run_dir / "logs" / "train.rank0.log").read_text()
+    assert f"resuming after epoch {saved}" in log, log[-2000:]
 
 
 def test_slurm_log_paths_keep_a_percent_literal_and_refuse_a_backslash(project):
