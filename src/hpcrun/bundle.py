@@ -19,12 +19,16 @@ from .config import BundleConfig
 from .rundir import sha256_file
 from .shell import CommandFailed, LocalRunner
 
-#: never shipped unless a pattern in ``bundle.allow`` or ``--allow`` lets them through
+#: never shipped unless a pattern in ``bundle.allow`` or ``--allow`` lets them through; matched
+#: ignoring case (``ID_RSA`` and ``SERVER.PEM`` are the same keys)
 SECRET_PATTERNS = (
-    ".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.p12", "*.pfx", "*.keystore",
-    "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".netrc", ".pgpass", "*credentials*",
-    "*secret*", ".git-credentials", ".npmrc", ".pypirc", ".aws/", ".ssh/", ".gnupg/",
-    ".azure/", ".kube/", "**/.config/gcloud/", "**/.docker/config.json",
+    ".env*", "*.env", "*.pem", "*.key", "*.p12", "*.pfx", "*.keystore", "*.jks", "*.ppk",
+    "*.kdbx", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".netrc", "_netrc", ".pgpass",
+    "*credentials*", "*secret*", "*token", "*token.json", "*.token", ".git-credentials",
+    ".npmrc", ".pypirc", ".htpasswd", "kubeconfig*", "*service-account*.json",
+    "*serviceaccount*.json", "*.tfstate", "*.tfstate.*", "*.tfvars", "rclone.conf",
+    ".aws/", ".ssh/", ".gnupg/", ".azure/", ".kube/", "**/.config/gcloud/",
+    "**/.docker/config.json", "**/.cache/huggingface/token",
 )
 MANIFEST_NAME = "BUNDLE.sha256"
 
@@ -88,6 +92,11 @@ def _any(rel: str, patterns: Iterable[str]) -> bool:
     return any(_matches(rel, p) for p in patterns)
 
 
+def is_secret(rel: str) -> bool:
+    """Whether the secret filter holds ``rel`` (a project-relative path) back."""
+    return _any(rel.lower(), SECRET_PATTERNS)
+
+
 def candidate_files(project_dir: Path, runner: LocalRunner | None = None) -> list[str]:
     """Every file of the project that git does not ignore (all files outside git)."""
     runner = runner or LocalRunner()
@@ -121,7 +130,7 @@ def select(project_dir: Path, cfg: BundleConfig, allow: Iterable[str] = (),
     for rel in candidate_files(project_dir, runner):
         if not _any(rel, cfg.include) or _any(rel, cfg.exclude):
             continue
-        if _any(rel, SECRET_PATTERNS) and not _any(rel, allowed):
+        if is_secret(rel) and not _any(rel, allowed):
             held.append(rel)
             continue
         files.append(rel)

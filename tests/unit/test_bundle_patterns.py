@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpcrun.bundle import SECRET_PATTERNS, _any, _matches
+from hpcrun.bundle import _matches, is_secret
 
 
 @pytest.mark.parametrize("rel, pattern, expected", [
@@ -25,12 +25,20 @@ def test_patterns_match_like_gitignore_lines(rel, pattern, expected):
 
 @pytest.mark.parametrize("rel", [
     ".docker/config.json", "home/.docker/config.json", "u/.config/gcloud/access_tokens.db",
-    "deep/down/.aws/config", "x/.env", "certs/tls.key"])
+    "deep/down/.aws/config", "x/.env", "certs/tls.key",
+    # whatever the case, and the other common homes of keys and tokens
+    "ID_RSA", "SERVER.PEM", "tls/KEY.KEY", ".ENV", ".env~", ".env.local", "store.jks",
+    "kubeconfig", "deploy/kubeconfig.yaml", "gcp/service-account.json", ".vault-token",
+    ".hf_token", "home/.cache/huggingface/token", ".htpasswd", "infra/terraform.tfstate",
+    "infra/terraform.tfstate.backup", "prod.tfvars", "rclone.conf", "putty.ppk",
+    "oauth_token.json"])
 def test_secret_files_are_found_at_any_depth(rel):
-    assert _any(rel, SECRET_PATTERNS)
+    assert is_secret(rel)
 
 
 @pytest.mark.parametrize("rel", ["configs/docker/config.json", "src/config.json",
-                                 "gcloud/notes.md", "envs/train.yaml"])
+                                 "gcloud/notes.md", "envs/train.yaml", "src/tokenizer.py",
+                                 "data/tokens.csv", "environment.yml", "keys.md",
+                                 "src/hpcrun/key_value.py"])
 def test_ordinary_files_are_not_taken_for_secrets(rel):
-    assert not _any(rel, SECRET_PATTERNS)
+    assert not is_secret(rel)
