@@ -11,8 +11,11 @@ and speaks JSON on stdin/stdout. No torch, no pandas.
                                         ``known`` (rundir.read_since): one round trip per
                                         refresh of a live view
     snapshot  {"code": dir, "target": dir, "files": {name: text}}
-              -> {"created": bool}      write the bundle manifest into the synced tree, then
-                                        freeze it as a content-addressed copy
+              -> {"created": bool, "verified": int, "mismatched": [path]}
+                                        write the bundle manifest into the synced tree, check
+                                        every file against it, then freeze it as a
+                                        content-addressed copy (nothing is frozen on a
+                                        mismatch)
 """
 
 from __future__ import annotations
@@ -78,12 +81,33 @@ def snapshot(request: dict[str, Any]) -> dict[str, Any]:
     for path, text in request.get("files", {}).items():
         rundir.write_atomic(Path(request["code"]) / path, text.encode())
     if (target / "BUNDLE.sha256").exists():
-        return {"created": False}
+        return {"created": False, "verified": 0, "mismatched": []}  # checked when frozen
     staging = target.with_name(f".{target.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(request["code"], staging, copy_function=os.link)
+    checked, mismatched = _verify(staging, request.get("files", {}).get("BUNDLE.sha256", ""))
+    if mismatched:  # an interrupted or concurrent sync: the next one completes it
+        shutil.rmtree(staging, ignore_errors=True)
+        return {"created": False, "verified": 0, "mismatched": mismatched}
     os.replace(staging, target)
-    return {"created": True}
+    return {"created": True, "verified": checked, "mismatched": []}
+
+
+def _verify(root: Path, manifest: str) -> tuple[int, list[str]]:
+    """(files checked, those missing under ``root`` or differing from the manifest's
+    digest). The frozen copy is hard links: what is checked is what jobs run."""
+    checked, bad = 0, []
+    for line in manifest.splitlines():
+        digest, _, rel = line.partition("  ")
+        if not rel:
+            continue
+        checked += 1
+        try:
+            if rundir.sha256_file(root / rel) != digest:
+                bad.append(rel)
+        except OSError:
+            bad.append(rel)
+    return checked, bad
 
 
 def tail(request: dict[str, Any]) -> dict[str, Any]:

@@ -262,6 +262,10 @@ def sync(
               f"{result.files_transferred} file(s) changed -> {result.remote_code}")
     for line in result.changed:
         out.print(f"  {line}")
+    if not dry_run:
+        out.print(f"verified {result.verified} files against BUNDLE.sha256, frozen as "
+                  f"{result.remote_bundle}" if result.verified else
+                  f"unchanged bundle, frozen (and verified) before as {result.remote_bundle}")
     if bundle.held_back:
         out.print(f"held back (secret filter): {', '.join(bundle.held_back)}")
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .bundle import MANIFEST_NAME, Bundle, manifest_text
+from .errors import OperationFailed
 from .shell import SshRunner
 
 
@@ -26,6 +27,8 @@ class SyncResult:
     bytes_sent: int = 0
     files_transferred: int = 0
     changed: list[str] = field(default_factory=list)
+    #: files checked against the manifest on the remote (0: the bundle was frozen before)
+    verified: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return {"hash": self.bundle.hash, "files": len(self.bundle.files),
@@ -33,7 +36,7 @@ class SyncResult:
                 "git": self.bundle.git.as_dict(), "remote_code": self.remote_code,
                 "remote_bundle": self.remote_bundle, "dry_run": self.dry_run,
                 "bytes_sent": self.bytes_sent, "files_transferred": self.files_transferred,
-                "changed": self.changed}
+                "changed": self.changed, "verified": self.verified}
 
 
 def remote_paths(workdir: str, bundle_hash: str) -> tuple[str, str]:
@@ -75,13 +78,22 @@ def push(bundle: Bundle, ssh: SshRunner, workdir: str, *, dry_run: bool = False,
     result = ssh.rsync(argv, input="\0".join(bundle.files) + "\0",
                        on_line=progress or (lambda line: None))
     sent, transferred, changed = parse_stats(result.stdout)
+    verified = 0
     if not dry_run:
         meta = {"hash": bundle.hash, "git": bundle.git.as_dict(), "files": len(bundle.files)}
         request = {"code": code, "target": frozen,
                    "files": {MANIFEST_NAME: manifest_text(bundle),
                              "bundle.json": json.dumps(meta, indent=2) + "\n"}}
-        agent(ssh, "snapshot", request)
-    return SyncResult(bundle, code, frozen, dry_run, sent, transferred, changed)
+        answer = agent(ssh, "snapshot", request)
+        bad = answer.get("mismatched") or []
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise OperationFailed(f"{ssh.target}:{code}/{bad[0]}{more} differs from the "
+                                  "bundle after the transfer; nothing was frozen",
+                                  hint="run hpcrun sync again (another sync may have run at "
+                                  "the same time)")
+        verified = int(answer.get("verified") or 0)
+    return SyncResult(bundle, code, frozen, dry_run, sent, transferred, changed, verified)
 
 
 def agent(ssh: SshRunner, command: str, request: dict, python: str | None = None) -> dict:

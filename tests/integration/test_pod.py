@@ -202,6 +202,64 @@ def test_a_fetch_killed_mid_transfer_completes_on_rerun(project):
     assert (local / "big.bin").stat().st_size == 192 << 20
 
 
+def _big_file(path: Path) -> None:
+    with open(path, "wb") as handle:
+        for _ in range(48):
+            handle.write(os.urandom(1 << 22))  # 192 MiB that rsync cannot compress
+
+
+def _cut_mid_transfer(argv: list[str], cwd: Path, partial_glob: tuple[Path, str]) -> tuple:
+    """Run ``hpcrun ARGV`` and stop the pod's sshd once rsync has begun writing the big
+    file; returns (exit code, stderr lines, seconds from the cut to the exit)."""
+    proc = subprocess.Popen([HPCRUN, *argv], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    folder, pattern = partial_glob
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not list(folder.glob(pattern)):
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the transfer ended before it could be cut: {proc.stderr.read()}"
+    _cut_the_pod_off()
+    cut_at = time.monotonic()
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, [line for line in err.splitlines() if line.strip()], \
+        time.monotonic() - cut_at
+
+
+def test_sshd_stopping_mid_fetch_and_mid_sync_then_a_rerun_completes_and_verifies(project):
+    job = finished_tiny_job(project)
+    remote = Path(job["info"]["remote_run_dir"])
+    _big_file(remote / "train" / "big.bin")
+    subprocess.run([sys.executable, "-c", "import sys; from hpcrun import rundir; "
+                    "rundir.write_manifest(sys.argv[1])", str(remote)], check=True)
+    local = Path(job["run_dir"]) / "train"
+    try:
+        code, err, fetch_s = _cut_mid_transfer(["fetch", job["id"]], project,
+                                               (local, ".big.bin.*"))
+    finally:
+        start_sandbox("pod/up.sh")
+    assert code == 1 and len(err) == 1 and err[0].startswith("hpcrun: error:"), err
+    again = hp(project, "fetch", job["id"])
+    assert again.returncode == 0, again.stderr
+    assert "verified against MANIFEST.sha256" in again.stdout
+    assert (local / "big.bin").stat().st_size == 192 << 20
+
+    _big_file(project / "data.bin")
+    there = Path(os.environ["RUNPOD_WORKDIR"]) / "code"
+    try:
+        code, err, sync_s = _cut_mid_transfer(["sync", "--remote", "runpod"], project,
+                                              (there, ".data.bin.*"))
+    finally:
+        start_sandbox("pod/up.sh")
+    assert code == 1 and len(err) == 1 and err[0].startswith("hpcrun: error:"), err
+    assert not (there.parent / "bundles").exists() or not any(
+        (there.parent / "bundles").glob("*/data.bin"))  # nothing half-synced was frozen
+    synced = hpj(project, "sync", "--remote", "runpod")
+    assert synced["verified"] >= 1 and Path(synced["remote_bundle"], "data.bin").stat(
+    ).st_size == 192 << 20
+    print(f"\nsshd stopped mid-fetch: failed in {fetch_s:.1f} s, mid-sync: {sync_s:.1f} s; "
+          "each rerun completed and verified")
+
+
 def test_a_monitor_refresh_is_one_round_trip_carrying_only_new_bytes(project, tmp_path):
     from hpcrun import rundir
     from hpcrun.backends.files import RemoteFiles
