@@ -199,6 +199,12 @@ class SshRunner:
         """The ``-e`` value for rsync: the same connection settings."""
         return shlex.join(self.ssh_argv())
 
+    def rsync_argv(self, *options: str) -> list[str]:
+        """rsync over this connection, resumable (``--partial``), with the paths sent through
+        rsync's own protocol (``-s``): on the remote shell's command line, rsync's escaping
+        of them has let ``...`` in a path run (Debian's 3.2.7-1+deb12u6)."""
+        return ["rsync", "-az", "-s", "--partial", *options, "-e", self.rsync_shell()]
+
     def run(self, argv: Sequence[str] | str, *, input: str | None = None,
             timeout: float | None = None, ok_codes: Sequence[int] = (0,),
             check: bool = True, cwd: str | None = None,

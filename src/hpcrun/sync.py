@@ -1,6 +1,6 @@
 """Shipping a bundle to a remote with rsync over the remote's ssh connection.
 
-``rsync_argv`` is pure (tests check it); ``push`` runs it and writes the bundle's manifest
+``rsync_options`` is pure; ``push`` runs rsync with them and writes the bundle's manifest
 (sha256 per file, git commit, dirty flag) beside the files on the remote, then freezes the
 synced tree as ``bundles/<hash>`` so a job runs what was synced for it.
 """
@@ -44,16 +44,15 @@ def remote_paths(workdir: str, bundle_hash: str) -> tuple[str, str]:
     return posixpath.join(workdir, "code"), posixpath.join(workdir, "bundles", bundle_hash[:24])
 
 
-def rsync_argv(source: str, destination: str, shell: str, *, dry_run: bool = False,
-               delete: bool = False) -> list[str]:
-    """One rsync of the files listed on stdin (--files-from=-), over ``shell``."""
-    argv = ["rsync", "-az", "--files-from=-", "--from0", "--stats", "--partial",
-            "--info=progress2", "-e", shell]
+def rsync_options(*, dry_run: bool = False, delete: bool = False) -> list[str]:
+    """What one sync asks of rsync: the files listed on stdin (--files-from=-), stats to
+    parse and progress to show; with ``dry_run`` the changes, with ``delete`` removals."""
+    options = ["--files-from=-", "--from0", "--stats", "--info=progress2"]
     if dry_run:
-        argv += ["--dry-run", "--itemize-changes"]
+        options += ["--dry-run", "--itemize-changes"]
     if delete:
-        argv.append("--delete-missing-args")
-    return [*argv, source.rstrip("/") + "/", destination]
+        options.append("--delete-missing-args")
+    return options
 
 
 def parse_stats(text: str) -> tuple[int, int, list[str]]:
@@ -73,8 +72,8 @@ def push(bundle: Bundle, ssh: SshRunner, workdir: str, *, dry_run: bool = False,
     code, frozen = remote_paths(workdir, bundle.hash)
     if not dry_run:
         ssh.run(["mkdir", "-p", code, posixpath.dirname(frozen)])
-    argv = rsync_argv(str(bundle.project_dir), f"{ssh.target}:{code}", ssh.rsync_shell(),
-                      dry_run=dry_run, delete=delete)
+    argv = [*ssh.rsync_argv(*rsync_options(dry_run=dry_run, delete=delete)),
+            str(bundle.project_dir).rstrip("/") + "/", f"{ssh.target}:{code}"]
     result = ssh.rsync(argv, input="\0".join(bundle.files) + "\0",
                        on_line=progress or (lambda line: None))
     sent, transferred, changed = parse_stats(result.stdout)

@@ -110,9 +110,8 @@ class RemoteFiles:
         only, for a job still running."""
         local = Path(record.run_dir)
         local.mkdir(parents=True, exist_ok=True)
-        argv = ["rsync", "-az", "--partial", "--safe-links", "-e", self.ssh.rsync_shell()]
-        if partial:
-            argv += ["--include=*/", "--include=*.csv", "--include=*.json", "--exclude=*"]
+        only = ["--include=*/", "--include=*.csv", "--include=*.json", "--exclude=*"]
+        argv = self.ssh.rsync_argv("--safe-links", *(only if partial else []))
         argv += [f"{self.ssh.target}:{self.run_dir(record).rstrip('/')}/", str(local) + "/"]
         self.ssh.rsync(argv)
 
