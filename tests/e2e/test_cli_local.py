@@ -561,12 +561,13 @@ def test_a_preempted_local_job_ends_the_monitor_with_exit_1_and_resumes(project)
         status = json.loads((run_dir / "status.json").read_text()) if (
             run_dir / "status.json").exists() else {}
         if status.get("epoch", 0) >= 2:
-            workers = [p for p in psutil.process_iter(["cmdline"])
-                       if str(run_dir) in " ".join(p.info["cmdline"] or [])
-                       and "hpcrun.train" in " ".join(p.info["cmdline"] or [])]
+            lines = [(p, " ".join(p.info["cmdline"] or []))
+                     for p in psutil.process_iter(["cmdline"])]
+            workers = [p for p, line in lines if str(run_dir) in line
+                       and "hpcrun.train" in line and "torch.distributed.run" not in line]
         time.sleep(0.2)
     assert workers, "the trainer never reached epoch 2"
-    workers[0].send_signal(signal.SIGUSR1)  # what a scheduler's warning signal does
+    workers[0].send_signal(signal.SIGUSR1)  # a rank told to stop, as a scheduler's warning does
 
     watched = hp(project, "monitor", job["id"], "--interval", "0.5", timeout=120)
     assert watched.returncode == 1, watched.stdout[-2000:] + watched.stderr[-2000:]
