@@ -398,8 +398,15 @@ class MonitorConfig(_Section):
     separation_patience: int = Field(5, ge=1)
     #: a separation that stopped improving is flagged only while it is below this
     separation_min: float = Field(0.2, ge=0)
+    #: a collapse is flagged once the best separation was over ``separation_collapse_min``
+    #: and the latest is under ``separation_collapse_ratio`` times that best
+    separation_collapse_min: float = Field(0.1, ge=0)
+    separation_collapse_ratio: float = Field(0.5, gt=0, lt=1)
     divergence_patience: int = Field(5, ge=1)
     stall_factor: float = Field(5.0, gt=1)
+    #: a stall is never flagged before this many seconds without a heartbeat (short epochs
+    #: would otherwise flag a run writing its checkpoint or evaluating)
+    stall_min_s: float = Field(60.0, ge=0)
     memory_growth_pct: float = Field(10.0, gt=0)
     memory_near_capacity_pct: float = Field(95.0, gt=0, le=100)
 

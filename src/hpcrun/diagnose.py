@@ -4,37 +4,48 @@ failed. Read from the run directory only (pure Python); thresholds come from the
 
 Flags: nan_loss, nonfinite_gradients, exploding_gradients, vanishing_gradients,
 separation_stalled, separation_collapsed, diverging, stalled, memory_growth,
-memory_near_capacity, failed (with a known signature when the log shows one).
+gpu_memory_growth, memory_near_capacity, host_memory_near_capacity, failed (with a known
+signature when the log shows one).
+
+A ``Diagnosis`` reads through a ``rundir.RunTables`` and keeps, per check, what it worked out
+from the rows seen so far, so a live view that keeps one between refreshes pays only for the
+new rows; ``diagnose()`` is the same code over a run directory read whole. Cells that cannot
+be read (empty, damaged) count as NaN, and a row whose epoch cannot be read is left out of the
+checks that name an epoch.
 """
 
 from __future__ import annotations
 
+import bisect
+import csv
 import math
-import statistics
+import re
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from . import rundir
 
-Reader = Callable[[Path], list[dict[str, str]]]
-
-#: log lines that name a failure's cause, in the order they are tried
-SIGNATURES = (
-    ("CUDA out of memory", "CUDA out of memory: lower the batch size or enable AMP"),
-    ("OutOfMemoryError", "CUDA out of memory: lower the batch size or enable AMP"),
-    ("NCCL", "NCCL error or timeout: a rank stalled or the network failed"),
-    ("oom-kill", "killed by the kernel's OOM killer: host memory ran out"),
-    ("Out of memory: Killed process", "killed by the kernel's OOM killer: host memory ran out"),
-    ("DUE TO TIME LIMIT", "the scheduler's time limit was reached"),
-    ("DUE TO PREEMPTION", "preempted by the scheduler"),
-    ("Signal 9 (SIGKILL)", "a process was killed with SIGKILL"),
-    ("No space left on device", "the disk of the run directory is full"),
-    ("File too large", "a file-size limit (ulimit -f) was reached"),
-    ("Read-only file system", "the run directory is on a read-only filesystem"),
-)
+#: log lines that name a failure's cause; when several appear, the one nearest the end of the
+#: text wins (the first error of a failing job is often a symptom, the last its cause)
+SIGNATURES = tuple((re.compile(pattern), meaning) for pattern, meaning in (
+    (r"CUDA out of memory|OutOfMemoryError",
+     "CUDA out of memory: lower the batch size or enable AMP"),
+    # NCCL_DEBUG=INFO and ProcessGroupNCCL's start-up lines name NCCL on every line: only its
+    # errors and timeouts count ("[E..." is the glog prefix of an error line)
+    (r"NCCL (?:error|Error|ERROR|timeout|Timeout)|Watchdog caught collective operation timeout"
+     r"|\[E[\d ][^\]\n]*ProcessGroupNCCL|ProcessGroupNCCL[^\n]*\b(?:error|timeout|timed out)\b",
+     "NCCL error or timeout: a rank stalled or the network failed"),
+    (r"oom-kill|oom_kill event|Out of memory: Killed process|Exceeded job memory limit",
+     "killed by the kernel's OOM killer: host memory ran out"),
+    (r"DUE TO TIME LIMIT", "the scheduler's time limit was reached"),
+    (r"DUE TO PREEMPTION", "preempted by the scheduler"),
+    (r"Signal 9 \(SIGKILL\)", "a process was killed with SIGKILL"),
+    (r"No space left on device", "the disk of the run directory is full"),
+    (r"File too large", "a file-size limit (ulimit -f) was reached"),
+    (r"Read-only file system", "the run directory is on a read-only filesystem"),
+))
 
 
 @dataclass(frozen=True)
@@ -43,155 +54,473 @@ class Flag:
     message: str
     stage: str | None = None
     epoch: int | None = None
+    #: the rank a per-rank flag is about (for a host-wide one, the host's first rank)
+    rank: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _floats(rows: list[dict[str, str]], column: str) -> list[float]:
-    return [rundir.to_float(r.get(column)) for r in rows]
+def failure_cause(text: str) -> str | None:
+    """What the known signature found last in ``text`` says (None when there is none)."""
+    best: tuple[int, str] | None = None
+    for pattern, meaning in SIGNATURES:
+        last = None
+        for last in pattern.finditer(text):  # noqa: B007 - only the last match is wanted
+            pass
+        if last is not None and (best is None or last.start() > best[0]):
+            best = (last.start(), meaning)
+    return best[1] if best else None
 
 
-def _thresholds(run: rundir.RunDir) -> Any:
-    from .config import MonitorConfig, load_config_text
+class RunningMedian:
+    """The median of the values added so far: a sorted list kept with ``bisect.insort``, so
+    adding is a binary search (and a memmove) and the median is read in O(1)."""
 
-    try:
-        return load_config_text(run.config.read_text(), str(run.config)).monitor
-    except Exception:  # a run without a readable config still gets the default thresholds
-        return MonitorConfig()
+    def __init__(self) -> None:
+        self._values: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def add(self, value: float) -> None:
+        bisect.insort(self._values, value)
+
+    def median(self) -> float:
+        values, n = self._values, len(self._values)
+        if not n:
+            return math.nan
+        middle = n // 2
+        return values[middle] if n % 2 else (values[middle - 1] + values[middle]) / 2
 
 
-def _stage_flags(run: rundir.RunDir, stage: str, limits: Any, read: Reader) -> list[Flag]:
-    folder = run.stage(stage)
-    training = read(folder / rundir.TRAINING)
-    flags: list[Flag] = []
-    if not training:
+class _Scan:
+    """A check's state over one CSV: ``update`` shows it each row once, in order, and starts
+    it again when the file was rewritten (a resume truncates it)."""
+
+    def __init__(self, limits: Any):
+        self.limits = limits
+        self._generation: int | None = None
+        self._seen = 0
+
+    def update(self, tail: rundir.CsvTail) -> None:
+        if tail.generation != self._generation:
+            self._generation, self._seen = tail.generation, 0
+            self.start()
+        n = len(tail.rows)
+        if n > self._seen:
+            self.scan(tail, self._seen, n)
+            self._seen = n
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def scan(self, tail: rundir.CsvTail, begin: int, end: int) -> None:
+        raise NotImplementedError
+
+
+def _epoch(value: float) -> int | None:
+    return int(value) if math.isfinite(value) and value.is_integer() else None
+
+
+class _Training(_Scan):
+    """training.csv: the first non-finite loss, the median epoch time, the rows (with a
+    readable epoch) the divergence check looks back over."""
+
+    def start(self) -> None:
+        self.epochs: list[int] = []
+        self.rows: list[int] = []  # rows whose epoch could be read
+        self.nonfinite: dict[str, int] = {}
+        self.times = RunningMedian()
+
+    def scan(self, tail: rundir.CsvTail, begin: int, end: int) -> None:
+        epochs, times = tail.floats("Epoch"), tail.floats("Epoch Time")
+        losses = {c: tail.floats(c) for c in ("Train Loss", "Val Loss")}
+        for i in range(begin, end):
+            if math.isfinite(times[i]) and times[i] > 0:
+                self.times.add(times[i])
+            epoch = _epoch(epochs[i])
+            if epoch is None:
+                continue
+            self.rows.append(i)
+            self.epochs.append(epoch)
+            for column, values in losses.items():
+                if column not in self.nonfinite and not math.isfinite(values[i]):
+                    self.nonfinite[column] = epoch
+
+    def nan_loss(self, stage: str) -> list[Flag]:
+        for column in ("Train Loss", "Val Loss"):
+            if column in self.nonfinite:
+                epoch = self.nonfinite[column]
+                return [Flag("nan_loss", f"{column} is not finite from epoch {epoch}", stage,
+                             epoch)]
+        return []
+
+    def diverging(self, tail: rundir.CsvTail, stage: str) -> list[Flag]:
+        """Validation loss rising for ``divergence_patience`` epochs while training loss
+        fell over them: only the last rows are looked at."""
+        n = self.limits.divergence_patience
+        if len(self.rows) <= n:
+            return []
+        train, val = tail.floats("Train Loss"), tail.floats("Val Loss")
+        last = self.rows[-n - 1:]
+        rising = all(val[b] > val[a] for a, b in zip(last, last[1:], strict=False))
+        if rising and train[last[-1]] < train[last[0]]:
+            return [Flag("diverging", f"validation loss rose for {n} epochs while training "
+                         "loss fell (overfitting?)", stage, self.epochs[-1])]
+        return []
+
+
+class _Gradients(_Scan):
+    """gradient_stats.csv: the first epoch with non-finite norms, the first exploding one
+    (over ``grad_norm_max``, or a mean over ``grad_jump_factor`` x the median of the earlier
+    epochs' means), and the latest mean for the vanishing check."""
+
+    def start(self) -> None:
+        self.nonfinite: int | None = None
+        self.exploding: tuple[int, str] | None = None
+        self.latest: tuple[int, float] | None = None
+        self._means = RunningMedian()
+
+    def scan(self, tail: rundir.CsvTail, begin: int, end: int) -> None:
+        limits = self.limits
+        epochs, counts = tail.floats("epoch"), tail.floats("nonfinite_steps")
+        means, highs = tail.floats("norm_mean"), tail.floats("norm_max")
+        for i in range(begin, end):
+            epoch = _epoch(epochs[i])
+            if epoch is None:
+                continue
+            mean, high = means[i], highs[i]
+            self.latest = (epoch, mean)
+            if self.nonfinite is None and counts[i] > 0:
+                self.nonfinite = epoch
+            if self.exploding is not None:
+                continue
+            if high > limits.grad_norm_max:  # False for NaN
+                self.exploding = (epoch, f"max norm {high:.3g} > {limits.grad_norm_max:g}")
+            elif (len(self._means) >= 2 and math.isfinite(mean)
+                  and mean > limits.grad_jump_factor * self._means.median()):
+                self.exploding = (epoch, f"mean norm {mean:.3g} is over "
+                                  f"{limits.grad_jump_factor:g}x the median of earlier epochs")
+            if math.isfinite(mean):
+                self._means.add(mean)
+
+    def flags(self, stage: str) -> list[Flag]:
+        flags = []
+        if self.nonfinite is not None:
+            flags.append(Flag("nonfinite_gradients", "non-finite gradient norms in epoch "
+                              f"{self.nonfinite}", stage, self.nonfinite))
+        if self.exploding is not None:
+            epoch, why = self.exploding
+            flags.append(Flag("exploding_gradients", f"gradients exploding in epoch {epoch}: "
+                              f"{why}", stage, epoch))
+        if self.latest is not None:
+            epoch, mean = self.latest
+            if math.isfinite(mean) and mean < self.limits.grad_norm_min:
+                flags.append(Flag("vanishing_gradients", f"mean gradient norm {mean:.2e} < "
+                                  f"{self.limits.grad_norm_min:g} in epoch {epoch}", stage,
+                                  epoch))
         return flags
-    epochs = [int(r["Epoch"]) for r in training]
-    for column in ("Train Loss", "Val Loss"):
-        bad = [e for e, v in zip(epochs, _floats(training, column), strict=True)
-               if not math.isfinite(v)]
-        if bad:
-            flags.append(Flag("nan_loss", f"{column} is not finite from epoch {bad[0]}",
-                              stage, bad[0]))
-            break
 
-    grads = read(folder / rundir.GRADIENT_STATS)
-    if grads:
-        nonfinite = [int(r["epoch"]) for r in grads if int(r.get("nonfinite_steps") or 0)]
-        if nonfinite:
-            flags.append(Flag("nonfinite_gradients", f"non-finite gradient norms in epoch "
-                              f"{nonfinite[0]}", stage, nonfinite[0]))
-        means = _floats(grads, "norm_mean")
-        highs = _floats(grads, "norm_max")
-        for i, row in enumerate(grads):
-            epoch = int(row["epoch"])
-            earlier = [m for m in means[:i] if math.isfinite(m)]
-            jump = (len(earlier) >= 2 and math.isfinite(means[i])
-                    and means[i] > limits.grad_jump_factor * statistics.median(earlier))
-            if (math.isfinite(highs[i]) and highs[i] > limits.grad_norm_max) or jump:
-                why = (f"max norm {highs[i]:.3g} > {limits.grad_norm_max:g}"
-                       if highs[i] > limits.grad_norm_max else
-                       f"mean norm {means[i]:.3g} is over {limits.grad_jump_factor:g}x the "
-                       "median of earlier epochs")
-                flags.append(Flag("exploding_gradients", f"gradients exploding in epoch "
-                                  f"{epoch}: {why}", stage, epoch))
-                break
-        last = means[-1]
-        if math.isfinite(last) and last < limits.grad_norm_min:
-            flags.append(Flag("vanishing_gradients", f"mean gradient norm {last:.2e} < "
-                              f"{limits.grad_norm_min:g} in epoch {grads[-1]['epoch']}",
-                              stage, int(grads[-1]["epoch"])))
 
-    components = rundir.read_header(folder / rundir.LOSS_COMPONENTS) \
-        if (folder / rundir.LOSS_COMPONENTS).exists() else []
-    if "classification" in components:  # separation means nothing without a classifier loss
-        probs = [r for r in read(folder / rundir.PROBABILITY_STATS)
-                 if r.get("phase") == "val"]
-        seps = _floats(probs, "separation")
+_VAL = ("phase", "val")
+
+
+class _Separation(_Scan):
+    """probability_stats.csv, validation rows: whether separation stopped improving while
+    still low (the best of all but the last ``separation_patience`` epochs, kept as a running
+    maximum) or collapsed from its best."""
+
+    def start(self) -> None:
+        self.values: list[float] = []
+        self.epoch: int | None = None
+        self.best = -math.inf  # over every finite value
+        self.last = math.nan  # the latest finite value
+        self._before = -math.inf  # the best before the last ``separation_patience``
+        self._counted = 0  # values in ``_before``
+        self._looked = 0  # validation rows looked at
+
+    def scan(self, tail: rundir.CsvTail, begin: int, end: int) -> None:
+        epochs, values = tail.floats("epoch", _VAL), tail.floats("separation", _VAL)
+        for i in range(self._looked, len(values)):
+            epoch = _epoch(epochs[i])
+            if epoch is None:
+                continue
+            self.values.append(values[i])
+            self.epoch = epoch
+            if math.isfinite(values[i]):
+                self.best, self.last = max(self.best, values[i]), values[i]
+        self._looked = len(values)
+        n = self.limits.separation_patience
+        for value in self.values[self._counted:max(self._counted, len(self.values) - n)]:
+            if math.isfinite(value):
+                self._before = max(self._before, value)
+        self._counted = max(self._counted, len(self.values) - n)
+
+    def flags(self, stage: str) -> list[Flag]:
+        limits, flags = self.limits, []
         n = limits.separation_patience
-        if len(seps) > n:
-            best_before = max(s for s in seps[:-n] if math.isfinite(s)) if any(
-                math.isfinite(s) for s in seps[:-n]) else -math.inf
-            recent = [s for s in seps[-n:] if math.isfinite(s)]
-            if recent and max(recent) <= best_before and best_before < limits.separation_min:
-                flags.append(Flag("separation_stalled", f"validation separation has not "
-                                  f"improved for {n} epochs (best {best_before:.3f})", stage,
-                                  int(probs[-1]["epoch"])))
-        finite = [s for s in seps if math.isfinite(s)]
-        if finite and max(finite) > 0.1 and finite[-1] < 0.5 * max(finite):
-            flags.append(Flag("separation_collapsed", f"validation separation fell from "
-                              f"{max(finite):.3f} to {finite[-1]:.3f}", stage,
-                              int(probs[-1]["epoch"])))
+        if len(self.values) > n:
+            recent = [s for s in self.values[-n:] if math.isfinite(s)]
+            if recent and max(recent) <= self._before < limits.separation_min:
+                flags.append(Flag("separation_stalled", "validation separation has not "
+                                  f"improved for {n} epochs (best {self._before:.3f})", stage,
+                                  self.epoch))
+        if self.best > limits.separation_collapse_min and \
+                self.last < limits.separation_collapse_ratio * self.best:
+            flags.append(Flag("separation_collapsed", "validation separation fell from "
+                              f"{self.best:.3f} to {self.last:.3f}", stage, self.epoch))
+        return flags
 
-    train, val = _floats(training, "Train Loss"), _floats(training, "Val Loss")
-    n = limits.divergence_patience
-    if len(val) > n:
-        rising = all(val[i] > val[i - 1] for i in range(len(val) - n, len(val)))
-        falling = train[-1] < train[-n - 1]
-        if rising and falling:
-            flags.append(Flag("diverging", f"validation loss rose for {n} epochs while training "
-                              "loss fell (overfitting?)", stage, epochs[-1]))
 
-    memory = read(folder / rundir.GPU_MEMORY)
-    by_rank: dict[str, list[dict[str, str]]] = {}
-    for row in memory:
-        by_rank.setdefault(row.get("rank", "0"), []).append(row)
-    for rank, rows in by_rank.items():
-        rss = [v for v in _floats(rows, "host_rss_mb") if math.isfinite(v)]
-        if len(rss) >= 4 and rss[-1] > rss[1] * (1 + limits.memory_growth_pct / 100) and all(
-                b >= a for a, b in zip(rss[1:], rss[2:], strict=False)):
-            flags.append(Flag("memory_growth", f"rank {rank} host memory grew from "
-                              f"{rss[1]:.0f} to {rss[-1]:.0f} MB", stage,
-                              int(rows[-1]["epoch"])))
-        used, total = rundir.to_float(rows[-1].get("device_used_mb")), rundir.to_float(
-            rows[-1].get("device_total_mb"))
-        if math.isfinite(used) and math.isfinite(total) and total > 0 and \
-                100 * used / total > limits.memory_near_capacity_pct:
-            flags.append(Flag("memory_near_capacity", f"rank {rank} GPU memory at "
-                              f"{100 * used / total:.0f}% of {total:.0f} MB", stage,
-                              int(rows[-1]["epoch"])))
-    return flags
+class _Growth:
+    """One rank's readings of one memory column: whether they rose every epoch after the
+    first (which is warm-up) by more than ``memory_growth_pct`` in all."""
+
+    def __init__(self) -> None:
+        self.count, self.second, self.last, self.rising = 0, math.nan, math.nan, True
+
+    def add(self, value: float) -> None:
+        if not math.isfinite(value):
+            return
+        self.count += 1
+        if self.count == 2:
+            self.second = value
+        elif self.count > 2 and value < self.last:
+            self.rising = False
+        self.last = value
+
+    def grew(self, pct: float) -> bool:
+        return self.count >= 4 and self.rising and self.last > self.second * (1 + pct / 100)
+
+
+#: GPU memory is watched through torch's peak and, where torch's counters are empty (another
+#: framework's process, or an old row), through NVML's view of the device
+_GPU_GROWTH = ("peak_mb", "device_used_mb")
+_GROWTH = ("host_rss_mb", *_GPU_GROWTH)
+
+
+class _Rank:
+    def __init__(self) -> None:
+        self.growth = {column: _Growth() for column in _GROWTH}
+        self.latest: int | None = None  # row number of the rank's latest readable row
+        self.epoch: int | None = None
+        self.seen = 0  # how many of the rank's rows were looked at
+
+
+class _Memory(_Scan):
+    """gpu_memory.csv, per rank: growth of host and GPU memory, and the latest row (GPU
+    memory near capacity; host memory of all ranks on one host near the host's total)."""
+
+    def start(self) -> None:
+        self.ranks: dict[int, _Rank] = {}
+
+    def scan(self, tail: rundir.CsvTail, begin: int, end: int) -> None:
+        epochs = tail.floats("epoch")
+        columns = {column: tail.floats(column) for column in _GROWTH}
+        for text, rows in tail.index("rank").items():
+            rank = rundir.to_int(text)
+            if rank is None:
+                continue
+            state = self.ranks.setdefault(rank, _Rank())
+            for i in rows[state.seen:]:
+                epoch = _epoch(epochs[i])
+                if epoch is None:
+                    continue
+                state.latest, state.epoch = i, epoch
+                for column, values in columns.items():
+                    state.growth[column].add(values[i])
+            state.seen = len(rows)
+
+    def flags(self, tail: rundir.CsvTail, stage: str) -> list[Flag]:
+        limits, flags = self.limits, []
+        pct = limits.memory_growth_pct
+        used, total = tail.floats("device_used_mb"), tail.floats("device_total_mb")
+        hosts: dict[str, list[tuple[int, _Rank]]] = {}
+        for rank, state in sorted(self.ranks.items()):
+            if state.latest is None:
+                continue
+            hosts.setdefault(tail.rows[state.latest].get("host") or "?", []).append(
+                (rank, state))
+            host = state.growth["host_rss_mb"]
+            if host.grew(pct):
+                flags.append(Flag("memory_growth", f"rank {rank} host memory grew from "
+                                  f"{host.second:.0f} to {host.last:.0f} MB", stage,
+                                  state.epoch, rank))
+            gpu = next((c for c in _GPU_GROWTH if state.growth[c].grew(pct)), None)
+            if gpu:
+                g = state.growth[gpu]
+                flags.append(Flag("gpu_memory_growth", f"rank {rank} GPU memory ({gpu}) grew "
+                                  f"from {g.second:.0f} to {g.last:.0f} MB", stage,
+                                  state.epoch, rank))
+            u, t = used[state.latest], total[state.latest]
+            if t > 0 and 100 * u / t > limits.memory_near_capacity_pct:  # False for NaN
+                flags.append(Flag("memory_near_capacity", f"rank {rank} GPU memory at "
+                                  f"{100 * u / t:.0f}% of {t:.0f} MB", stage, state.epoch,
+                                  rank))
+        flags.extend(self._hosts(tail, stage, hosts))
+        return flags
+
+    def _hosts(self, tail: rundir.CsvTail, stage: str,
+               hosts: dict[str, list[tuple[int, _Rank]]]) -> list[Flag]:
+        """Host memory near capacity: the RSS of the ranks on one host (their latest rows)
+        against the host's total (empty in files written before it was recorded)."""
+        rss, capacity = tail.floats("host_rss_mb"), tail.floats("host_total_mb")
+        flags = []
+        for host, members in hosts.items():
+            rows = [state.latest for _, state in members if state.latest is not None]
+            total = max((capacity[i] for i in rows if capacity[i] > 0), default=math.nan)
+            held = math.fsum(rss[i] for i in rows if math.isfinite(rss[i]))
+            if total > 0 and 100 * held / total > self.limits.memory_near_capacity_pct:
+                ranks = ", ".join(str(rank) for rank, _ in members)
+                flags.append(Flag(
+                    "host_memory_near_capacity", f"host {host} memory at "
+                    f"{100 * held / total:.0f}% of {total:.0f} MB ({held:.0f} MB RSS of "
+                    f"rank{'s' if len(members) > 1 else ''} {ranks})", stage,
+                    max(state.epoch or 0 for _, state in members), members[0][0]))
+        return flags
+
+
+class _Stage:
+    """Every check of one stage, over the stage's CSVs."""
+
+    def __init__(self, folder: Path, limits: Any):
+        self.folder = folder
+        self.training = _Training(limits)
+        self.gradients = _Gradients(limits)
+        self.separation = _Separation(limits)
+        self.memory = _Memory(limits)
+
+    def flags(self, tables: rundir.RunTables, stage: str) -> list[Flag]:
+        folder = self.folder
+        training = tables.tail(folder / rundir.TRAINING)
+        if not training.rows:
+            return []
+        self.training.update(training)
+        flags = self.training.nan_loss(stage)
+        self.gradients.update(tables.tail(folder / rundir.GRADIENT_STATS))
+        flags += self.gradients.flags(stage)
+        if _classifier(folder):  # separation means nothing without a classifier loss
+            self.separation.update(tables.tail(folder / rundir.PROBABILITY_STATS))
+            flags += self.separation.flags(stage)
+        flags += self.training.diverging(training, stage)
+        memory = tables.tail(folder / rundir.GPU_MEMORY)
+        self.memory.update(memory)
+        return flags + self.memory.flags(memory, stage)
+
+
+def _classifier(folder: Path) -> bool:
+    try:
+        return "classification" in rundir.read_header(folder / rundir.LOSS_COMPONENTS)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+
+
+def _number(value: Any) -> float:
+    """A number from a JSON file that may be damaged (NaN where it is not one)."""
+    return rundir.to_float(value) if isinstance(value, str | int | float) and \
+        not isinstance(value, bool) else math.nan
+
+
+class Diagnosis:
+    """The red flags of one run directory, read through ``tables``. Kept between refreshes
+    (as ``hpcrun monitor`` does) each ``flags()`` call looks only at the rows added since the
+    previous one; a fresh one reads the run whole (``diagnose``)."""
+
+    def __init__(self, run_dir: str | Path, tables: rundir.RunTables | None = None):
+        self.run = rundir.RunDir(run_dir)
+        self.tables = tables if tables is not None else rundir.RunTables()
+        self._stages: dict[str, _Stage] = {}
+        self._config: tuple[str | None, Any] = (None, None)
+
+    def limits(self) -> Any:
+        """The run's ``monitor:`` thresholds (the defaults when its config cannot be read),
+        validated again only when config.yaml changed."""
+        from .config import MonitorConfig, load_config_text
+
+        try:
+            text: str | None = self.run.config.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = None
+        if self._config[1] is None or text != self._config[0]:
+            try:
+                limits = load_config_text(text or "", str(self.run.config)).monitor
+            except Exception:  # noqa: BLE001 - an unreadable config keeps the defaults
+                limits = MonitorConfig()
+            if limits != self._config[1]:
+                self._stages.clear()  # what the checks worked out used the old thresholds
+            self._config = (text, limits)
+        return self._config[1]
+
+    def _stage(self, name: str) -> _Stage:
+        stage = self._stages.get(name)
+        if stage is None:
+            limits = self._config[1] if self._config[1] is not None else self.limits()
+            stage = self._stages[name] = _Stage(self.run.stage(name), limits)
+        return stage
+
+    def epoch_time(self, stage: str) -> float | None:
+        """The median epoch time of ``stage`` so far (None before its first epoch)."""
+        scan = self._stage(stage).training
+        scan.update(self.tables.tail(self.run.stage(stage) / rundir.TRAINING))
+        return scan.times.median() if len(scan.times) else None
+
+    def flags(self, *, job_state: str | None = None, log_text: str | None = None,
+              now: float | None = None) -> list[Flag]:
+        """Every red flag of the run (every stage), given what is known about the job."""
+        limits = self.limits()
+        status = rundir.read_json(self.run.status)
+        status = status if isinstance(status, dict) else {}
+        flags: list[Flag] = []
+        for stage in self.run.stages():
+            flags.extend(self._stage(stage).flags(self.tables, stage))
+
+        state = job_state or status.get("state")
+        stage = status.get("stage") if isinstance(status.get("stage"), str) else None
+        updated = _number(status.get("updated_at"))
+        if state == "RUNNING" and math.isfinite(updated) and stage:
+            median = self.epoch_time(stage)
+            if median is not None:
+                limit = max(limits.stall_factor * median, limits.stall_min_s)
+                quiet = (now or time.time()) - updated
+                if quiet > limit:
+                    flags.append(Flag("stalled", f"no heartbeat for {quiet:.0f} s (over "
+                                      f"{limit:.0f} s: {limits.stall_factor:g}x the median "
+                                      f"epoch time, at least {limits.stall_min_s:g} s)", stage,
+                                      rundir.to_int(status.get("epoch"))))
+
+        failure = rundir.read_json(self.run.failure)
+        failure = failure if isinstance(failure, dict) else None
+        if state == "FAILED" or failure:
+            flags.append(self._failed(status, failure, log_text, stage))
+        return flags
+
+    @staticmethod
+    def _failed(status: dict[str, Any], failure: dict[str, Any] | None, log_text: str | None,
+                stage: str | None) -> Flag:
+        parts = []
+        texts = []
+        if failure:
+            parts.append(f"rank {failure.get('rank')} on {failure.get('host')}: "
+                         f"{failure.get('exception')}")
+            trace = failure.get("traceback") or []
+            texts += [trace] if isinstance(trace, str) else [str(line) for line in trace] \
+                if isinstance(trace, list) else []
+            texts.append(str(failure.get("exception") or ""))
+        # the job's log last: what the scheduler wrote after the trainer died is nearest
+        # the cause (the time limit, the OOM killer)
+        texts.append(log_text or "")
+        cause = failure_cause("\n".join(texts))
+        if cause:
+            parts.append(cause)
+        if not parts:
+            parts.append(str(status.get("message") or "the job failed"))
+        return Flag("failed", "; ".join(parts), failure.get("stage") if failure else stage,
+                    rundir.to_int(failure.get("epoch")) if failure else None)
 
 
 def diagnose(run_dir: Path, *, job_state: str | None = None, log_text: str | None = None,
              now: float | None = None, tables: rundir.RunTables | None = None) -> list[Flag]:
-    """Every red flag of a run directory (every stage), given what is known about the job.
-    A live view passes its ``tables`` so a refresh reads only the rows added since the last."""
-    run = rundir.RunDir(run_dir)
-    read: Reader = tables.rows if tables is not None else rundir.read_rows
-    limits = _thresholds(run)
-    status = rundir.read_json(run.status) or {}
-    flags: list[Flag] = []
-    for stage in run.stages():
-        flags.extend(_stage_flags(run, stage, limits, read))
-
-    state = job_state or status.get("state")
-    stage = status.get("stage")
-    if state == "RUNNING" and status.get("updated_at") and stage:
-        times = [t for t in _floats(read(run.stage(stage) / rundir.TRAINING),
-                                    "Epoch Time") if math.isfinite(t)]
-        if times:
-            limit = max(limits.stall_factor * statistics.median(times), 60.0)
-            quiet = (now or time.time()) - float(status["updated_at"])
-            if quiet > limit:
-                flags.append(Flag("stalled", f"no heartbeat for {quiet:.0f} s (over "
-                                  f"{limit:.0f} s: {limits.stall_factor:g}x the median epoch "
-                                  "time)", stage, status.get("epoch")))
-
-    failure = rundir.read_json(run.failure)
-    if state == "FAILED" or failure:
-        parts = []
-        if failure:
-            parts.append(f"rank {failure.get('rank')} on {failure.get('host')}: "
-                         f"{failure.get('exception')}")
-        text = (log_text or "") + "\n" + "\n".join((failure or {}).get("traceback") or [])
-        for needle, meaning in SIGNATURES:
-            if needle in text:
-                parts.append(meaning)
-                break
-        if not parts:
-            parts.append(status.get("message") or "the job failed")
-        flags.append(Flag("failed", "; ".join(parts), failure.get("stage") if failure
-                          else stage, failure.get("epoch") if failure else None))
-    return flags
+    """Every red flag of a run directory (every stage), given what is known about the job,
+    read whole (or through ``tables``, which a caller may have read already)."""
+    return Diagnosis(run_dir, tables).flags(job_state=job_state, log_text=log_text, now=now)

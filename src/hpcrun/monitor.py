@@ -1,16 +1,16 @@
 """Watching one job while it runs: what ``hpcrun monitor`` shows, refreshed incrementally.
 
 A ``Monitor`` keeps, between refreshes, one ``CsvTail`` per CSV of the run directory (a
-refresh reads only the rows added since the last one) and, for a job on a remote, the offsets
-of what it already copied (a refresh is one round trip carrying only the new bytes). It never
-prints: ``refresh()`` returns a ``Snapshot`` and ``events()`` says what is worth a
-notification. Pure Python: no torch, no pandas.
+refresh reads and converts only the rows added since the last one), the red-flag checks'
+running state (``diagnose.Diagnosis``) and, for a job on a remote, the offsets of what it
+already copied (a refresh is one round trip carrying only the new bytes). It never prints:
+``refresh()`` returns a ``Snapshot`` and ``events()`` says what is worth a notification. Pure
+Python: no torch, no pandas.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir
+from .diagnose import Diagnosis
 from .errors import HpcrunError
 from .job import JobRecord, is_terminal
 
@@ -30,7 +31,7 @@ _SERIES = {
     "grad norm": (rundir.GRADIENT_STATS, "norm_mean", None),
 }
 _MEMORY_KEYS = ("rank", "host", "device", "allocated_mb", "peak_mb", "device_used_mb",
-                "device_total_mb", "host_rss_mb")
+                "device_total_mb", "host_rss_mb", "host_total_mb")
 
 
 def sparkline(values: Sequence[float], width: int = 32) -> str:
@@ -111,24 +112,48 @@ class Event:
         if self.flag is not None:
             env.update(HPCRUN_FLAG=self.flag.code, HPCRUN_MESSAGE=self.flag.message,
                        HPCRUN_STAGE=self.flag.stage or "")
+            if getattr(self.flag, "rank", None) is not None:
+                env["HPCRUN_RANK"] = str(self.flag.rank)
         return env
 
 
 def run_flags(record: JobRecord, state: str, backend: Any | None,
-              tables: rundir.RunTables | None = None) -> list[Any]:
+              diagnosis: Diagnosis | None = None) -> list[Any]:
     """The red flags of a job's run directory, with its state and, for a failed job, the end
-    of its log read through ``backend`` (where known failure signatures are looked for)."""
-    from .diagnose import diagnose
-
+    of its log read through ``backend`` (where known failure signatures are looked for).
+    ``diagnosis`` is a live view's, kept between refreshes; without one the run is read
+    whole."""
     log = None
     if state == "FAILED" and backend is not None:
         text = backend.read_log(record) or ""
         log = "\n".join(text.splitlines()[-200:])
-    return diagnose(Path(record.run_dir), job_state=state, log_text=log, tables=tables)
+    return (diagnosis or Diagnosis(Path(record.run_dir))).flags(job_state=state, log_text=log)
 
 
-def _floats(rows: Sequence[dict[str, str]], column: str) -> list[float]:
-    return [rundir.to_float(r.get(column)) for r in rows]
+def _int(value: Any) -> int:
+    """A count from status.json, which a damaged file may not hold as a number."""
+    return rundir.to_int(value if isinstance(value, str | int | float) else None) or 0
+
+
+class _Best:
+    """The best row of training.csv by one column (the first of equals, as ``min`` and
+    ``max`` pick), kept up to date as rows arrive."""
+
+    def __init__(self, column: str, mode: str):
+        self.column, self.mode = column, mode
+        self.generation: int | None = None
+        self.seen, self.row, self.value = 0, None, math.nan
+
+    def update(self, tail: rundir.CsvTail) -> dict[str, str] | None:
+        if tail.generation != self.generation:
+            self.generation, self.seen, self.row, self.value = tail.generation, 0, None, math.nan
+        values = tail.floats(self.column)
+        better = (lambda a, b: a < b) if self.mode == "min" else (lambda a, b: a > b)
+        for i in range(self.seen, len(values)):
+            if math.isfinite(values[i]) and (self.row is None or better(values[i], self.value)):
+                self.row, self.value = i, values[i]
+        self.seen = len(values)
+        return tail.rows[self.row] if self.row is not None else None
 
 
 class Monitor:
@@ -139,21 +164,33 @@ class Monitor:
         self.record, self._view_of, self._backend = record, view_of, backend
         self.run = rundir.RunDir(record.run_dir)
         self.tables = rundir.RunTables()
+        self.diagnosis = Diagnosis(self.run.root, self.tables)
         self._known: dict[str, list[Any]] = {}
         self._last: Snapshot | None = None
-        self._flagged: set[tuple[str, str | None]] = set()
+        self._flagged: set[tuple[str, str | None, int | None]] = set()
         self._finished = False
+        self._best: dict[tuple[str, str, str], _Best] = {}
+        self._selections: tuple[Any, dict[str, Any]] = (None, {})
 
     @property
     def refresh_s(self) -> float:
         """The run's ``monitor.refresh_s`` (the default when its config cannot be read)."""
-        from .config import MonitorConfig, load_config_text
+        return self.diagnosis.limits().refresh_s
+
+    def _selection(self, stage: str) -> tuple[str, str]:
+        """(column, mode) the stage's best epoch is chosen on; the config is parsed again
+        only when config.yaml changed."""
+        from .report import read_selections
 
         try:
-            return load_config_text(self.run.config.read_text(), str(self.run.config)
-                                    ).monitor.refresh_s
-        except Exception:  # noqa: BLE001 - a missing or damaged config keeps the default
-            return MonitorConfig().refresh_s
+            stat = self.run.config.stat()
+            key: Any = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            key = None
+        if key is None or key != self._selections[0]:
+            self._selections = (key, read_selections(self.run) if key else {})
+        selection = self._selections[1].get(stage)
+        return (selection.column, selection.mode) if selection else ("Val Loss", "min")
 
     def refresh(self) -> Snapshot:
         """A fresh snapshot. While the job's machine cannot be reached, the last snapshot is
@@ -182,71 +219,73 @@ class Monitor:
         return Snapshot(**{**last.__dict__, "connection": why})
 
     def _read(self, view: Any, trainer: dict[str, Any]) -> Snapshot:
-        from .report import read_selections
-
-        stage = trainer.get("stage")
-        snap = Snapshot(view, stage=stage, epoch=int(trainer.get("epoch") or 0),
-                        epochs=int(trainer.get("epochs") or 0),
-                        stages=dict(trainer.get("stages") or {}))
+        stage = trainer.get("stage") if isinstance(trainer.get("stage"), str) else None
+        stages = trainer.get("stages")
+        snap = Snapshot(view, stage=stage, epoch=_int(trainer.get("epoch")),
+                        epochs=_int(trainer.get("epochs")),
+                        stages=dict(stages) if isinstance(stages, dict) else {})
         terminal = is_terminal(view.status.state)
-        end = trainer.get("updated_at") if terminal else time.time()
-        if end and self.record.submitted_at:
-            snap.elapsed_s = max(0.0, float(end) - self.record.submitted_at)
+        end = rundir.to_float(trainer.get("updated_at")) if terminal else time.time()
+        if math.isfinite(end) and end and self.record.submitted_at:
+            snap.elapsed_s = max(0.0, end - self.record.submitted_at)
         if stage:
             folder = self.run.stage(stage)
-            rows = self.tables.rows(folder / rundir.TRAINING)
-            selection = read_selections(self.run).get(stage)
-            column = selection.column if selection else "Val Loss"
-            mode = selection.mode if selection else "min"
+            training = self.tables.tail(folder / rundir.TRAINING)
+            rows = training.rows
+            column, mode = self._selection(stage)
             if rows:
                 snap.latest = rows[-1]
-                written = rundir.to_float(rows[-1].get("Epoch"))
-                if math.isfinite(written):
-                    snap.epoch = max(snap.epoch, int(written))
-                scored = [r for r in rows if math.isfinite(rundir.to_float(r.get(column)))]
-                if scored:
-                    pick = min if mode == "min" else max
-                    snap.best = pick(scored, key=lambda r: rundir.to_float(r.get(column)))
+                written = rundir.to_int(rows[-1].get("Epoch"))
+                if written is not None:
+                    snap.epoch = max(snap.epoch, written)
+                best = self._best.get((stage, column, mode))
+                if best is None:
+                    best = self._best[(stage, column, mode)] = _Best(column, mode)
+                snap.best = best.update(training)
                 snap.best_column = column
-                times = [t for t in _floats(rows, "Epoch Time") if math.isfinite(t) and t > 0]
-                if times:
-                    snap.epoch_time_s = statistics.median(times)
-                    if not terminal and snap.epochs:
-                        snap.eta_s = snap.epoch_time_s * max(0, snap.epochs - snap.epoch)
-            snap.series = self._series(folder, rows, column)
+                snap.epoch_time_s = self.diagnosis.epoch_time(stage)
+                if snap.epoch_time_s is not None and not terminal and snap.epochs:
+                    snap.eta_s = snap.epoch_time_s * max(0, snap.epochs - snap.epoch)
+            snap.series = self._series(folder, training, column)
             snap.memory = self._memory(folder)
-        snap.flags = run_flags(self.record, view.status.state, self._backend, self.tables)
+        snap.flags = run_flags(self.record, view.status.state, self._backend, self.diagnosis)
         return snap
 
-    def _series(self, folder: Path, training: list[dict[str, str]],
+    def _series(self, folder: Path, training: rundir.CsvTail,
                 metric: str) -> dict[str, list[float]]:
+        # copies of the tables' float lists: a snapshot must not change when the next
+        # refresh appends to them
         out = {}
         for label, (name, column, phase) in _SERIES.items():
-            rows = training if name == rundir.TRAINING else self.tables.rows(folder / name)
-            if phase:
-                rows = [r for r in rows if r.get("phase") == phase]
-            if rows:
-                out[label] = _floats(rows, column)
-        if training:  # the stage's metric, or the first validation metric when that is loss
-            columns = [c for c in training[0] if c.startswith("Val ") and c != "Val Loss"]
+            tail = training if name == rundir.TRAINING else self.tables.tail(folder / name)
+            values = tail.floats(column, ("phase", phase) if phase else None)
+            if values:
+                out[label] = list(values)
+        if training.rows:  # the stage's metric, or the first validation metric when that is loss
+            columns = [c for c in training.header or [] if c.startswith("Val ")
+                       and c != "Val Loss"]
             chosen = metric if metric in columns else (columns[0] if columns else None)
             if chosen:
-                out[chosen.removeprefix("Val ").lower()] = _floats(training, chosen)
+                out[chosen.removeprefix("Val ").lower()] = list(training.floats(chosen))
         return out
 
     def _memory(self, folder: Path) -> list[dict[str, str]]:
-        latest: dict[str, dict[str, str]] = {}
-        for row in self.tables.rows(folder / rundir.GPU_MEMORY):
-            latest[row.get("rank", "0")] = row
-        return [{k: row.get(k, "") for k in _MEMORY_KEYS}
-                for _, row in sorted(latest.items(), key=lambda kv: int(kv[0] or 0))]
+        """The latest row of each rank (ranks that cannot be read are left out)."""
+        tail = self.tables.tail(folder / rundir.GPU_MEMORY)
+        latest = {}
+        for text, rows in tail.index("rank").items():
+            rank = rundir.to_int(text)
+            if rank is not None:
+                latest[rank] = tail.rows[rows[-1]]
+        return [{k: row.get(k) or "" for k in _MEMORY_KEYS}
+                for _, row in sorted(latest.items())]
 
     def events(self, snap: Snapshot) -> list[Event]:
-        """What is new since the previous call: red flags not seen before, and the job's end
-        (once)."""
+        """What is new since the previous call: red flags not seen before (per stage and
+        rank: the same flag on another rank is news), and the job's end (once)."""
         out = []
         for flag in snap.flags:
-            key = (flag.code, flag.stage)
+            key = (flag.code, flag.stage, getattr(flag, "rank", None))
             if key not in self._flagged:
                 self._flagged.add(key)
                 out.append(Event("flag", snap, flag))

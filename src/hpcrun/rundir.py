@@ -70,8 +70,10 @@ GRADIENT_COLUMNS = ["epoch", "steps", "norm_mean", "norm_std", "norm_min", "norm
 GRADIENT_LAYER_COLUMNS = ["epoch", "layer", "norm_mean", "norm_max"]
 PROBABILITY_COLUMNS = ["epoch", "phase", "pos_mean", "pos_std", "neg_mean", "neg_std",
                        "separation"]
+#: host_total_mb came last, later: files written before it lack the column (it reads as NaN)
 MEMORY_COLUMNS = ["epoch", "rank", "host", "device", "allocated_mb", "reserved_mb", "peak_mb",
-                  "device_used_mb", "device_total_mb", "utilization_pct", "host_rss_mb"]
+                  "device_used_mb", "device_total_mb", "utilization_pct", "host_rss_mb",
+                  "host_total_mb"]
 PREDICTION_COLUMNS = ["split", "index", "label", "probability"]
 
 #: job states, shared by status.json and every backend's state table
@@ -239,17 +241,23 @@ def format_value(value: Any) -> str:
 
 
 class CsvLog:
-    """An append-only CSV with a fixed header. ``sync()`` makes written rows durable."""
+    """An append-only CSV with a fixed header. ``sync()`` makes written rows durable.
+
+    A file written by an earlier version whose header is the start of ``columns`` (columns
+    are only ever added at the end) is continued with its own header: a resumed run keeps one
+    schema per file."""
 
     def __init__(self, path: Path, columns: Sequence[str]):
         self.path = Path(path)
         self.columns = list(columns)
+        self._width = len(self.columns)  # values a row is given
         self.path.parent.mkdir(parents=True, exist_ok=True)
         exists = self.path.exists() and self.path.stat().st_size > 0
         if exists:
             header = read_header(self.path)
-            if header != self.columns:
+            if header != self.columns[:len(header)] or not header:
                 raise ValueError(f"{self.path}: header {header} differs from {self.columns}")
+            self.columns = header
         self._handle = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115
         self._writer = csv.writer(self._handle, lineterminator="\n")
         if not exists:
@@ -262,10 +270,10 @@ class CsvLog:
                 raise KeyError(f"{self.path.name}: row lacks {missing}")
             values = [row[c] for c in self.columns]
         else:
-            if len(row) != len(self.columns):
+            if len(row) != self._width:
                 raise ValueError(f"{self.path.name}: {len(row)} values for "
-                                 f"{len(self.columns)} columns")
-            values = list(row)
+                                 f"{self._width} columns")
+            values = list(row)[:len(self.columns)]
         self._writer.writerow([format_value(v) for v in values])
 
     def sync(self) -> None:
@@ -410,18 +418,26 @@ class CsvTail:
     """Reads a CSV incrementally: each ``refresh()`` reads only the bytes appended since the
     last one and returns the new complete rows (a torn last line waits for its newline). A
     file that was rewritten (resume truncation: it shrank, or it is a new file) is read again
-    from the start, and ``rows`` is replaced."""
+    from the start, ``rows`` is replaced and ``generation`` goes up, so that whatever was
+    derived from the old rows knows to start again. Blank lines are skipped, and a line the
+    csv module cannot parse (a NUL byte, an oversized field) is dropped, not raised."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.header: list[str] | None = None
         self.rows: list[dict[str, str]] = []
+        self.generation = 0
         self._offset = 0
         self._identity: tuple[int, int] | None = None
         self._pending = b""
+        # each row is converted once: per (column, filter), the rows looked at and the floats
+        self._floats: dict[tuple[str, tuple[str, str] | None], _Derived] = {}
+        self._index: dict[str, _Derived] = {}
 
     def _reset(self) -> None:
         self.header, self.rows, self._offset, self._pending = None, [], 0, b""
+        self._floats, self._index = {}, {}
+        self.generation += 1
 
     def refresh(self) -> list[dict[str, str]]:
         try:
@@ -437,26 +453,93 @@ class CsvTail:
             self._identity = identity
         if stat.st_size == self._offset:
             return []
-        with open(self.path, "rb") as handle:
-            handle.seek(self._offset)
-            chunk = handle.read()
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+        except OSError:
+            return []
         self._offset += len(chunk)
         data = self._pending + chunk
         end = data.rfind(b"\n") + 1
         complete, self._pending = data[:end], data[end:]
         lines = complete.decode("utf-8", errors="replace").splitlines()
         if self.header is None and lines:
-            self.header = next(csv.reader([lines.pop(0)]))
-        new = [dict(zip(self.header or [], values, strict=False))
-               for values in csv.reader(lines)] if lines else []
+            first = _parse_lines(lines[:1])
+            self.header, lines = (first[0] if first else []), lines[1:]
+        header = self.header or []
+        new = [dict(zip(header, values, strict=False)) for values in _parse_lines(lines)]
         self.rows.extend(new)
         return new
+
+    def floats(self, column: str, where: tuple[str, str] | None = None) -> list[float]:
+        """The column as floats (NaN where a cell is empty, missing or not a number), each
+        row converted once: a call converts only the rows read since the previous one.
+        ``where=(other, text)`` keeps the rows whose ``other`` cell is ``text`` (e.g.
+        ``("phase", "val")``). The list is the cache itself: read it, do not change it."""
+        derived = self._floats.get((column, where))
+        if derived is None:
+            derived = self._floats[(column, where)] = _Derived([])
+        rows = self.rows
+        if derived.seen < len(rows):
+            new = rows[derived.seen:]
+            if where is not None:
+                key, text = where
+                new = [r for r in new if r.get(key) == text]
+            texts, values = [r.get(column) for r in new], derived.value
+            before = len(values)
+            try:  # every cell a number: one pass in C
+                values.extend(map(float, texts))  # type: ignore[arg-type]
+            except (TypeError, ValueError):  # an empty or damaged cell: cell by cell
+                del values[before:]
+                values.extend(map(to_float, texts))
+            derived.seen = len(rows)
+        return derived.value
+
+    def index(self, column: str) -> dict[str, list[int]]:
+        """Row numbers by the text of ``column`` (e.g. each rank's rows), kept up to date the
+        same way as ``floats``."""
+        derived = self._index.get(column)
+        if derived is None:
+            derived = self._index[column] = _Derived({})
+        rows, groups = self.rows, derived.value
+        for i in range(derived.seen, len(rows)):
+            groups.setdefault(rows[i].get(column) or "", []).append(i)
+        derived.seen = len(rows)
+        return groups
+
+
+class _Derived:
+    """Something computed from a CSV's rows and the number of rows it has seen."""
+
+    __slots__ = ("seen", "value")
+
+    def __init__(self, value: Any):
+        self.seen, self.value = 0, value
+
+
+def _parse_lines(lines: list[str]) -> list[list[str]]:
+    """csv rows of ``lines``, without blank ones; a line the csv module rejects is dropped
+    rather than ending the read (a damaged file still shows its other rows)."""
+    try:
+        return [row for row in csv.reader(lines) if row]
+    except csv.Error:
+        out = []
+        for line in lines:
+            try:
+                out.extend(row for row in csv.reader([line]) if row)
+            except csv.Error:
+                continue
+        return out
 
 
 class RunTables:
     """Every CSV of one run directory through its own ``CsvTail``: ``rows(path)`` costs only
-    the bytes appended since the previous ``refresh()``. ``refresh()`` starts a new round:
-    each file is then read at most once until the next one."""
+    the bytes appended since the previous ``refresh()``, and ``floats(path, column)`` only
+    the conversion of those rows. ``refresh()`` starts a new round: each file is then read at
+    most once until the next one. A fresh ``RunTables`` reads a run directory whole (what
+    ``fetch`` does); one kept between refreshes reads it incrementally (what ``monitor``
+    does): the readers above it are the same."""
 
     def __init__(self) -> None:
         self._tails: dict[Path, CsvTail] = {}
@@ -465,7 +548,8 @@ class RunTables:
     def refresh(self) -> None:
         self._fresh.clear()
 
-    def rows(self, path: Path) -> list[dict[str, str]]:
+    def tail(self, path: Path) -> CsvTail:
+        """The file's reader, brought up to date once per round."""
         path = Path(path)
         tail = self._tails.get(path)
         if tail is None:
@@ -473,7 +557,14 @@ class RunTables:
         if path not in self._fresh:
             tail.refresh()
             self._fresh.add(path)
-        return tail.rows
+        return tail
+
+    def rows(self, path: Path) -> list[dict[str, str]]:
+        return self.tail(path).rows
+
+    def floats(self, path: Path, column: str,
+               where: tuple[str, str] | None = None) -> list[float]:
+        return self.tail(path).floats(column, where)
 
 
 #: what a live view of a run reads: the small JSON files and the per-epoch CSVs (not the
@@ -536,13 +627,20 @@ def mirror(root: Path, changes: Mapping[str, Mapping[str, Any]],
         known[rel] = [change["identity"], offset]
 
 
-def to_float(text: str | None) -> float:
+def to_float(text: Any) -> float:
+    """A CSV cell as a float; NaN where it is empty, missing or not a number."""
     if text is None or text == "":
         return math.nan
     try:
         return float(text)
-    except ValueError:
+    except (TypeError, ValueError):
         return math.nan
+
+
+def to_int(text: Any) -> int | None:
+    """A whole-number cell (an epoch, a rank, a count); None where it is not one."""
+    value = to_float(text)
+    return int(value) if math.isfinite(value) and value.is_integer() else None
 
 
 # --------------------------------------------------------------------------- manifest

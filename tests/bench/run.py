@@ -271,6 +271,86 @@ def bench_reader(table: list[tuple[str, str, str]], rows: int = 100_000,
                   f"{a * 1e6:.0f} µs vs {b * 1000:.1f} ms", f"{b / a:.0f}x faster"))
 
 
+class _NoRemote:
+    """A local run directory: nothing to copy, no log to read."""
+
+    def catch_up(self, record: object, known: object) -> None:
+        pass
+
+    def read_log(self, record: object, rank: object = None) -> str:
+        return ""
+
+
+def bench_monitor(table: list[tuple[str, str, str]], epochs: int = 100_000,
+                  repeats: int = 20) -> None:
+    """One whole `Monitor.refresh()` (tables, every red-flag check, the snapshot's progress,
+    best epoch, ETA, curves and memory) after one new epoch of a 100,000-epoch run (every CSV
+    the trainer writes, 2 ranks), vs `pandas.read_csv` of that run's training.csv alone."""
+    import pandas as pd
+
+    from hpcrun.config import load_config
+    from hpcrun.job import JobRecord, JobStatus
+    from hpcrun.monitor import Monitor
+    from hpcrun.ops import JobView
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        stage = run / "finetune"
+        rundir.write_atomic(run / rundir.CONFIG, load_config("v3").to_yaml().encode())
+        metrics = ["auroc", "auprc"]
+        logs = {rundir.TRAINING: rundir.training_columns(metrics),
+                rundir.LOSS_COMPONENTS: rundir.loss_component_columns(["classification"], False),
+                rundir.GRADIENT_STATS: rundir.GRADIENT_COLUMNS,
+                rundir.PROBABILITY_STATS: rundir.PROBABILITY_COLUMNS,
+                rundir.GPU_MEMORY: rundir.MEMORY_COLUMNS}
+        files = {name: rundir.CsvLog(stage / name, columns) for name, columns in logs.items()}
+
+        def epoch(e: int, sync: bool = True) -> None:
+            files[rundir.TRAINING].write([e, 1.0, 0.5, 0.4, 0.9, 0.8, 1e-3])
+            for phase in ("train", "val"):
+                files[rundir.LOSS_COMPONENTS].write([e, phase, 0.5, 0.5])
+                files[rundir.PROBABILITY_STATS].write([e, phase, 0.7, 0.1, 0.3, 0.1, 0.4])
+            files[rundir.GRADIENT_STATS].write([e, 10, 0.5, 0.1, 0.2, 0.9, 0.5, 0.0, 0])
+            for rank in (0, 1):
+                files[rundir.GPU_MEMORY].write([e, rank, "n1", "cpu", "", "", "", "", "", "",
+                                                500.0, 64000.0])
+            if not sync:  # building the run: one sync at the end
+                return
+            for log in files.values():
+                log.sync()
+            rundir.write_json(run / rundir.STATUS, {
+                "state": "RUNNING", "stage": "finetune", "epoch": e, "epochs": 10 * epochs,
+                "stages": {"finetune": "RUNNING"}, "updated_at": time.time()})
+
+        for e in range(1, epochs):
+            epoch(e, sync=False)
+        epoch(epochs)
+        record = JobRecord(id="b", backend="local", host="h", experiment="v3",
+                           run_dir=str(run), project_dir=tmp, submitted_at=time.time())
+        view = JobView(record, JobStatus("RUNNING"))
+        monitor = Monitor(record, lambda: view, _NoRemote())
+        began = time.perf_counter()
+        monitor.refresh()
+        first = time.perf_counter() - began
+        ours, theirs = [], []
+        for i in range(repeats):
+            epoch(epochs + i + 1)
+            began = time.perf_counter()
+            snap = monitor.refresh()
+            ours.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            frame = pd.read_csv(stage / rundir.TRAINING)
+            theirs.append(time.perf_counter() - began)
+            assert snap.epoch == epochs + i + 1 == len(frame) and not snap.flags
+        for log in files.values():
+            log.close()
+    a, b = statistics.median(ours), statistics.median(theirs)
+    table.append((f"monitor refresh (tables + flags + snapshot) after 1 new epoch of a "
+                  f"{epochs:,}-epoch run vs pandas re-read of its training.csv",
+                  f"{a * 1000:.1f} ms vs {b * 1000:.1f} ms (first refresh {first:.2f} s)",
+                  f"{b / a:.1f}x faster"))
+
+
 def synthetic_runs(root: Path, runs: int = 200, epochs: int = 100) -> list[Path]:
     """``runs`` finished v3-like runs of ``epochs`` epochs per training stage, differing in
     one config key and in their scores."""
@@ -345,6 +425,7 @@ def main() -> None:
         bench_pod(table)
     if "reader" in chosen:
         bench_reader(table)
+        bench_monitor(table)
     if "reports" in chosen:
         bench_reports(table)
     if "trainer" not in chosen:

@@ -58,7 +58,8 @@ def test_every_file_of_the_run_directory_exists_with_exact_headers(v3_run):
                                                        "neg_mean", "neg_std", "separation"]
         assert header(d / "gpu_memory.csv") == [
             "epoch", "rank", "host", "device", "allocated_mb", "reserved_mb", "peak_mb",
-            "device_used_mb", "device_total_mb", "utilization_pct", "host_rss_mb"]
+            "device_used_mb", "device_total_mb", "utilization_pct", "host_rss_mb",
+            "host_total_mb"]
         assert header(d / "predictions.csv") == ["split", "index", "label", "probability"]
         for ckpt in ("last.pt", "best.pt"):
             assert (d / "checkpoints" / ckpt).is_file()

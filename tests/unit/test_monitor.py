@@ -115,7 +115,8 @@ def plant(root: Path, epochs_done: int, epochs: int = 10, state: str = "RUNNING"
             memory.write({"epoch": e, "rank": rank, "host": "n1", "device": f"cuda:{rank}",
                           "allocated_mb": 100 + e, "reserved_mb": 150, "peak_mb": 200 + e,
                           "device_used_mb": 1000, "utilization_pct": 50,
-                          "device_total_mb": 80000, "host_rss_mb": 500 + rank})
+                          "device_total_mb": 80000, "host_rss_mb": 500 + rank,
+                          "host_total_mb": 64000})
     for log in (training, memory, grads):
         log.close()
     return root
@@ -213,3 +214,60 @@ def test_the_first_refresh_of_an_unreachable_job_is_an_error(tmp_path):
     backend.down = True
     with pytest.raises(OperationFailed):
         monitor.refresh()
+
+
+def _memory_row(epoch: int, rank: int, used: float) -> str:
+    return f"{epoch},{rank},n1,cuda:{rank},101,150,201,{used},80000,50,500,64000\n"
+
+
+def test_the_same_flag_on_another_rank_is_a_new_event(tmp_path):
+    run = plant(tmp_path / "run", epochs_done=2)
+    memory = run / "finetune" / rundir.GPU_MEMORY
+    monitor, _ = monitor_of(run, ["RUNNING"])
+    assert monitor.events(monitor.refresh()) == []
+    with open(memory, "a") as handle:
+        # (rank 1 dips first: the growth check, which sees device memory rise, stays quiet)
+        handle.write(_memory_row(3, 0, 79000) + _memory_row(3, 1, 900))
+    events = monitor.events(monitor.refresh())
+    assert [(e.flag.code, e.flag.rank) for e in events] == [("memory_near_capacity", 0)]
+    assert events[0].environment()["HPCRUN_RANK"] == "0"
+    with open(memory, "a") as handle:
+        handle.write(_memory_row(4, 0, 78000) + _memory_row(4, 1, 79500))
+    events = monitor.events(monitor.refresh())
+    assert [(e.flag.code, e.flag.rank) for e in events] == [("memory_near_capacity", 1)]
+    assert monitor.events(monitor.refresh()) == []
+
+
+def test_damaged_rows_do_not_stop_a_refresh(tmp_path):
+    run = plant(tmp_path / "run", epochs_done=4)
+    stage = run / "finetune"
+    with open(stage / rundir.TRAINING, "a") as handle:
+        handle.write(",1.0,0.5,0.4,0.7,0.001\n")
+    with open(stage / rundir.GRADIENT_STATS, "a") as handle:
+        handle.write("5,4,0.5,0.1,0.2,0.9,0.5,0.0,nan\n")
+    with open(stage / rundir.GPU_MEMORY, "a") as handle:
+        handle.write("5,one,n1,cuda:1,,,,,,,,\n5,,n1\n")
+    rundir.write_json(run / rundir.STATUS, {"state": "RUNNING", "stage": "finetune",
+                                            "epoch": "four", "epochs": [10],
+                                            "updated_at": "now"})
+    monitor, _ = monitor_of(run, ["RUNNING"])
+    snap = monitor.refresh()
+    assert snap.epoch == 0 and snap.best["Epoch"] == "2" and snap.flags == []
+    assert [m["rank"] for m in snap.memory] == ["0", "1"]
+    assert snap.series["val loss"][-1] == 0.4
+
+
+def test_a_snapshot_keeps_its_curves_and_a_resume_starts_them_again(tmp_path):
+    run = plant(tmp_path / "run", epochs_done=4)
+    monitor, _ = monitor_of(run, ["RUNNING"])
+    first = monitor.refresh()
+    with open(run / "finetune" / rundir.TRAINING, "a") as handle:
+        handle.write("5,2.0,0.2,0.95,0.99,0.001\n")
+    second = monitor.refresh()
+    assert len(first.series["val loss"]) == 4 and len(second.series["val loss"]) == 5
+    assert second.best["Epoch"] == "5"
+    for name in (rundir.TRAINING, rundir.GRADIENT_STATS, rundir.GPU_MEMORY):
+        rundir.truncate_epochs(run / "finetune" / name, 2)  # resumed from epoch 2
+    third = monitor.refresh()
+    assert third.series["val loss"] == [1.0, 0.5] and third.best["Epoch"] == "2"
+    assert third.epoch_time_s == 16.0  # the median of 2 s and 30 s: the later rows are gone

@@ -26,6 +26,20 @@ def test_csv_log_appends_with_fixed_header_and_full_precision(tmp_path):
         rundir.CsvLog(path, ["epoch", "other"])
 
 
+def test_a_csv_from_before_a_column_was_added_is_continued_with_its_own_header(tmp_path):
+    path = tmp_path / "gpu_memory.csv"
+    old = rundir.CsvLog(path, ["epoch", "host_rss_mb"])
+    old.write([1, 100.0])
+    old.close()
+    resumed = rundir.CsvLog(path, ["epoch", "host_rss_mb", "host_total_mb"])
+    resumed.write([2, 110.0, 8000.0])  # the writer gives every column it knows
+    resumed.write({"epoch": 3, "host_rss_mb": 120.0, "host_total_mb": 8000.0})
+    resumed.close()
+    assert path.read_text() == "epoch,host_rss_mb\n1,100.0\n2,110.0\n3,120.0\n"
+    with pytest.raises(ValueError, match="header"):
+        rundir.CsvLog(path, ["epoch"])  # a file the writer cannot continue
+
+
 def test_truncate_drops_rows_past_the_checkpoint_and_a_torn_line(tmp_path):
     path = tmp_path / "x.csv"
     path.write_text("epoch,phase,v\n1,train,1\n1,val,2\n2,train,3\n3,train,4\n3,va")
@@ -88,3 +102,42 @@ def test_csv_tail_reads_only_new_complete_rows_and_survives_rewrites(tmp_path):
         handle.write("2,0.45\n")
     assert [r["Epoch"] for r in tail.refresh()] == ["1", "2"]
     assert [r["Train Loss"] for r in tail.rows] == ["0.5", "0.45"]
+
+
+def test_csv_tail_floats_convert_each_row_once_and_start_again_after_a_rewrite(tmp_path):
+    path = tmp_path / "probability_stats.csv"
+    path.write_text("epoch,phase,separation\n1,train,0.1\n1,val,0.2\n")
+    tail = rundir.CsvTail(path)
+    tail.refresh()
+    assert tail.floats("separation") == [0.1, 0.2]
+    assert tail.floats("separation", ("phase", "val")) == [0.2]
+    tail.rows[0]["separation"] = "9"  # converted already: not looked at again
+    with open(path, "a") as handle:
+        handle.write("2,train,\n2,val,oops\n3,val,0.4\n")
+    tail.refresh()
+    values = tail.floats("separation")
+    assert values[:2] == [0.1, 0.2] and values[4] == 0.4 and all(v != v for v in values[2:4])
+    assert tail.floats("separation", ("phase", "val"))[-1] == 0.4
+    assert tail.index("phase") == {"train": [0, 2], "val": [1, 3, 4]}
+    generation = tail.generation
+    rundir.truncate_epochs(path, 1)  # a resume rewrote the file
+    with open(path, "a") as handle:
+        handle.write("2,val,0.25\n")
+    tail.refresh()
+    assert tail.generation > generation
+    assert tail.floats("separation") == [0.1, 0.2, 0.25]
+    assert tail.index("phase") == {"train": [0], "val": [1, 2]}
+
+
+def test_csv_tail_skips_blank_and_unparsable_lines(tmp_path):
+    path = tmp_path / "x.csv"
+    oversized = b"9," + b"x" * 200_000  # over the csv module's field limit: it raises
+    path.write_bytes(b"a,b\n1,2\n\n" + oversized + b"\n5,\xff\n")
+    tail = rundir.CsvTail(path)
+    assert tail.refresh() == [{"a": "1", "b": "2"}, {"a": "5", "b": "\ufffd"}]
+    assert tail.floats("a") == [1.0, 5.0]
+
+
+def test_to_int_reads_whole_numbers_only():
+    assert [rundir.to_int(t) for t in ("3", "3.0", "", None, "x", "2.5", "nan")] == [
+        3, 3, None, None, None, None, None]

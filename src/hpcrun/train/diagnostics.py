@@ -135,7 +135,8 @@ class EpochSums:
 
 
 def memory_row(ctx: DistContext, epoch: int) -> dict[str, Any]:
-    """This rank's memory: torch CUDA counters, NVML device totals, host RSS (psutil)."""
+    """This rank's memory: torch CUDA counters, NVML device totals, host RSS and the host's
+    total memory (psutil; the reader sums the RSS of a host's ranks against it)."""
     import psutil
 
     row: dict[str, Any] = {
@@ -143,6 +144,7 @@ def memory_row(ctx: DistContext, epoch: int) -> dict[str, Any]:
         "allocated_mb": None, "reserved_mb": None, "peak_mb": None, "device_used_mb": None,
         "device_total_mb": None, "utilization_pct": None,
         "host_rss_mb": psutil.Process(os.getpid()).memory_info().rss / 2**20,
+        "host_total_mb": psutil.virtual_memory().total / 2**20,
     }
     if ctx.device.type == "cuda":
         mb = 2**20
