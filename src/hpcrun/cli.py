@@ -265,7 +265,7 @@ def sync(
     if not dry_run:
         out.print(f"verified {result.verified} files against BUNDLE.sha256, frozen as "
                   f"{result.remote_bundle}" if result.verified else
-                  f"unchanged bundle, frozen (and verified) before as {result.remote_bundle}")
+                  f"bundle already frozen as {result.remote_bundle}")
     if bundle.held_back:
         out.print(f"held back (secret filter): {', '.join(bundle.held_back)}")
 
@@ -689,7 +689,7 @@ def monitor(
         help="Run CMD (with sh -c) when the job ends or a new red flag appears; the event is "
              "in its environment: HPCRUN_EVENT (finished|flag), HPCRUN_JOB_ID, "
              "HPCRUN_JOB_HANDLE, HPCRUN_EXPERIMENT, HPCRUN_RUN_DIR, HPCRUN_STATE, "
-             "HPCRUN_STAGE, HPCRUN_FLAG, HPCRUN_MESSAGE."),
+             "HPCRUN_STAGE, HPCRUN_FLAG, HPCRUN_RANK, HPCRUN_MESSAGE."),
 ) -> None:
     """Watch a job live until it ends: state and scheduler reason, epoch progress with ETA,
     latest and best metrics, curves, memory per rank and red flags; then the run summary.
@@ -701,28 +701,47 @@ def monitor(
 # --------------------------------------------------------------------------- fetch, report
 
 
+def _report_lines(files: Any) -> list[str]:
+    """Where the report went: the page first (what to open), then the plots."""
+    return ["Report:", f"  {files.html}", *(f"  {path}" for path in files.pngs)]
+
+
+def _summary_text(summary: Any, flags: list[Any], files: Any | None = None) -> str:
+    from .report import format_summary
+
+    lines = [*format_summary(summary), "", *_flag_lines(flags)]
+    if files is not None:
+        lines += ["", *_report_lines(files)]
+    return "\n".join(lines) + "\n"
+
+
 @app.command()
 def fetch(
     ctx: typer.Context,
     job: str = typer.Argument("latest", help="Job id, prefix, handle or 'latest'."),
     partial: bool = typer.Option(False, "--partial", help="Only the CSVs and status (a job "
-                                 "still running); nothing is verified."),
+                                 "still running); nothing is verified. The report is written "
+                                 "all the same, from the epochs so far."),
 ) -> None:
     """Bring a job's run directory back (rsync for remote jobs), verify it against
-    MANIFEST.sha256 and print the run summary."""
+    MANIFEST.sha256, print the run summary and red flags, and write the report (PNG plots and
+    a self-contained HTML page into RUN/report, as `hpcrun report` does)."""
     from . import ops
-    from .report import format_summary
 
     out = _out(ctx)
     result = run_op(lambda: ops.fetch(job, _cwd(), partial=partial))
     if out.json:
         out.emit(result.to_dict())
-        return
-    verified = ("verified against MANIFEST.sha256" if result.verified
-                else f"job is {result.view.status.state}: not verified yet")
-    sys.stdout.write(f"{result.run_dir}  ({verified})\n")
-    sys.stdout.write("\n".join(format_summary(result.summary)) + "\n")
-    sys.stdout.write("\n".join(_flag_lines(result.flags)) + "\n")
+    else:
+        verified = ("verified against MANIFEST.sha256" if result.verified
+                    else f"job is {result.view.status.state}: not verified yet"
+                    if not partial else "partial: not verified")
+        sys.stdout.write(f"{result.run_dir}  ({verified})\n")
+        sys.stdout.write(_summary_text(result.summary, result.flags, result.report))
+        sys.stdout.flush()
+    if result.report_error:
+        typer.echo(f"hpcrun: error: {result.report_error}", err=True)
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
@@ -733,51 +752,61 @@ def report(
     out_dir: Path | None = typer.Option(None, "--out", "-o", help="Where to write (default: "
                                         "RUN/report)."),
 ) -> None:
-    """Write PNG plots and a self-contained HTML report of a run; print their paths."""
+    """Print a run's summary and red flags, write PNG plots and a self-contained HTML report
+    (which shows both), and print their paths."""
     from . import ops
 
     out = _out(ctx)
-    files = run_op(lambda: ops.report(run, _cwd(), out_dir))
+    result = run_op(lambda: ops.report(run, _cwd(), out_dir))
     if out.json:
-        out.emit({"html": str(files.html), "pngs": [str(p) for p in files.pngs]})
+        out.emit(result.to_dict())
         return
-    for path in files.pngs:
-        sys.stdout.write(f"{path}\n")
-    sys.stdout.write(f"{files.html}\n")
+    files = result.files
+    sys.stdout.write(_summary_text(files.summary, files.flags, files))
 
 
 @app.command()
 def compare(
     ctx: typer.Context,
-    runs: list[str] = typer.Argument(..., help="Run directories, jobs, or a sweep job."),
-    metric: str = typer.Option("auroc", "--metric", "-m", help="Evaluation metric to rank by "
-                               "(test split, else val)."),
-    mode: str = typer.Option("max", "--mode", help="max (higher is better) or min."),
+    runs: list[str] = typer.Argument(..., help="Run directories, jobs, or a sweep job. A name "
+                                     "that exists on disk is a path; paths that are not run "
+                                     "directories (files, sweep folders) are skipped with a "
+                                     "note."),
+    metric: str = typer.Option("auroc", "--metric", "-m", help="What to rank by: an "
+                               "evaluation metric (auroc, auprc, accuracy, sensitivity, "
+                               "specificity, precision, recall, f1, mcc; from the final "
+                               "evaluation, test split first, else val), or loss (the lowest "
+                               "validation loss of the last training stage)."),
+    mode: str | None = typer.Option(None, "--mode", help="max (higher is better) or min; "
+                                    "default: min for loss, max otherwise."),
     out: Path | None = typer.Option(None, "--out", "-o", help="PNG of the runs' validation "
-                                    "loss curves (default: beside the runs)."),
+                                    "loss curves (default: beside the runs, or in the sweep's "
+                                    "folder)."),
 ) -> None:
     """Rank runs by a metric, show the config keys that differ, and overlay their curves."""
     from . import ops
 
     output = _out(ctx)
     result = run_op(lambda: ops.compare(runs, _cwd(), metric, mode, out))
+    if result.skipped:  # on stderr: the table on stdout stays the same either way
+        typer.echo(f"hpcrun: note: skipped {len(result.skipped)} path(s) that are not run "
+                   f"directories: {', '.join(result.skipped)}", err=True)
     if output.json:
         output.emit(result.to_dict())
         return
-    from rich.table import Table
+    from .report import format_table
 
     where = f" ({result.split})" if result.split else ""
-    table = Table(box=None, title=f"runs ranked by {result.metric}{where}")
-    for column in ("#", "RUN", result.metric.upper(), *result.differing):
-        table.add_column(column, overflow="fold")
-    for rank, row in enumerate(result.rows, 1):
-        table.add_row(str(rank), row["run"], _num(str(row["value"])),
-                      *(str(row[k]) for k in result.differing))
-    output.print(table)
+    order = "highest" if result.mode == "max" else "lowest"
+    rows = [{"#": str(rank), "run": row["run"], result.metric: row["value"],
+             **{key: str(row[key]) for key in result.differing}}
+            for rank, row in enumerate(result.rows, 1)]
+    lines = [f"runs ranked by {result.metric}{where}, {order} first", *format_table(rows)]
     if not result.differing:
-        output.print("(the runs' configs do not differ)")
+        lines.append("(the runs' configs do not differ)")
     if result.png:
-        sys.stdout.write(f"{result.png}\n")
+        lines.append(f"overlay: {result.png}")
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------- doctor

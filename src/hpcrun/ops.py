@@ -382,8 +382,8 @@ class JobView:
         return out
 
 
-#: how a dead process shows in a log: torchrun's "Signal 9 (SIGKILL) received by PID",
-#: its "exitcode  : -9", a shell's "Killed"; an exit code over 128 is 128 + the signal
+#: how a dead process shows in a log: torchrun's "Signal 9 (SIGKILL) received by PID" and
+#: "exitcode  : -9"; failing those, a shell's exit code over 128 is 128 + the signal
 _SIGNAL_RES = (re.compile(r"Signal (\d+) \((SIG[A-Z0-9]+)\)"),
                re.compile(r"exitcode\s*:\s*-(\d+)"))
 TRIAGE_LOG_LINES = 12
@@ -599,6 +599,12 @@ def notify(command: str, event: Event, runner: LocalRunner | None = None) -> str
 # --------------------------------------------------------------------------- fetch, report
 
 
+def _report_files(files: Any) -> dict[str, Any] | None:
+    if files is None:
+        return None
+    return {"html": str(files.html), "pngs": [str(p) for p in files.pngs]}
+
+
 @dataclass
 class FetchResult:
     view: JobView
@@ -606,11 +612,27 @@ class FetchResult:
     verified: bool
     summary: Any
     flags: list[Any] = field(default_factory=list)
+    #: the report written into the run directory (``report.ReportFiles``), or why not
+    report: Any = None
+    report_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"job": self.view.to_dict(), "run_dir": str(self.run_dir),
                 "verified": self.verified, "summary": self.summary.to_dict(),
-                "flags": [f.to_dict() for f in self.flags]}
+                "flags": [f.to_dict() for f in self.flags],
+                "report": _report_files(self.report), "report_error": self.report_error}
+
+
+@dataclass
+class ReportResult:
+    run_dir: Path
+    #: ``report.ReportFiles``: the PNGs and the HTML page, with the summary and flags shown
+    files: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "summary": self.files.summary.to_dict(),
+                "flags": [f.to_dict() for f in self.files.flags],
+                **(_report_files(self.files) or {})}
 
 
 def flags_of(view: JobView) -> list[Any]:
@@ -621,7 +643,10 @@ def flags_of(view: JobView) -> list[Any]:
 
 def fetch(ref: str | None, project_dir: Path, partial: bool = False,
           store: JobStore | None = None) -> FetchResult:
-    from .report import summarize
+    """Bring the run back, verify a finished one against its manifest, and write its report.
+    A partial fetch (or one of a job still running) is reported too: its curves so far are
+    what a researcher fetches it for."""
+    from .report import summarize, write_report
 
     store = store or JobStore()
     record = store.resolve(ref, str(project_dir.resolve()))
@@ -640,41 +665,87 @@ def fetch(ref: str | None, project_dir: Path, partial: bool = False,
                                      else ""), hint="the run directory was changed after the "
                                   "job wrote its manifest")
         verified = True
-    return FetchResult(view, run, verified, summarize(run), flags_of(view))
+    flags = flags_of(view)
+    files, problem = None, None
+    if run.is_dir():  # a job that never started has nothing to report
+        try:
+            files = write_report(run, flags=flags)
+        except OSError as exc:  # the summary is still worth showing: the CLI exits 1 after it
+            problem = f"cannot write the report into {run / 'report'}: {exc.strerror or exc}"
+    summary = files.summary if files is not None else summarize(run)
+    return FetchResult(view, run, verified, summary, flags, files, problem)
+
+
+def _is_path(ref: str | None) -> bool:
+    return bool(ref) and ("/" in ref or ref.startswith(".")) and Path(ref).is_dir()
+
+
+def _run_of(ref: str | None, project_dir: Path,
+            store: JobStore | None = None) -> tuple[Path, JobRecord | None]:
+    """A run directory given as a path, or the run of a job reference (and its job)."""
+    if _is_path(ref):
+        return Path(ref), None
+    store = store or JobStore()
+    record = store.resolve(ref, str(project_dir.resolve()))
+    _single(record)
+    return Path(record.run_dir), record
 
 
 def resolve_run_dir(ref: str | None, project_dir: Path, store: JobStore | None = None) -> Path:
     """A run directory given as a path, or the run of a job reference."""
-    if ref and ("/" in ref or ref.startswith(".")) and Path(ref).is_dir():
-        return Path(ref)
-    store = store or JobStore()
-    record = store.resolve(ref, str(project_dir.resolve()))
-    _single(record)
-    return Path(record.run_dir)
+    return _run_of(ref, project_dir, store)[0]
 
 
 def report(ref: str | None, project_dir: Path, out_dir: Path | None = None,
-           store: JobStore | None = None) -> Any:
+           store: JobStore | None = None) -> ReportResult:
+    """The report of a run, with its summary and red flags: those of the job (its state and
+    log) when a job is named, else what the run directory alone tells."""
     from .report import write_report
 
-    run = resolve_run_dir(ref, project_dir, store)
+    if store is None and not _is_path(ref):  # a run directory alone needs no job store
+        store = JobStore()
+    run, record = _run_of(ref, project_dir, store)
     if not (run / rundir.STATUS).exists():
         raise BadInput(f"{run} is not a run directory (no {rundir.STATUS})")
-    return write_report(run, out_dir)
+    flags = None
+    if record is not None and store is not None:
+        flags = flags_of(views([record], store)[0])
+    return ReportResult(run, write_report(run, out_dir, flags=flags))
 
 
-def compare(refs: Sequence[str], project_dir: Path, metric: str = "auroc", mode: str = "max",
-            out: Path | None = None, store: JobStore | None = None) -> Any:
-    """Rank runs (run directories, jobs, or a sweep's points) by a metric."""
+def _not_a_run(path: Path) -> str | None:
+    """Why a path given to compare is not a run directory (None when it is one)."""
+    if not path.is_dir():
+        return "not a directory"
+    if not (path / rundir.STATUS).exists():
+        return f"no {rundir.STATUS}"
+    return None
+
+
+def compare(refs: Sequence[str], project_dir: Path, metric: str = "auroc",
+            mode: str | None = None, out: Path | None = None,
+            store: JobStore | None = None) -> Any:
+    """Rank runs (run directories, jobs, or a sweep's points) by a metric. Paths that exist
+    but are not run directories are skipped with a note: a shell glob over an experiment's
+    folder also matches its sweep folders and the comparison written there last time."""
     from .report import compare as compare_runs
+    from .report import compare_metric, default_mode
 
+    metric = compare_metric(metric)
+    mode = mode or default_mode(metric)
     if mode not in ("max", "min"):
         raise BadInput(f"--mode {mode!r}: use max (higher is better) or min")
     store = store or JobStore()
     run_dirs: list[Path] = []
+    skipped: list[str] = []
     for ref in refs or ["latest"]:
-        if ("/" in ref or ref.startswith(".")) and Path(ref).is_dir():
-            run_dirs.append(Path(ref))
+        path = Path(ref)
+        if ref and path.exists():  # what a shell glob gave, rather than a job reference
+            why = _not_a_run(path)
+            if why is None:
+                run_dirs.append(path)
+            else:
+                skipped.append(f"{ref} ({why})")
             continue
         record = store.resolve(ref, str(project_dir.resolve()))
         if record.info.get("kind") == "sweep":
@@ -688,9 +759,12 @@ def compare(refs: Sequence[str], project_dir: Path, metric: str = "auroc", mode:
         raise BadInput(f"not a run directory (no {rundir.STATUS}): {missing[0]}",
                        hint="fetch remote runs first")
     if len(run_dirs) < 2:
-        raise BadInput("compare needs at least two runs (or a sweep)")
+        left_out = f"; left out {', '.join(skipped)}" if skipped else ""
+        raise BadInput(f"compare needs at least two runs (or a sweep){left_out}")
     out = out or run_dirs[0].parent / "compare.png"
-    return compare_runs(run_dirs, metric, mode, out)
+    result = compare_runs(run_dirs, metric, mode, out)
+    result.skipped = skipped
+    return result
 
 
 # --------------------------------------------------------------------------- doctor

@@ -14,27 +14,31 @@ from __future__ import annotations
 
 import base64
 import csv
+import difflib
 import functools
+import hashlib
 import html
 import io
 import json
 import math
-import multiprocessing
 import os
 import re
 import signal
 import statistics
 import sys
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hpcrun import rundir
+from hpcrun import __version__, rundir
+from hpcrun.errors import BadInput
 
 REPORT_DIR = rundir.REPORT
 REPORT_HTML = "report.html"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 #: files whose presence makes a directory of the run a stage directory
 _STAGE_FILES = (rundir.TRAINING, rundir.LOSS_COMPONENTS, rundir.GRADIENT_STATS,
@@ -104,6 +108,9 @@ class RunSummary:
 class ReportFiles:
     pngs: list[Path]
     html: Path
+    #: what the page shows: the run's summary and red flags
+    summary: RunSummary | None = None
+    flags: list[Any] = field(default_factory=list)
 
 
 def _json_safe(value: Any) -> Any:
@@ -289,7 +296,10 @@ def _evaluation_table(rows: Iterable[dict[str, str]]) -> tuple[dict[str, Any], .
 
 
 def _summarize_stage(name: str, data: _StageData, state: str | None,
-                     selection: _Selection | None) -> StageSummary:
+                     selection: _Selection | None, detail: bool = True) -> StageSummary:
+    """``detail=False`` stops at the best epoch and the evaluation table (separation and
+    memory CSVs are not read, losses and times not converted): what a comparison of
+    hundreds of runs ranks on, at a fraction of the reading."""
     rows = data.training
     header = set(rows.header)
     chosen = selection or _Selection()
@@ -297,6 +307,13 @@ def _summarize_stage(name: str, data: _StageData, state: str | None,
         chosen = _Selection(stage_mode=chosen.stage_mode)
     epochs = _epochs(rows)
     best_epoch, best_value = _best(epochs, rows.floats(chosen.column), chosen)
+    ranked = StageSummary(
+        name=name, state=state, mode=chosen.stage_mode, trained=data.has_training,
+        epochs=len(rows), metric=chosen.column if data.has_training else None,
+        metric_mode=chosen.mode, best_epoch=best_epoch, best_value=best_value,
+        evaluation=_evaluation_table(data.evaluation.rows()))
+    if not detail:
+        return ranked
 
     losses = rows.floats("Train Loss")
     first = losses[0] if losses else math.nan
@@ -314,17 +331,12 @@ def _summarize_stage(name: str, data: _StageData, state: str | None,
         sep_last = seps[-1] if seps else math.nan
 
     times = _finite(rows.floats("Epoch Time"))
-    return StageSummary(
-        name=name, state=state, mode=chosen.stage_mode, trained=data.has_training,
-        epochs=len(rows), metric=chosen.column if data.has_training else None,
-        metric_mode=chosen.mode, best_epoch=best_epoch, best_value=best_value,
-        first_train_loss=first, last_train_loss=last, loss_decrease=decrease,
+    return replace(
+        ranked, first_train_loss=first, last_train_loss=last, loss_decrease=decrease,
         loss_decrease_pct=pct, separation_best=sep_best, separation_last=sep_last,
         median_epoch_time=statistics.median(times) if times else math.nan,
         peak_host_rss_mb=_max(data.memory.floats("host_rss_mb")),
-        peak_gpu_mb=_max(data.memory.floats("peak_mb")),
-        evaluation=_evaluation_table(data.evaluation.rows()),
-    )
+        peak_gpu_mb=_max(data.memory.floats("peak_mb")))
 
 
 def _stage_names(run: rundir.RunDir, status: dict[str, Any], metadata: dict[str, Any],
@@ -340,7 +352,7 @@ def _stage_names(run: rundir.RunDir, status: dict[str, Any], metadata: dict[str,
     return [name for _, name in sorted(names)]
 
 
-def _load(run_dir: Path, config: RunConfig | None = None
+def _load(run_dir: Path, config: RunConfig | None = None, detail: bool = True
           ) -> tuple[RunSummary, dict[str, _StageData]]:
     run = rundir.RunDir(run_dir)
     status = _dict(rundir.read_json(run.status))
@@ -353,7 +365,7 @@ def _load(run_dir: Path, config: RunConfig | None = None
         data[name] = _StageData(run.stage(name))
         state = stage_states.get(name)
         stages.append(_summarize_stage(name, data[name], None if state is None else str(state),
-                                       selections.get(name)))
+                                       selections.get(name), detail))
     final = next((s for s in reversed(stages) if s.evaluation), None)
     experiment = (status.get("experiment") or metadata.get("experiment")
                   or run.root.resolve().parent.name)
@@ -480,38 +492,71 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "stage"
 
 
-def _new_axes(title: str, ylabel: str) -> tuple[Any, Any]:
-    """A figure of its own (not pyplot's: no global state, no backend switched for the
-    caller's process) with one labelled axes."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+class _Canvas:
+    """One figure (not pyplot's: no global state, no backend switched for the caller's
+    process) with one labelled axes, drawn on again for each plot of a batch. Building a
+    figure, its ticks and its renderer costs about as much as drawing the lines; a plot drawn
+    on a reused canvas is the same PNG, byte for byte, as one drawn on a fresh canvas."""
 
-    fig = Figure(figsize=_FIGSIZE, dpi=_DPI)
-    ax = fig.add_subplot()
-    fig.subplots_adjust(left=0.12, right=0.98, top=0.91, bottom=0.14)  # no layout engine: fast
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel("epoch", fontsize=9)
-    ax.set_ylabel(ylabel, fontsize=9)
-    ax.tick_params(labelsize=8)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(True, alpha=0.3)
-    return fig, ax
+    def __init__(self) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
+        self.fig = Figure(figsize=_FIGSIZE, dpi=_DPI)
+        self.agg = FigureCanvasAgg(self.fig)
+        self.ax = self.fig.add_subplot()
+        self.fig.subplots_adjust(left=0.12, right=0.98, top=0.91, bottom=0.14)  # no layout
+        self.ax.set_xlabel("epoch", fontsize=9)                                # engine: fast
+        self.ax.tick_params(labelsize=8)
+        self.ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        self.ax.grid(True, alpha=0.3)
+        self._used = False
 
-def _png(fig: Any, ax: Any) -> bytes:
-    handles = ax.get_legend_handles_labels()[0]
-    if handles:
-        ax.legend(fontsize=7, loc="best", ncols=2 if len(handles) > 4 else 1, framealpha=0.7)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None})
-    return buffer.getvalue()
+    def axes(self, title: str, ylabel: str) -> Any:
+        """The axes, emptied of the previous plot and titled for the next one."""
+        ax = self.ax
+        if self._used:
+            for artist in [*ax.lines, *ax.collections, *ax.patches, *ax.texts]:
+                artist.remove()
+            if ax.legend_ is not None:
+                ax.legend_.remove()
+            ax.set_yscale("linear")  # back to the linear scale's own locators and formatters
+            ax.relim()
+            ax.ignore_existing_data_limits = True
+            ax.set_autoscale_on(True)
+            ax.set_prop_cycle(None)  # colours start again at C0
+        self._used = True
+        # a fixed title position: nothing is drawn above the axes, and working out whether
+        # something is costs a layout pass of the tick labels on every draw
+        ax.set_title(title, fontsize=10, y=1.0)
+        ax.set_ylabel(ylabel, fontsize=9)
+        return ax
+
+    def png(self) -> bytes:
+        """The plot as an RGB PNG: the figure is opaque, so an alpha channel would only make
+        the file bigger and slower to compress; zlib level 3 is most of level 6's size at
+        about half the time."""
+        import PIL.Image
+
+        handles = self.ax.get_legend_handles_labels()[0]
+        if handles:
+            self.ax.legend(fontsize=7, loc="best", ncols=2 if len(handles) > 4 else 1,
+                           framealpha=0.7)
+        self.agg.draw()
+        width, height = self.agg.get_width_height()
+        image = PIL.Image.frombuffer("RGBA", (width, height), self.agg.buffer_rgba(), "raw",
+                                     "RGBA", 0, 1).convert("RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=3)
+        return buffer.getvalue()
 
 
 def _has_data(values: Iterable[float]) -> bool:
     return any(math.isfinite(v) for v in values)
 
 
-def _plot_losses(summary: StageSummary, data: _StageData) -> bytes | None:
+def _plot_losses(summary: StageSummary, data: _StageData, canvas: _Canvas) -> bytes | None:
     rows = data.training
     epochs = _epochs(rows)
     train, val = rows.floats("Train Loss"), rows.floats(_VAL_LOSS)
@@ -532,15 +577,15 @@ def _plot_losses(summary: StageSummary, data: _StageData) -> bytes | None:
                            f"C{2 + components.index(component) % 8}"))
     if not (_has_data(train) or _has_data(val) or any(_has_data(s[2]) for s in series)):
         return None
-    fig, ax = _new_axes(f"{summary.name}: loss", "loss")
+    ax = canvas.axes(f"{summary.name}: loss", "loss")
     ax.plot(epochs, train, color="C0", linewidth=2, marker=".", label="train loss")
     ax.plot(epochs, val, color="C1", linewidth=2, marker=".", label="val loss")
     for label, xs, ys, style, colour in series:
         ax.plot(xs, ys, linestyle=style, linewidth=0.9, color=colour, label=label)
-    return _png(fig, ax)
+    return canvas.png()
 
 
-def _plot_metrics(summary: StageSummary, data: _StageData) -> bytes | None:
+def _plot_metrics(summary: StageSummary, data: _StageData, canvas: _Canvas) -> bytes | None:
     rows = data.training
     columns = [c for c in rows.header if c.startswith("Val ") and c != _VAL_LOSS]
     epochs = _epochs(rows)
@@ -548,35 +593,35 @@ def _plot_metrics(summary: StageSummary, data: _StageData) -> bytes | None:
     curves = [(c, ys) for c, ys in curves if _has_data(ys)]
     if not curves:
         return None
-    fig, ax = _new_axes(f"{summary.name}: validation metrics", "value")
+    ax = canvas.axes(f"{summary.name}: validation metrics", "value")
     for column, ys in curves:
         width = 2 if column == summary.metric else 1.2
         ax.plot(epochs, ys, linewidth=width, marker=".", label=column.removeprefix("Val "))
     if summary.best_epoch is not None:
         ax.axvline(summary.best_epoch, color="grey", linestyle=":", linewidth=1,
                    label=f"best epoch {summary.best_epoch} ({summary.metric})")
-    return _png(fig, ax)
+    return canvas.png()
 
 
-def _plot_separation(summary: StageSummary, data: _StageData) -> bytes | None:
+def _plot_separation(summary: StageSummary, data: _StageData, canvas: _Canvas) -> bytes | None:
     train = _phase_series(data.probabilities, "train", "separation")
     val = _phase_series(data.probabilities, "val", "separation")
     if not (_has_data(train[1]) or _has_data(val[1])):
         return None
-    fig, ax = _new_axes(f"{summary.name}: separation (pos mean - neg mean)", "separation")
+    ax = canvas.axes(f"{summary.name}: separation (pos mean - neg mean)", "separation")
     ax.plot(*train, marker=".", label="train")
     ax.plot(*val, marker=".", label="val")
     ax.axhline(0, color="grey", linewidth=0.8)
-    return _png(fig, ax)
+    return canvas.png()
 
 
-def _plot_gradients(summary: StageSummary, data: _StageData) -> bytes | None:
+def _plot_gradients(summary: StageSummary, data: _StageData, canvas: _Canvas) -> bytes | None:
     rows = data.gradients
     epochs = _epochs(rows, "epoch")
     mean, low, high = (rows.floats(c) for c in ("norm_mean", "norm_min", "norm_max"))
     if not (_has_data(mean) or _has_data(high)):
         return None
-    fig, ax = _new_axes(f"{summary.name}: gradient norm", "total gradient norm")
+    ax = canvas.axes(f"{summary.name}: gradient norm", "total gradient norm")
     ax.fill_between(epochs, low, high, alpha=0.2, color="C0", label="min-max")
     ax.plot(epochs, mean, color="C0", marker=".", label="mean")
     ax.plot(epochs, high, color="C3", linewidth=1, linestyle="--", label="max")
@@ -593,10 +638,10 @@ def _plot_gradients(summary: StageSummary, data: _StageData) -> bytes | None:
             ax.yaxis.set_minor_formatter(FuncFormatter(minor))
         else:
             ax.yaxis.set_minor_formatter(NullFormatter())
-    return _png(fig, ax)
+    return canvas.png()
 
 
-def _plot_memory(summary: StageSummary, data: _StageData) -> bytes | None:
+def _plot_memory(summary: StageSummary, data: _StageData, canvas: _Canvas) -> bytes | None:
     table = data.memory
     ranks: dict[str, list[int]] = {}
     for index, rank in enumerate(table.column("rank")):
@@ -612,25 +657,102 @@ def _plot_memory(summary: StageSummary, data: _StageData) -> bytes | None:
                 curves.append((f"{label} rank {rank}", epochs, ys, column == "peak_mb"))
     if not curves:
         return None
-    fig, ax = _new_axes(f"{summary.name}: memory", "MB")
+    ax = canvas.axes(f"{summary.name}: memory", "MB")
     for label, epochs, ys, gpu in curves:
         ax.plot(epochs, ys, marker=".", linestyle="--" if gpu else "-", label=label)
-    return _png(fig, ax)
+    return canvas.png()
 
 
 #: the plots of a training stage: kind (its file name), caption, and what draws it
-_PLOTS: dict[str, tuple[str, Callable[[StageSummary, _StageData], bytes | None]]] = {
+_PLOTS: dict[str, tuple[str, Callable[[StageSummary, _StageData, _Canvas], bytes | None]]] = {
     "losses": ("Loss per epoch", _plot_losses),
     "metrics": ("Validation metrics", _plot_metrics),
     "separation": ("Separation", _plot_separation),
     "gradients": ("Gradient norms", _plot_gradients),
     "memory": ("Memory", _plot_memory),
 }
+#: the files of its stage each plot is drawn from (besides the stage's name, and for the
+#: metrics the best epoch it marks)
+_PLOT_INPUTS = {
+    "losses": (rundir.TRAINING, rundir.LOSS_COMPONENTS),
+    "metrics": (rundir.TRAINING,),
+    "separation": (rundir.PROBABILITY_STATS,),
+    "gradients": (rundir.GRADIENT_STATS,),
+    "memory": (rundir.GPU_MEMORY,),
+}
+#: the PNG text chunk that records what a plot was drawn from
+_PNG_KEY = b"hpcrun-plot"
 
 
-def _draw(task: tuple[str, StageSummary, _StageData]) -> bytes | None:
-    kind, summary, data = task
-    return _PLOTS[kind][1](summary, data)
+def _stamp(path: Path) -> list[int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return [info.st_size, info.st_mtime_ns]
+
+
+def _plot_key(kind: str, stage: StageSummary, data: _StageData) -> str:
+    """What a plot is drawn from: its input files (size and modification time: the CSVs are
+    appended to or replaced, never edited in place), the stage's name (its title), the best
+    epoch (which the metrics plot marks), and the drawing code (this file and hpcrun's
+    version)."""
+    chosen = [stage.metric, stage.best_epoch] if kind == "metrics" else []  # its marker
+    parts = [kind, stage.name, chosen, __version__, _stamp(Path(__file__)),
+             [_stamp(data.dir / name) for name in _PLOT_INPUTS[kind]]]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+
+
+def _with_key(png: bytes, key: str) -> bytes:
+    """``png`` with a tEXt chunk holding ``key``, right after its header chunk."""
+    body = b"tEXt" + _PNG_KEY + b"\0" + key.encode("ascii")
+    chunk = (len(body) - 4).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+    header_end = 8 + 4 + 4 + 13 + 4  # signature, then IHDR: length, type, 13 bytes, CRC
+    return png[:header_end] + chunk + png[header_end:]
+
+
+def _key_of(png: bytes) -> str | None:
+    """The key ``_with_key`` put into a PNG (None for any other file)."""
+    if not png.startswith(PNG_SIGNATURE):
+        return None
+    at = 8
+    while at + 8 <= len(png):
+        length, kind = int.from_bytes(png[at:at + 4], "big"), png[at + 4:at + 8]
+        if kind == b"IDAT":
+            return None
+        keyword, _, value = png[at + 8:at + 8 + length].partition(b"\0")
+        if kind == b"tEXt" and keyword == _PNG_KEY:
+            return value.decode("ascii", "replace")
+        at += 12 + length
+    return None
+
+
+def _drawn_before(path: Path, key: str) -> bytes | None:
+    """The PNG at ``path`` when it was drawn from what ``key`` describes."""
+    try:
+        png = path.read_bytes()
+    except OSError:
+        return None
+    return png if _key_of(png) == key else None
+
+
+_Plot = tuple[str, StageSummary, _StageData]
+
+
+def _draw(tasks: Sequence[_Plot]) -> list[bytes | None]:
+    """The PNGs of a batch of plots (None for a plot without data), on one canvas."""
+    canvas = _Canvas()
+    return [_PLOTS[kind][1](summary, data, canvas) for kind, summary, data in tasks]
+
+
+def _draw_all(tasks: Sequence[_Plot]) -> list[bytes | None]:
+    """``_draw(tasks)``, in one batch per worker process when there are enough plots."""
+    if not tasks:
+        return []
+    batches = min(_workers(), _MAX_WORKERS) if len(tasks) >= _FORK_PLOTS else 1
+    size = -(-len(tasks) // max(1, batches))
+    chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
+    return [png for chunk in _fan_out(_draw, chunks, least=2) for png in chunk]
 
 
 def _workers() -> int:
@@ -649,6 +771,7 @@ def _fan_out(work: Callable[[Any], Any], items: Sequence[Any], least: int) -> li
     workers = min(_workers(), len(items), _MAX_WORKERS)
     if workers < 2 or len(items) < least or threading.active_count() > 1:
         return [work(item) for item in items]
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
@@ -692,6 +815,7 @@ td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 figure{margin:0}figcaption{font-size:.85em;color:#555}
 img{border:1px solid #eee;max-width:100%}
 .state{font-weight:bold}
+.flag{color:#a00;font-weight:bold}.healthy{color:#555}
 """
 
 
@@ -731,9 +855,21 @@ def _stage_row(stage: StageSummary) -> list[Any]:
             num(stage.peak_gpu_mb, 1)]
 
 
+def _flags_html(flags: Sequence[Any]) -> str:
+    if not flags:
+        return '<p class="healthy">none</p>'
+    rows = "".join(f'<tr><td class="flag">{_e(f.code)}</td><td>{_e(f.stage or "")}</td>'
+                   f'<td class="n">{_e("" if f.epoch is None else f.epoch)}</td>'
+                   f"<td>{_e(f.message)}</td></tr>" for f in flags)
+    return ("<table><tr><th>flag</th><th>stage</th><th>epoch</th><th>what was seen</th></tr>"
+            f"{rows}</table>")
+
+
 def render_html(summary: RunSummary,
-                images: dict[str, list[tuple[str, str, bytes]]] | None = None) -> str:
-    """One self-contained page: inline style, images as data URIs, every value escaped."""
+                images: dict[str, list[tuple[str, str, bytes]]] | None = None,
+                flags: Sequence[Any] = ()) -> str:
+    """One self-contained page: inline style, images as data URIs, every value escaped.
+    ``flags`` are the run's red flags (``diagnose.Flag``: code, message, stage, epoch)."""
     images = images or {}
     title = f"{summary.experiment} / {summary.run_id}"
     parts = ["<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
@@ -743,6 +879,8 @@ def render_html(summary: RunSummary,
                          [[summary.experiment, summary.run_id, summary.state, summary.path]])]
     if summary.message:
         parts.append(f"<p>Message: {_e(summary.message)}</p>")
+    parts.append("<h2>Red flags</h2>")
+    parts.append(_flags_html(flags))
     parts.append("<h2>Final evaluation</h2>")
     if summary.final_evaluation:
         parts.append(f"<p>Stage {_e(summary.final_evaluation_stage)}</p>")
@@ -777,31 +915,70 @@ def render_html(summary: RunSummary,
     return "".join(parts)
 
 
-def write_report(run_dir: Path, out_dir: Path | None = None) -> ReportFiles:
+def write_report(run_dir: Path, out_dir: Path | None = None,
+                 flags: Sequence[Any] | None = None) -> ReportFiles:
     """Write ``<stage>_<kind>.png`` per training stage and ``report.html`` into ``out_dir``
-    (default ``run_dir/report``). Plots without data are skipped. Returns the files written."""
-    import matplotlib.backends.backend_agg  # noqa: F401 - imported once, before any fork
-    import matplotlib.figure  # noqa: F401
-
+    (default ``run_dir/report``). Plots without data are skipped; a plot whose PNG there was
+    drawn from the same data (a finished stage of a running pipeline, a report after
+    ``fetch``) is kept rather than drawn again. ``flags`` are the run's red flags when the
+    caller knows more than the run directory tells (the job's state, its log); by default
+    they come from the run directory alone. Returns the PNGs and the page, with the summary
+    and flags the page shows."""
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR
+    if flags is None:
+        from hpcrun.diagnose import diagnose
+
+        flags = diagnose(run_dir)
     summary, data = _load(run_dir)
-    files = ReportFiles(pngs=[], html=out_dir / REPORT_HTML)
+    files = ReportFiles(pngs=[], html=out_dir / REPORT_HTML, summary=summary, flags=list(flags))
     tasks = [(kind, stage, data[stage.name]) for stage in summary.stages if stage.trained
              for kind in _PLOTS]
+    paths = [out_dir / f"{_safe_name(stage.name)}_{kind}.png" for kind, stage, _ in tasks]
+    keys = [_plot_key(*task) for task in tasks]
+    pngs = [_drawn_before(path, key) for path, key in zip(paths, keys, strict=True)]
+    stale = [i for i, png in enumerate(pngs) if png is None]
+    if stale:
+        import matplotlib.backends.backend_agg  # noqa: F401 - imported once, before any fork
+        import matplotlib.figure  # noqa: F401
+
+        for i, png in zip(stale, _draw_all([tasks[i] for i in stale]), strict=True):
+            if png is not None:
+                pngs[i] = _with_key(png, keys[i])
+                rundir.write_atomic(paths[i], pngs[i])
     images: dict[str, list[tuple[str, str, bytes]]] = {}
-    for (kind, stage, _), png in zip(tasks, _fan_out(_draw, tasks, least=_FORK_PLOTS), strict=True):
+    for (kind, stage, _), path, png in zip(tasks, paths, pngs, strict=True):
         plots = images.setdefault(stage.name, [])
         if png is not None:
             plots.append((kind, _PLOTS[kind][0], png))
-            path = out_dir / f"{_safe_name(stage.name)}_{kind}.png"
-            rundir.write_atomic(path, png)
             files.pngs.append(path)
-    rundir.write_atomic(files.html, render_html(summary, images).encode("utf-8"))
+    rundir.write_atomic(files.html, render_html(summary, images, files.flags).encode("utf-8"))
     return files
 
 
 # --------------------------------------------------------------------------- compare
+
+
+#: what ``compare`` ranks by: a column of evaluation.csv, or ``loss``: the lowest validation
+#: loss of the last training stage (the curve the overlay draws)
+COMPARE_METRICS = (*rundir.EVALUATION_COLUMNS[1:], "loss")
+
+
+def compare_metric(name: str) -> str:
+    """``name`` as ``compare`` knows it (case does not matter), or ``BadInput`` naming the
+    valid ones: ranking by a metric no run has would print a table of blanks."""
+    metric = name.strip().lower()
+    if metric in COMPARE_METRICS:
+        return metric
+    close = difflib.get_close_matches(metric, COMPARE_METRICS, n=1)
+    guess = f" (did you mean {close[0]!r}?)" if close else ""
+    raise BadInput(f"--metric {name!r}: unknown metric{guess}; choose one of "
+                   f"{', '.join(COMPARE_METRICS)}")
+
+
+def default_mode(metric: str) -> str:
+    """Lower is better for a loss, higher for every evaluation metric."""
+    return "min" if metric == "loss" else "max"
 
 
 @dataclass
@@ -811,10 +988,14 @@ class Comparison:
     rows: list[dict[str, Any]]  # ranked: run, run_dir, value, and each differing key
     differing: list[str]
     png: Path | None
+    mode: str = "max"
+    #: paths given that are not run directories, each with why it was left out
+    skipped: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "split": self.split, "differing": self.differing,
-                "rows": _json_safe(self.rows), "png": str(self.png) if self.png else None}
+        return {"metric": self.metric, "split": self.split, "mode": self.mode,
+                "differing": self.differing, "rows": _json_safe(self.rows),
+                "png": str(self.png) if self.png else None, "skipped": self.skipped}
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -826,9 +1007,13 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: data}
 
 
-def _metric_value(summary: RunSummary, metric: str) -> tuple[float, str | None]:
+def _metric_value(summary: RunSummary, metric: str,
+                  curve: _Curve | None) -> tuple[float, str | None]:
     """The metric from the final evaluation (test split first), else the best validation
-    value of the last training stage that tracks it."""
+    value of the last training stage that tracks it. ``loss`` is the lowest of ``curve``."""
+    if metric == "loss":
+        lowest = min(_finite(curve[1]), default=math.nan) if curve else math.nan
+        return lowest, "val"
     table = {row.get("split"): row for row in summary.final_evaluation}
     for split in ("test", "val"):
         if split in table and metric in table[split]:
@@ -839,21 +1024,25 @@ def _metric_value(summary: RunSummary, metric: str) -> tuple[float, str | None]:
     return math.nan, None
 
 
-def compare(run_dirs: Sequence[Path], metric: str = "auroc", mode: str = "max",
+def compare(run_dirs: Sequence[Path], metric: str = "auroc", mode: str | None = None,
             out: Path | None = None) -> Comparison:
-    """Rank runs by ``metric``, list the config keys whose values differ between them, and
-    draw their validation-loss curves on one PNG."""
+    """Rank runs by ``metric`` (one of ``COMPARE_METRICS``; ``mode`` max or min, by default
+    min for ``loss`` and max otherwise), list the config keys whose values differ between
+    them, and draw their validation-loss curves on one PNG."""
+    metric = compare_metric(metric)
+    mode = mode or default_mode(metric)
+    if mode not in ("max", "min"):
+        raise BadInput(f"--mode {mode!r}: use max (higher is better) or min")
     from hpcrun.config import load_config_text  # noqa: F401 - imported before any fork
 
     entries = _fan_out(_compare_entry, [Path(d) for d in run_dirs], least=_FORK_RUNS)
-    summaries = [summary for summary, _, _ in entries]
     configs = [config for _, config, _ in entries]
     keys = sorted({k for c in configs for k in c})
     differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
     rows = []
     split = None
-    for run_dir, summary, config in zip(run_dirs, summaries, configs, strict=True):
-        value, where = _metric_value(summary, metric)
+    for run_dir, (summary, config, curve) in zip(run_dirs, entries, strict=True):
+        value, where = _metric_value(summary, metric, curve)
         split = split or where
         rows.append({"run": summary.run_id, "run_dir": str(run_dir), "value": value,
                      **{k: config.get(k) for k in differing}})
@@ -863,7 +1052,7 @@ def compare(run_dirs: Sequence[Path], metric: str = "auroc", mode: str = "max",
     curves = {str(d): (summary.run_id, curve)
               for d, (summary, _, curve) in zip(run_dirs, entries, strict=True)}
     png = _overlay([curves[r["run_dir"]] for r in rows], out) if out is not None else None
-    return Comparison(metric, split, rows, differing, png)
+    return Comparison(metric, split, rows, differing, png, mode)
 
 
 #: a run's validation-loss curve (epochs, values) in its last training stage
@@ -874,7 +1063,7 @@ def _compare_entry(run_dir: Path) -> tuple[RunSummary, dict[str, Any], _Curve | 
     """What a comparison needs of one run: its summary, its flattened config, and the
     curve the overlay draws."""
     config = read_config(rundir.RunDir(run_dir))
-    summary, data = _load(run_dir, config)
+    summary, data = _load(run_dir, config, detail=False)
     trained = [s for s in summary.stages if s.trained]
     curve = None
     if trained:
@@ -894,7 +1083,8 @@ def _overlay(ranked: Sequence[tuple[str, _Curve | None]], out: Path) -> Path:
     so hundreds of runs stay cheap and readable)."""
     from matplotlib.collections import LineCollection
 
-    fig, ax = _new_axes("validation loss", "loss")
+    canvas = _Canvas()
+    ax = canvas.axes("validation loss", "loss")
     background = []
     for rank, (run_id, curve) in enumerate(ranked):
         if curve is None:
@@ -908,6 +1098,6 @@ def _overlay(ranked: Sequence[tuple[str, _Curve | None]], out: Path) -> Path:
         ax.add_collection(LineCollection(background, colors="0.75", linewidths=0.6,
                                          zorder=1, label=f"{len(background)} more runs"))
         ax.autoscale_view()
-    data = _png(fig, ax)
+    data = canvas.png()
     rundir.write_atomic(out, data)
     return out

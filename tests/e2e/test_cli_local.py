@@ -128,10 +128,14 @@ def test_v3_submit_status_list_logs_monitor_fetch_report(project):
     assert "test" in fetched.stdout and "auroc" in fetched.stdout.lower()
     _, fetched_json = hpj(project, "fetch")
     assert fetched_json["verified"] is True
+    assert fetched_json["report"]["html"] == str(run_dir / "report" / "report.html")
 
     reported = hp(project, "report", check=True)
-    paths = [Path(p) for p in reported.stdout.split()]
-    assert paths[-1].name == "report.html" and paths[-1].is_file()
+    lines = reported.stdout.splitlines()
+    assert "Final evaluation (eval):" in lines
+    assert any(line.startswith("red flags") for line in lines)
+    paths = [Path(line.strip()) for line in lines[lines.index("Report:") + 1:]]
+    assert paths[0].name == "report.html" and paths[0].is_file()
     assert all(p.is_file() for p in paths) and any(p.suffix == ".png" for p in paths)
 
     meta = json.loads((run_dir / "metadata.json").read_text())

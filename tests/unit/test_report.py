@@ -423,3 +423,266 @@ def test_a_report_leaves_the_callers_matplotlib_alone(run):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["svg", "False"]
+
+
+# --------------------------------------------------------------------------- red flags
+
+
+def test_the_page_shows_the_red_flags_or_says_there_are_none(tmp_path):
+    healthy = report.write_report(make_run(tmp_path / "ok"))
+    assert healthy.flags == []
+    page = healthy.html.read_text(encoding="utf-8")
+    assert '<h2>Red flags</h2><p class="healthy">none</p>' in page
+
+    run = make_run(tmp_path / "bad", state="FAILED")
+    rundir.write_json(run / rundir.FAILURE, {"rank": 1, "host": "node1", "stage": "finetune",
+                                             "epoch": 3, "exception": f"boom {HOSTILE}"})
+    files = report.write_report(run)
+    assert [f.code for f in files.flags] == ["failed"]
+    page = files.html.read_text(encoding="utf-8")
+    flags = page[page.index("<h2>Red flags</h2>"):page.index("<h2>Final evaluation</h2>")]
+    assert '<td class="flag">failed</td><td>finetune</td>' in flags
+    assert "boom " + html.escape(HOSTILE) in flags and HOSTILE not in page
+
+
+def test_flags_the_caller_knows_are_the_ones_the_page_shows(run):
+    from hpcrun.diagnose import Flag
+
+    known = [Flag("failed", "CUDA out of memory: lower the batch size", "finetune", 2)]
+    files = report.write_report(run, flags=known)
+    assert files.flags == known
+    assert "CUDA out of memory: lower the batch size" in files.html.read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project as the cwd, with a job store of its own."""
+    root = tmp_path / "project"
+    root.mkdir()
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("HPCRUN_STORE", str(tmp_path / "state" / "jobs.sqlite"))
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.chdir(root)
+    return root
+
+
+def finished_job(project: Path, state: str = "SUCCEEDED") -> tuple[str, Path]:
+    """A local job that has ended, with its run directory and manifest as the trainer left
+    them."""
+    import socket
+
+    from hpcrun.job import JobRecord
+    from hpcrun.store import JobStore
+
+    run = make_run(project, state=state)
+    (run / rundir.LOGS).mkdir(exist_ok=True)
+    rundir.write_manifest(run)
+    (run / rundir.JOB_EXIT).write_text("0\n" if state == "SUCCEEDED" else "1\n")
+    (run / rundir.JOB_PID).write_text("999999999\n")
+    JobStore().add([JobRecord(id="f00dcafe", backend="local", host=socket.gethostname(),
+                              experiment="v3", run_dir=str(run), project_dir=str(project))])
+    return "f00dcafe", run
+
+
+def report_paths(out: str) -> list[Path]:
+    """The paths under the ``Report:`` line a command prints last."""
+    lines = out.splitlines()
+    return [Path(line.strip()) for line in lines[lines.index("Report:") + 1:] if line.strip()]
+
+
+def test_fetch_verifies_prints_the_summary_and_writes_the_report(project):
+    from conftest import invoke
+
+    job, run = finished_job(project)
+    answer = invoke("fetch", job)
+    assert answer.code == 0, answer.err
+    assert "verified against MANIFEST.sha256" in answer.out
+    assert "Stage finetune [SUCCEEDED]  5 epochs" in answer.out
+    assert "red flags: none" in answer.out
+    paths = report_paths(answer.out)
+    assert paths[0] == run / "report" / "report.html"
+    assert {p.name for p in paths[1:]} == {f"{stage}_{kind}.png" for stage in
+                                           ("pretrain", "finetune") for kind in TRAINING_PLOTS}
+    assert all(p.is_file() for p in paths)
+
+    again = invoke("--json", "fetch", job)  # the report it wrote does not spoil the manifest
+    assert again.code == 0, again.err
+    data = json.loads(again.out)
+    assert data["verified"] is True and data["report_error"] is None
+    assert data["report"]["html"] == str(run / "report" / "report.html")
+    assert sorted(data["report"]["pngs"]) == sorted(str(p) for p in paths[1:])
+
+
+def test_a_partial_fetch_writes_the_report_of_the_epochs_so_far(project):
+    from conftest import invoke
+
+    job, run = finished_job(project)
+    answer = invoke("fetch", "--partial", job)
+    assert answer.code == 0, answer.err
+    assert "partial: not verified" in answer.out
+    assert report_paths(answer.out)[0] == run / "report" / "report.html"
+
+
+def test_report_prints_the_summary_and_red_flags_before_the_paths(project):
+    from conftest import invoke
+
+    job, run = finished_job(project, state="FAILED")
+    rundir.write_json(run / rundir.FAILURE, {"rank": 0, "host": "node1", "stage": "finetune",
+                                             "epoch": 3, "exception": "RuntimeError: boom"})
+    for ref in (job, str(run)):  # a job, or a run directory alone
+        answer = invoke("report", ref)
+        assert answer.code == 0, answer.err
+        out = answer.out
+        assert out.index("Stage pretrain [SUCCEEDED]") < out.index("Final evaluation (eval):")
+        assert "  best Val AUROC        0.8500 at epoch 3 (highest)" in out
+        assert "! failed [finetune]: rank 0 on node1: RuntimeError: boom" in out
+        assert out.index("red flags:") < out.index("Report:")
+        paths = report_paths(out)
+        assert paths[0].name == "report.html" and len(paths) == 11
+        assert "RuntimeError: boom" in paths[0].read_text(encoding="utf-8")
+
+    data = json.loads(invoke("--json", "report", str(run)).out)
+    assert data["summary"]["run_id"] == run.name and data["html"].endswith("report.html")
+    assert [f["code"] for f in data["flags"]] == ["failed"] and len(data["pngs"]) == 10
+
+
+def runs_of_one_experiment(root: Path, val_losses: list[float]) -> list[Path]:
+    """Runs side by side in ``root/runs/v3``, as a user's globs find them: run ``i`` has the
+    test AUROC 0.5 + i/100 and finetune's validation loss ``val_losses[i]`` at its lowest."""
+    runs = []
+    for i, (source, lowest) in enumerate(zip(_sweep(root / "made", len(val_losses)),
+                                             val_losses, strict=True)):
+        run = root / "runs" / "v3" / f"run{i}"
+        run.parent.mkdir(parents=True, exist_ok=True)
+        source.rename(run)
+        status = rundir.read_json(run / rundir.STATUS)
+        rundir.write_json(run / rundir.STATUS, {**status, "run_id": run.name})
+        rows = rundir.read_rows(run / "finetune" / rundir.TRAINING)
+        for row, loss in zip(rows, [lowest + 0.3, lowest + 0.1, lowest, lowest + 0.2, 9.0],
+                             strict=True):
+            row["Val Loss"] = loss
+        rundir.write_csv(run / "finetune" / rundir.TRAINING, list(rows[0]),
+                         [list(r.values()) for r in rows])
+        runs.append(run)
+    return runs
+
+
+def test_compare_over_a_glob_again_skips_what_it_wrote_there_with_a_note(project):
+    from conftest import invoke
+
+    runs = runs_of_one_experiment(project, [0.3, 0.2, 0.1])
+    (project / "runs" / "v3" / "20260101-000000-beef-sweep" / "logs").mkdir(parents=True)
+    folder = project / "runs" / "v3"
+
+    first = invoke("compare", *map(str, runs))
+    assert first.code == 0, first.err
+    assert (folder / "compare.png").read_bytes().startswith(PNG_SIGNATURE)
+    everything = sorted(str(p) for p in folder.iterdir())  # runs/v3/*, the second time
+    assert str(folder / "compare.png") in everything
+    again = invoke("compare", *everything)
+    assert again.code == 0, again.err
+    assert [line.split()[1] for line in again.out.splitlines()[2:5]] == ["run2", "run1", "run0"]
+    assert again.err.count("\n") == 1 and again.err.startswith("hpcrun: note: skipped 2 ")
+    assert "compare.png (not a directory)" in again.err and "-sweep (no status.json)" in again.err
+
+    data = json.loads(invoke("--json", "compare", *everything).out)
+    assert [r["run"] for r in data["rows"]] == ["run2", "run1", "run0"]
+    assert len(data["skipped"]) == 2
+
+    alone = invoke("compare", str(runs[0]), str(folder / "compare.png"))
+    assert alone.code == 2 and "at least two runs" in alone.err and "compare.png" in alone.err
+
+
+@pytest.mark.parametrize(("metric", "guess"), [("aucroc", "auroc"), ("val_loss", "loss"),
+                                               ("precission", "precision"), ("xyz", None)])
+def test_an_unknown_metric_is_refused_in_one_line_with_the_valid_ones(project, metric, guess):
+    from conftest import invoke
+
+    runs = runs_of_one_experiment(project, [0.3, 0.2])
+    answer = invoke("compare", *map(str, runs), "--metric", metric)
+    assert answer.code == 2 and answer.out == ""
+    assert len(answer.err.splitlines()) == 1
+    assert answer.err.startswith(f"hpcrun: error: --metric {metric!r}: unknown metric")
+    assert (f"(did you mean {guess!r}?)" in answer.err) == (guess is not None)
+    assert "auroc, auprc, accuracy, sensitivity, specificity, precision, recall, f1, mcc, " \
+        "loss" in answer.err
+    assert not (project / "runs" / "v3" / "compare.png").exists()
+    with pytest.raises(report.BadInput):
+        report.compare(runs, metric=metric)
+
+
+def test_compare_by_loss_ranks_the_lowest_validation_loss_of_the_last_stage_first(tmp_path):
+    runs = runs_of_one_experiment(tmp_path, [0.25, 0.05, 0.15])
+    ranked = report.compare(runs, metric="loss")
+    assert (ranked.metric, ranked.mode, ranked.split) == ("loss", "min", "val")
+    assert [r["run"] for r in ranked.rows] == ["run1", "run2", "run0"]
+    assert [r["value"] for r in ranked.rows] == pytest.approx([0.05, 0.15, 0.25])
+    # upper case is the same metric; --mode max turns the order round
+    assert [r["run"] for r in report.compare(runs, metric="LOSS", mode="max").rows] == [
+        "run0", "run2", "run1"]
+    by_auroc = report.compare(runs)
+    assert (by_auroc.mode, by_auroc.split) == ("max", "test")
+    assert [r["run"] for r in by_auroc.rows] == ["run2", "run1", "run0"]
+
+
+def test_a_plot_drawn_on_a_reused_canvas_is_the_one_a_fresh_canvas_draws(run):
+    """Plots of a report share one figure; none may inherit anything (scale, formatters,
+    colours, limits, legend) from the plot drawn before it."""
+    summary, data = report._load(run)
+    tasks = [(kind, summary.stage(stage), data[stage]) for stage in ("finetune", "pretrain")
+             for kind in report._PLOTS]
+    fresh = [report._draw([task])[0] for task in tasks]
+    order = [3, 8, 0, 5, 9, 1, 4, 2, 7, 6]  # log scale before linear ones, stages mixed
+    shared = report._draw([tasks[i] for i in order])
+    assert all(png is not None for png in fresh)
+    assert [shared[order.index(i)] for i in range(len(tasks))] == fresh
+
+
+def test_a_report_drawn_in_worker_processes_is_the_one_drawn_in_one(tmp_path, monkeypatch):
+    run = make_run(tmp_path)
+    alone = report.write_report(run, tmp_path / "alone")
+    with monkeypatch.context() as patch:
+        patch.setattr(report, "_workers", lambda: 2)
+        patch.setattr(report.threading, "active_count", lambda: 1)
+        spread = report.write_report(run, tmp_path / "spread")
+    assert [p.name for p in spread.pngs] == [p.name for p in alone.pngs] and len(alone.pngs) == 10
+    assert [p.read_bytes() for p in spread.pngs] == [p.read_bytes() for p in alone.pngs]
+    assert spread.html.read_bytes() == alone.html.read_bytes()
+
+
+# --------------------------------------------------------------------------- plots kept
+
+
+def test_a_report_of_an_unchanged_run_keeps_its_plots_and_imports_no_plotting(run):
+    first = report.write_report(run)
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in first.pngs}
+    from PIL import Image
+
+    with Image.open(first.pngs[0]) as image:  # the key rides in a valid PNG text chunk
+        assert len(image.text["hpcrun-plot"]) == 32
+    code = ("import sys; from hpcrun import report; "
+            f"files = report.write_report({str(run)!r}); "
+            "print(len(files.pngs), 'matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["10", "False"]
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in first.pngs} == before
+    assert report.write_report(run).html.read_bytes() == first.html.read_bytes()
+
+
+def test_only_the_plots_whose_data_changed_are_drawn_again(run):
+    first = {p.name: p.stat().st_mtime_ns for p in report.write_report(run).pngs}
+    with open(run / "finetune" / rundir.TRAINING, "a") as handle:  # the next epoch
+        handle.write("6,1.0,0.2,0.3,0.9,0.5,0.5,0.5,0.5,0.001\n")
+    (run / "report" / "pretrain_memory.png").unlink()
+    (run / "report" / "pretrain_gradients.png").write_bytes(PNG_SIGNATURE + b"not a plot")
+    files = report.write_report(run)
+    again = {p.name: p.stat().st_mtime_ns for p in files.pngs}
+    redrawn = {name for name in first if again[name] != first[name]}
+    assert redrawn == {"finetune_losses.png", "finetune_metrics.png", "pretrain_gradients.png",
+                       "pretrain_memory.png"}
+    assert (run / "report" / "pretrain_gradients.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert report.summarize(run).stage("finetune").epochs == 6
