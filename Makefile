@@ -22,15 +22,17 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 ## make demo: submit v3 on the local backend (torchrun, 2 processes, synthetic data), watch it,
-## then verify and summarise the run and write its report (fetch does both)
+## then verify and summarise the run and write its report (fetch), and report it again (a
+## report of a run that did not change redraws nothing)
 demo: $(STAMP)
 	$(BIN)/hpcrun submit v3 --backend local --follow
 	$(BIN)/hpcrun fetch
+	$(BIN)/hpcrun report
 
 ## make demo-slurm: the same on a real SLURM cluster started on this machine (hpc/slurm/up.sh)
 demo-slurm: $(STAMP)
 	eval "$$(hpc/slurm/up.sh --env)" && $(BIN)/hpcrun submit v3 --backend slurm --follow \
-	  && $(BIN)/hpcrun fetch
+	  && $(BIN)/hpcrun fetch && $(BIN)/hpcrun report
 
 ## make bench: performance ratios measured in one run (not part of the tests)
 bench: $(STAMP)
