@@ -201,6 +201,16 @@ fi
 export SLURM_CONF=$conf
 
 # -- daemons ---------------------------------------------------------------------------
+# A cold start (no daemon of the cluster alive: after down.sh, a reboot, or a machine whose
+# processes were ended) begins with an empty queue: jobs recovered from the saved state have
+# lost their processes, and their nodes would stay COMPLETING until SLURM gives up on them.
+# A controller restarted under running slurmd's keeps its jobs.
+cold=1
+for pidfile in "$state/run/slurmctld.pid" "$state"/run/slurmd-*.pid; do
+  running "$pidfile" && cold=0
+done
+clear_state=()
+[[ $cold == 1 ]] && clear_state=(-c)
 if [[ $accounting == 1 ]]; then
   sacctmgr -i add cluster hpcrun >/dev/null 2>&1 || true
 fi
@@ -214,8 +224,8 @@ if running "$state/run/slurmctld.pid" && [[ ${changed:-0} == 1 ]]; then
   done
 fi
 if ! running "$state/run/slurmctld.pid"; then
-  say "starting slurmctld"
-  start_daemon slurmctld -f "$conf"
+  say "starting slurmctld${clear_state:+ (cold start: empty queue)}"
+  start_daemon slurmctld "${clear_state[@]}" -f "$conf"
 fi
 for i in $(seq 1 "$nodes"); do
   if ! running "$state/run/slurmd-n$i.pid"; then
@@ -225,7 +235,7 @@ for i in $(seq 1 "$nodes"); do
 done
 
 # -- wait until the nodes take jobs --------------------------------------------------------
-for _ in $(seq 1 100); do
+for _ in $(seq 1 300); do
   idle=$(sinfo -h -N -o '%N %t' 2>/dev/null | grep -cE ' (idle|mix|alloc)' || true)
   [[ $idle -ge $nodes ]] && break
   sleep 0.2

@@ -217,8 +217,17 @@ def _cut_mid_transfer(argv: list[str], cwd: Path, partial_glob: tuple[Path, str]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and not list(folder.glob(pattern)):
         time.sleep(0.02)
+    # hold the transfer where it is (a loopback copy could finish before the cut lands),
+    # cut the pod off, then let it go on: it finds the connection gone mid-file
+    held = psutil.Process(proc.pid).children(recursive=True)
+    for child in held:
+        with contextlib.suppress(psutil.Error):
+            child.suspend()
     assert proc.poll() is None, f"the transfer ended before it could be cut: {proc.stderr.read()}"
     _cut_the_pod_off()
+    for child in held:
+        with contextlib.suppress(psutil.Error):
+            child.resume()
     cut_at = time.monotonic()
     _, err = proc.communicate(timeout=120)
     return proc.returncode, [line for line in err.splitlines() if line.strip()], \
