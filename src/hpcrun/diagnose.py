@@ -519,6 +519,18 @@ class Diagnosis:
                     rundir.to_int(failure.get("epoch")) if failure else None)
 
 
+def failed_flag(run_dir: Path, log_text: str | None = None) -> Flag:
+    """The ``failed`` flag of a run that failed (its cause from failure.json and the log),
+    without reading its CSVs."""
+    run = rundir.RunDir(run_dir)
+    status = rundir.read_json(run.status)
+    status = status if isinstance(status, dict) else {}
+    failure = rundir.read_json(run.failure)
+    stage = status.get("stage") if isinstance(status.get("stage"), str) else None
+    return Diagnosis._failed(status, failure if isinstance(failure, dict) else None,
+                             log_text, stage)
+
+
 def diagnose(run_dir: Path, *, job_state: str | None = None, log_text: str | None = None,
              now: float | None = None, tables: rundir.RunTables | None = None) -> list[Flag]:
     """Every red flag of a run directory (every stage), given what is known about the job,

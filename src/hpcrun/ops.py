@@ -426,7 +426,7 @@ def _trainer_lines(lines: list[str]) -> list[str]:
 def triage(view: JobView, backend: Any | None = None) -> Triage | None:
     """The failure triage of a failed job (None for any other state, and for a sweep, whose
     points each have their own)."""
-    from .diagnose import diagnose
+    from .diagnose import failed_flag
 
     record = view.record
     if view.status.state != "FAILED" or record.info.get("kind") == "sweep":
@@ -434,13 +434,12 @@ def triage(view: JobView, backend: Any | None = None) -> Triage | None:
     backend = backend or backend_for(record)
     lines = (backend.read_log(record) or "").splitlines()
     tail = "\n".join(lines[-200:])
-    flags = diagnose(Path(record.run_dir), job_state="FAILED", log_text=tail)
-    causes = [f.message for f in flags if f.code == "failed"]
+    cause = failed_flag(Path(record.run_dir), tail).message
     failure = backend.files.read_json(posixpath.join(backend.files.run_dir(record),
                                                      rundir.FAILURE))
     kept = {k: failure[k] for k in ("rank", "host", "stage", "epoch", "exception")
             if k in failure} if isinstance(failure, dict) else None
-    return Triage(cause=causes[0] if causes else (view.status.reason or "the job failed"),
+    return Triage(cause=cause,
                   signal=_signal_of(tail, view.status.exit_code), failure=kept or None,
                   log_tail=[line for line in _trainer_lines(lines)
                             if line.strip()][-TRIAGE_LOG_LINES:])
