@@ -8,10 +8,21 @@
 #                 derived from the job id
 #   processes     HPCRUN_NPROC if a number; else visible GPUs; else the CPUs/tasks given
 #                 (SLURM_NTASKS_PER_NODE, SLURM_CPUS_PER_TASK, HPCRUN_CPUS); else 1
-# Usage: torchrun.sh [trainer arguments...]   (they are passed to `python -m hpcrun.train`)
+# Usage: torchrun.sh [--launcher=python] PROGRAM...
+#   PROGRAM is what torchrun runs in each process: `-m hpcrun.train --config ...` (hpcrun's
+#   trainer) or `-m hpcrun.rank ...` (your own script, module or command). --launcher=python
+#   runs it once per node with plain python instead (frameworks that start their own workers),
+#   with MASTER_ADDR, MASTER_PORT, NODE_RANK and NNODES set.
+# Beside it, `python -m hpcrun.sampler` writes system.csv in HPCRUN_RUN_ROOT every
+# HPCRUN_SYSTEM_INTERVAL seconds (default 10; 0 turns it off) until the launch ends.
 set -euo pipefail
 
 python_bin=${HPCRUN_PYTHON:-python3}
+launcher=torchrun
+if [[ ${1-} == --launcher=* ]]; then
+  launcher=${1#--launcher=}
+  shift
+fi
 
 count_gpus() {
   if [[ -n ${CUDA_VISIBLE_DEVICES-} ]]; then
@@ -73,6 +84,22 @@ if ! [[ $nproc =~ ^[0-9]+$ ]]; then
   fi
 fi
 
+digits=${job_id//[^0-9]/}
+port=${HPCRUN_RDZV_PORT:-$((29500 + ${digits:-0} % 2000))}
+
+if [[ -n ${HPCRUN_RUN_ROOT-} && ${HPCRUN_SYSTEM_INTERVAL:-10} != 0 ]]; then
+  # watches this process (torchrun or python after the exec below) and ends with it
+  "$python_bin" -m hpcrun.sampler --run-dir "$HPCRUN_RUN_ROOT" --watch $$ \
+    --interval "${HPCRUN_SYSTEM_INTERVAL:-10}" </dev/null >/dev/null 2>&1 &
+fi
+
+if [[ $launcher == python ]]; then
+  export NODE_RANK=$node_rank NNODES=$nnodes MASTER_ADDR=${rdzv_host:-127.0.0.1} \
+         MASTER_PORT=$port HPCRUN_NODE_RANK=$node_rank
+  echo "hpcrun launcher: host=$(hostname) nnodes=$nnodes node_rank=$node_rank python" >&2
+  exec "$python_bin" "$@"
+fi
+
 args=(-m torch.distributed.run --nproc_per_node="$nproc")
 if [[ $nnodes -gt 1 ]]; then
   # torchrun sets OMP_NUM_THREADS=1 only for several processes per node; agents of one
@@ -82,8 +109,6 @@ if [[ $nnodes -gt 1 ]]; then
     echo "hpcrun launcher: $nnodes nodes but no rendezvous host (set HPCRUN_RDZV_HOST)" >&2
     exit 2
   fi
-  digits=${job_id//[^0-9]/}
-  port=${HPCRUN_RDZV_PORT:-$((29500 + ${digits:-0} % 2000))}
   args+=(--nnodes="$nnodes" --node_rank="$node_rank" --rdzv_backend=c10d
          --rdzv_endpoint="$rdzv_host:$port" --rdzv_id="hpcrun-$job_id"
          --rdzv_conf="timeout=${HPCRUN_RDZV_TIMEOUT:-900}")
@@ -93,4 +118,4 @@ fi
 
 echo "hpcrun launcher: host=$(hostname) nnodes=$nnodes node_rank=$node_rank nproc=$nproc" \
      "rdzv=${rdzv_host:-standalone}" >&2
-exec "$python_bin" "${args[@]}" -m hpcrun.train "$@"
+exec "$python_bin" "${args[@]}" "$@"

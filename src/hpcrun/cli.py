@@ -74,6 +74,13 @@ def run_op(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(130) from None
 
 
+def _no_script(first: str) -> None:
+    from .errors import BadInput
+
+    raise BadInput(f"{first!r} is not a script or experiment: a -- with no script before it?",
+                   hint="hpcrun submit path/to/train.py -- ARGS")
+
+
 def _cwd() -> Path:
     return Path.cwd()
 
@@ -112,14 +119,18 @@ def main_callback(
 @config_app.command("show")
 def config_show(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="Experiment name (configs/NAME.yaml) or path."),
+    name: str = typer.Argument(..., help="Experiment name (configs/NAME.yaml) or path, or "
+                               "your own script (train.py), run as the job."),
+    script_args: list[str] = typer.Argument(None, metavar="[-- SCRIPT ARGS]",
+                                            help="After --: arguments for the script, "
+                                            "passed unchanged."),
     overrides: list[str] = typer.Option([], "--set", help="Override a key: KEY=VALUE "
                                         "(repeatable)."),
 ) -> None:
     """Print the resolved config (extends, --set and ${VAR} applied)."""
     from . import ops
 
-    text = run_op(lambda: ops.config_show(name, overrides, _cwd()))
+    text = run_op(lambda: ops.config_show(name, overrides, _cwd(), script_args or ()))
     out = _out(ctx)
     if out.json:
         import yaml
@@ -135,7 +146,11 @@ def config_show(
 @app.command()
 def submit(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="Experiment name (configs/NAME.yaml) or path."),
+    name: str = typer.Argument(..., help="Experiment name (configs/NAME.yaml) or path, or "
+                               "your own script (train.py), run as the job."),
+    script_args: list[str] = typer.Argument(None, metavar="[-- SCRIPT ARGS]",
+                                            help="After --: arguments for the script, "
+                                            "passed unchanged."),
     overrides: list[str] = typer.Option([], "--set", help="Override a key: KEY=VALUE "
                                         "(repeatable)."),
     sweeps: list[str] = typer.Option([], "--sweep", help="Sweep a key: KEY=V1,V2,... "
@@ -181,9 +196,12 @@ def submit(
             for child in views[0].children:
                 out.print(f"  point {child.record.id}  {_state(child.status.state)}")
         return
+    if name.startswith("-"):
+        run_op(lambda: _no_script(name))
     result = run_op(lambda: ops.submit(name, overrides=overrides, sweeps=sweeps,
                                        parallel=parallel, backend=backend, dry_run=dry_run,
-                                       allow=allow, remote=remote, project_dir=_cwd()))
+                                       allow=allow, remote=remote, project_dir=_cwd(),
+                                       script_args=script_args or ()))
     if out.json:
         out.emit(result.to_dict())
     elif dry_run:

@@ -248,6 +248,133 @@ class TrainingConfig(_Section):
         return self
 
 
+#: ``{params.lr}``, ``{stages.pretrain.dir}``, ``{run_dir}`` in a ``run.args`` entry; ``{{`` and
+#: ``}}`` are literal braces
+_PLACEHOLDER_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+_MODULE_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+#: which process starts the program on each node
+LAUNCHERS = ("torchrun", "python")
+
+
+def _arg_text(value: Any) -> Any:
+    """YAML gives ``args: [--epochs, 3]`` a number: arguments are text."""
+    if isinstance(value, list):
+        return [_param_text(v) if isinstance(v, (int, float, bool)) else v for v in value]
+    return value
+
+
+def _param_text(value: Any) -> str:
+    """A param as it reaches a command line: text as it is, anything else as JSON (``true``,
+    ``0.001``, ``[1, 2]``)."""
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+class RunConfig(_Section):
+    """Your own program as the job: a script, a module or a command, and its arguments."""
+
+    #: a Python file inside the project (relative to its root)
+    script: str | None = None
+    #: a module run with ``python -m`` (from the project or an installed package)
+    module: str | None = None
+    #: any command; its first word is looked up on the PATH where the job runs
+    command: list[str] | None = None
+    args: list[str] = Field(default_factory=list)
+    launcher: Literal["torchrun", "python"] = "torchrun"
+
+    @field_validator("args", "command", mode="before")
+    @classmethod
+    def _texts(cls, value: Any) -> Any:
+        return _arg_text(value)
+
+    @field_validator("script")
+    @classmethod
+    def _script_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        _plain_path(value)
+        if not value.endswith(".py"):
+            raise ValueError(f"script {value!r} must be a Python file (.py); run anything "
+                             "else as command: [...]")
+        return value
+
+    @field_validator("module")
+    @classmethod
+    def _module_name(cls, value: str | None) -> str | None:
+        if value is not None and not _MODULE_RE.fullmatch(value):
+            raise ValueError(f"module {value!r} must be a dotted Python module name "
+                             "(e.g. mypkg.train)")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command_words(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or not value[0]):
+            raise ValueError("command must name a program: command: [python, -u, train.py]")
+        return value
+
+    @model_validator(mode="after")
+    def _one_program(self) -> RunConfig:
+        given = [k for k in ("script", "module", "command") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"run names both {given[0]} and {given[1]}; give one of script, "
+                             "module or command")
+        if not given:
+            raise ValueError("run needs one of script, module or command")
+        return self
+
+    @property
+    def program(self) -> str:
+        """What runs, in one word for messages."""
+        return self.script or self.module or " ".join(self.command or [])
+
+
+class StageRunConfig(_Section):
+    """A stage's changes to the experiment's ``run:`` (e.g. its own ``args``)."""
+
+    script: str | None = None
+    module: str | None = None
+    command: list[str] | None = None
+    args: list[str] | None = None
+    launcher: Literal["torchrun", "python"] | None = None
+
+    @field_validator("args", "command", mode="before")
+    @classmethod
+    def _texts(cls, value: Any) -> Any:
+        return _arg_text(value)
+
+
+def fill_args(args: typing.Sequence[str], params: typing.Mapping[str, Any],
+              stage_dirs: typing.Mapping[str, str], run_dir: str) -> list[str]:
+    """``args`` with their placeholders filled in: ``{params.NAME}``, ``{stages.NAME.dir}``
+    (that stage's directory of this run) and ``{run_dir}`` (this stage's directory). Raises
+    ``ValueError`` naming a placeholder that names nothing."""
+    def one(text: str) -> str:
+        def replace(match: re.Match[str]) -> str:
+            whole = match.group(0)
+            if whole in ("{{", "}}"):
+                return whole[0]
+            parts = match.group(1).strip().split(".")
+            if parts[0] == "params" and len(parts) == 2:
+                if parts[1] not in params:
+                    known = ", ".join(sorted(params)) or "none"
+                    raise ValueError(f"{whole} names no param (params: {known})")
+                return _param_text(params[parts[1]])
+            if parts[0] == "stages" and len(parts) == 3 and parts[2] == "dir":
+                if parts[1] not in stage_dirs:
+                    raise ValueError(f"{whole} names no stage of the pipeline "
+                                     f"({', '.join(stage_dirs)})")
+                return stage_dirs[parts[1]]
+            if parts == ["run_dir"]:
+                return run_dir
+            raise ValueError(f"{whole} is not a placeholder (use {{params.NAME}}, "
+                             "{stages.NAME.dir} or {run_dir}; {{ and }} for braces)")
+        return _PLACEHOLDER_RE.sub(replace, text)
+
+    return [one(arg) for arg in args]
+
+
 class StageConfig(_Section):
     name: str
     mode: str = "full_pipeline"
@@ -259,6 +386,8 @@ class StageConfig(_Section):
     eval_splits: list[Literal[SPLITS]] | None = None  # type: ignore[valid-type]
     #: deep-merged over the experiment for this stage only (data, model, training, ...)
     overrides: dict[str, Any] = Field(default_factory=dict)
+    #: changes to the experiment's ``run:`` for this stage only (e.g. its own ``args``)
+    run: StageRunConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -283,6 +412,8 @@ class StageConfig(_Section):
 
 def _default_pipeline() -> list[StageConfig]:
     return [StageConfig(name="train", mode="full_pipeline")]
+
+
 
 
 class DistributedConfig(_Section):
@@ -409,6 +540,13 @@ class MonitorConfig(_Section):
     stall_min_s: float = Field(60.0, ge=0)
     memory_growth_pct: float = Field(10.0, gt=0)
     memory_near_capacity_pct: float = Field(95.0, gt=0, le=100)
+    #: seconds between two rows of system.csv (GPU utilisation, memory, power; host CPU and
+    #: RSS of the job's processes), sampled on every node of every job; 0 turns it off
+    system_interval_s: float = Field(10.0, ge=0)
+    #: the GPUs sat below this utilisation ...
+    gpu_idle_pct: float = Field(30.0, ge=0, le=100)
+    #: ... for longer than this while the job ran
+    gpu_idle_s: float = Field(300.0, gt=0)
 
 
 class ExperimentConfig(_Section):
@@ -427,6 +565,9 @@ class ExperimentConfig(_Section):
     bundle: BundleConfig = BundleConfig()
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
     monitor: MonitorConfig = MonitorConfig()
+    #: your own program as the job (instead of hpcrun's trainer), and its free-form params
+    run: RunConfig | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("experiment")
     @classmethod
@@ -456,7 +597,44 @@ class ExperimentConfig(_Section):
                     "init_from to an earlier stage or a .pt file"
                 )
             seen.append(stage.name)
+        self._check_run()
         return self
+
+    def _check_run(self) -> None:
+        names = [s.name for s in self.pipeline]
+        dirs = {name: name for name in names}
+        for index, stage in enumerate(self.pipeline):
+            if stage.run is not None and self.run is None:
+                raise ValueError(f"pipeline[{index}].run: stage {stage.name!r} changes run:, "
+                                 "but the experiment has no run: section (script, module or "
+                                 "command)")
+            program = self.stage_run(stage.name)
+            if program is None:
+                continue
+            where = f"pipeline[{index}].run.args" if stage.run and stage.run.args is not None \
+                else "run.args"
+            try:
+                fill_args(program.args, self.params, dirs, stage.name)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+
+    def stage_run(self, name: str) -> RunConfig | None:
+        """The program stage ``name`` runs: the experiment's ``run:`` with the stage's
+        changes (None: hpcrun's own trainer)."""
+        if self.run is None:
+            return None
+        change = self.stage(name).run
+        if change is None:
+            return self.run
+        fields = change.model_dump(exclude_none=True)
+        if {"script", "module", "command"} & set(fields):
+            base = self.run.model_dump(exclude={"script", "module", "command"})
+        else:
+            base = self.run.model_dump()
+        try:
+            return RunConfig.model_validate({**base, **fields})
+        except ValidationError as exc:
+            raise ValueError(f"stage {name!r}: run: {exc.errors()[0]['msg']}") from None
 
     def stage(self, name: str) -> StageConfig:
         for stage in self.pipeline:
@@ -476,7 +654,9 @@ class ExperimentConfig(_Section):
         return ExperimentConfig.model_validate(merged)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        # your own program has no use for the built-in trainer's sections
+        unused = {"data", "model", "training"} if self.run is not None else set()
+        return yaml.safe_dump(self.model_dump(mode="json", exclude=unused), sort_keys=False)
 
 
 class RemoteConfig(_Section):
@@ -913,19 +1093,54 @@ def apply_set(data: dict[str, Any], parts: list[str], value: Any) -> None:
         raise ConfigError(f"--set {'.'.join(parts)}: {'.'.join(parts[:-1])} is not a section")
 
 
+def is_script(name: str) -> bool:
+    """``hpcrun submit NAME``: a Python script to run as the job, not an experiment config."""
+    return name.endswith(".py")
+
+
+def script_config(script: str, args: typing.Sequence[str],
+                  project_dir: Path | None) -> dict[str, Any]:
+    """The experiment that ``hpcrun submit path/to/train.py -- ARGS`` runs: that script
+    (a path inside the project, as the job's bundle holds it) with those arguments, one
+    stage named ``train``; the experiment is named after the script."""
+    root = (project_dir or Path.cwd()).resolve()
+    given = Path(script)
+    path = (given if given.is_absolute() else Path.cwd() / given).resolve()
+    if not path.is_file():
+        raise ConfigError(f"script {script!r} not found (looked for {path})")
+    try:
+        relative = path.relative_to(root)
+    except ValueError:
+        raise ConfigError(f"script {script!r} ({path}) lies outside the project {root}",
+                          hint="run hpcrun from the project that holds the script: its "
+                          "files are what the job gets") from None
+    return {"experiment": path.stem, "run": {"script": relative.as_posix(), "args": list(args)}}
+
+
 @_one_line_errors
 def load_config(
     name_or_path: str | Path,
     overrides: typing.Sequence[str] = (),
     *,
+    script_args: typing.Sequence[str] = (),
     project_dir: Path | None = None,
     env: typing.Mapping[str, str] | None = None,
 ) -> ExperimentConfig:
     """Resolve, merge, interpolate and validate. Raises ``ConfigError`` (exit code 2)."""
     env = os.environ if env is None else env
-    path = resolve_config_path(str(name_or_path), project_dir)
     origins = _Origins()
-    data = _load_with_extends(path, origins, project_dir)
+    if is_script(str(name_or_path)):
+        data = script_config(str(name_or_path), script_args, project_dir)
+        path = Path(data["run"]["script"])
+        origins.record(data, "the command line")
+    else:
+        if script_args:
+            raise ConfigError(f"arguments after -- are for a script, and {name_or_path!r} is "
+                              "an experiment config",
+                              hint="hpcrun submit path/to/train.py -- ARGS, or the config's "
+                              "run.args")
+        path = resolve_config_path(str(name_or_path), project_dir)
+        data = _load_with_extends(path, origins, project_dir)
     for expression in overrides:
         parts, value = parse_set(expression)
         apply_set(data, parts, value)
@@ -1009,7 +1224,12 @@ def _describe(error: dict[str, Any], prefix: tuple[Any, ...], origins: _Origins 
             if close:
                 text += f"; did you mean {close[0]!r}?"
         shown = _short(value)
-        message = f"{where}: {dotted or '(top level)'}: {text}"
+        if dotted:
+            message = f"{where}: {dotted}: {text}"
+        elif re.match(r"[\w.\[\]]+: ", text):  # a check of the whole config names its key
+            message = f"{where}: {text}"
+        else:
+            message = f"{where}: (top level): {text}"
         if not isinstance(value, (dict, list)) and shown not in message:
             message += f" (got {shown})"
     if count > 1:

@@ -34,8 +34,10 @@ from .store import JobStore
 # --------------------------------------------------------------------------- config
 
 
-def config_show(name: str, overrides: Sequence[str] = (), project_dir: Path | None = None) -> str:
-    return load_config(name, overrides, project_dir=project_dir).to_yaml()
+def config_show(name: str, overrides: Sequence[str] = (), project_dir: Path | None = None,
+                script_args: Sequence[str] = ()) -> str:
+    return load_config(name, overrides, project_dir=project_dir,
+                       script_args=script_args).to_yaml()
 
 
 # --------------------------------------------------------------------------- submit
@@ -115,24 +117,51 @@ def _resolve_backend(name: str | None, cfg: ExperimentConfig, runner: LocalRunne
     return choice
 
 
+def _check_program(cfg: ExperimentConfig, bundle: Bundle) -> None:
+    """Each stage's script exists in the project and travels in the bundle."""
+    for stage in cfg.pipeline:
+        run = cfg.stage_run(stage.name)
+        if run is None or run.script is None:
+            continue
+        path = (bundle.project_dir / run.script).resolve()
+        try:
+            relative = path.relative_to(bundle.project_dir.resolve()).as_posix()
+        except ValueError:
+            raise BadInput(f"stage {stage.name}: script {run.script!r} lies outside the project "
+                           f"{bundle.project_dir}") from None
+        if not path.is_file():
+            raise BadInput(f"stage {stage.name}: script {run.script!r} not found (looked for "
+                           f"{path})")
+        if relative not in bundle.files:
+            raise BadInput(f"stage {stage.name}: script {run.script!r} is not in the bundle "
+                           "(git-ignored, excluded by bundle: or held back as a secret)",
+                           hint="add it to git, or to bundle.include")
+
+
 def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = (),
            parallel: int | None = None, backend: str | None = None, dry_run: bool = False,
            allow: Sequence[str] = (), remote: str | None = None, project_dir: Path,
+           script_args: Sequence[str] = (),
            store: JobStore | None = None, runner: LocalRunner | None = None) -> SubmitResult:
+    """Submit an experiment config, or a script with ``script_args`` (``submit train.py --
+    ARGS``): one job, or one per sweep point."""
     runner = runner or LocalRunner()
     project_dir = project_dir.resolve()
     if parallel is not None and parallel < 1:
         raise BadInput(f"--parallel must be at least 1 (got {parallel})")
-    base = load_config(name, overrides, project_dir=project_dir)
+    base = load_config(name, overrides, project_dir=project_dir, script_args=script_args)
     points = sweep_points(base, sweeps)
     configs = []
     for point in points:  # every point is validated before anything is written
         sets = [*overrides, *(f"{k}={v}" for k, v in point.items())]
-        configs.append(load_config(name, sets, project_dir=project_dir) if point else base)
+        configs.append(load_config(name, sets, project_dir=project_dir, script_args=script_args)
+                       if point else base)
     backend_name = _resolve_backend(backend, base, runner)
     impl = get_backend(backend_name, remote=remote or base.remote, project_dir=project_dir)
 
     bundle = describe(project_dir, base.bundle, allow, runner)
+    for cfg in configs:
+        _check_program(cfg, bundle)
     bundle.path = Path(impl.bundle_dir(bundle))
     run_id = rundir.new_run_id(time.time(), secrets.token_hex(2))
     runs_root = (project_dir / base.runs_dir / base.experiment).resolve()
@@ -141,6 +170,8 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
         "HPCRUN_GIT_COMMIT": bundle.git.commit or "",
         "HPCRUN_GIT_DIRTY": {True: "1", False: "0", None: ""}[bundle.git.dirty],
         "HPCRUN_BUNDLE_HASH": bundle.hash,
+        "HPCRUN_EXPERIMENT": base.experiment,
+        "HPCRUN_SYSTEM_INTERVAL": f"{base.monitor.system_interval_s:g}",
     }
     jobs: list[JobRecord] = []
     specs: list[JobSpec] = []
@@ -159,6 +190,8 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
             python=sys.executable, env=env, stages=tuple(s.name for s in cfg.pipeline),
             setup=tuple(cfg.resources.setup), resources=cfg.resources,
             rdzv_timeout=cfg.distributed.rdzv_timeout,
+            runs=tuple((s.name, cfg.stage_run(s.name)) for s in cfg.pipeline) if cfg.run else (),
+            params=dict(cfg.params),
         )
         specs.append(spec)
         configs_text.append(cfg.to_yaml())
@@ -167,6 +200,7 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
             experiment=cfg.experiment, run_dir=str(run_dir), project_dir=str(project_dir),
             group=group_id,
             info={"config": name, "overrides": list(overrides), "sweep_point": point,
+                  "program": cfg.run.program if cfg.run else None,
                   "stages": [s.name for s in cfg.pipeline], "bundle_hash": bundle.hash}))
 
     group = None

@@ -7,6 +7,7 @@ reaches a shell line goes through the ``q`` filter (``shlex.quote``).
 
 from __future__ import annotations
 
+import posixpath
 import re
 import shlex
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from typing import Any
 import jinja2
 
 from . import rundir
+from .config import fill_args
 from .resources import templates_dir
 
 
@@ -37,6 +39,10 @@ class JobSpec:
     setup: tuple[str, ...] = ()
     resources: Any = None  # config.ResourcesConfig
     rdzv_timeout: int = 900
+    #: your own program per stage, in pipeline order (config.RunConfig); empty: hpcrun's
+    #: trainer runs the pipeline
+    runs: tuple[tuple[str, Any], ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -94,15 +100,41 @@ def job_files(run_dir: str) -> dict[str, str]:
     }
 
 
-def trainer_args(spec: JobSpec, stage: str = "all") -> list[str]:
-    return ["--config", spec.config_path, "--stage", stage, "--run-dir", spec.run_dir]
+def program(spec: JobSpec, stage: str = "all") -> list[str]:
+    """What the launcher (``launchers/torchrun.sh``) runs for ``stage`` of the job: hpcrun's
+    trainer, or the stage's own program under ``hpcrun.rank``, which gives each rank its log,
+    pid file, environment and failure record. ``--launcher=python`` first: one plain process
+    per node instead of torchrun's workers."""
+    if not spec.runs:
+        return ["-m", "hpcrun.train", "--config", spec.config_path, "--stage", stage,
+                "--run-dir", spec.run_dir]
+    runs = dict(spec.runs)
+    run = runs[stage]
+    dirs = {name: posixpath.join(spec.run_dir, name) for name in runs}
+    args = fill_args(run.args, spec.params, dirs, dirs[stage])
+    head = ["--launcher=python"] if run.launcher == "python" else []
+    head += ["-m", "hpcrun.rank", "--run-dir", spec.run_dir, "--stage", stage]
+    if run.script is not None:
+        return [*head, "--script", run.script, "--", *args]
+    if run.module is not None:
+        return [*head, "--module", run.module, "--", *args]
+    return [*head, "--command", "--", *run.command, *args]
+
+
+def steps(spec: JobSpec) -> list[tuple[str, list[str]]]:
+    """(stage, launcher arguments) in the order one job script runs them: hpcrun's trainer
+    runs the whole pipeline in one start; your own program once per stage."""
+    if not spec.runs:
+        return [("all", program(spec))]
+    return [(stage, program(spec, stage)) for stage, _ in spec.runs]
 
 
 def render_local(spec: JobSpec, launcher: str, project_dir: Path | None = None) -> SubmitPlan:
     files = job_files(spec.run_dir)
     bundle = Path(spec.bundle_dir)
     pythonpath = ":".join(str(p) for p in (bundle / "src", bundle))
-    env = {"HPCRUN_PYTHON": spec.python, "HPCRUN_NPROC": spec.nproc, **spec.env}
+    env = {"HPCRUN_PYTHON": spec.python, "HPCRUN_NPROC": spec.nproc,
+           "HPCRUN_RUN_ROOT": spec.run_dir, **spec.env}
     if spec.cpus:
         env["HPCRUN_CPUS"] = str(spec.cpus)
     bad = [name for name in env if not _ENV_NAME.match(name)]
@@ -111,7 +143,7 @@ def render_local(spec: JobSpec, launcher: str, project_dir: Path | None = None) 
     script = render_template("local.sh.j2", {
         "job": spec, "files": files, "bundle_dir": spec.bundle_dir, "pythonpath": pythonpath,
         "env": dict(sorted(env.items())), "setup": list(spec.setup), "launcher": launcher,
-        "trainer_args": trainer_args(spec),
+        "steps": steps(spec),
     }, project_dir)
     return SubmitPlan(job_id=spec.id, script=script, script_path=files["script"],
                       argv=("bash", files["script"]), files=files)
@@ -136,6 +168,9 @@ def scheduler_context(specs: Sequence[JobSpec]) -> dict[str, Any]:
         "experiment": first.experiment, "r": first.resources,
         "run_dirs": [s.run_dir for s in specs], "job_ids": [s.id for s in specs],
         "overrides": [s.env.get("HPCRUN_SWEEP_OVERRIDES", "") for s in specs],
+        #: per stage, each point's launcher arguments as one shell-quoted line
+        "programs": {stage: [shlex.join(program(s, stage)) for s in specs]
+                     for stage in first.stages},
         "bundle_dir": first.bundle_dir,
         "pythonpath": ":".join(str(p) for p in (bundle / "src", bundle)),
         "env": dict(sorted(env.items())),

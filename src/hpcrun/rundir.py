@@ -44,9 +44,11 @@ JOB_OUTPUT = f"{LOGS}/job.out"
 REPORT = "report"
 #: written after the trainer's MANIFEST (by the wrapper, the scheduler or `hpcrun report`),
 #: so the manifest cannot cover them
-_UNMANIFESTED = (JOB_SCRIPT, JOB_PID, JOB_EXIT, JOB_CANCELLED)
+_UNMANIFESTED = (JOB_SCRIPT, JOB_PID, JOB_EXIT, JOB_CANCELLED, "system.csv")
 _UNMANIFESTED_DIRS = (f"{REPORT}/",)
-_UNMANIFESTED_LOGS = ("job.", "slurm-", "pbs-", "scheduler.", "rank")
+#: logs grow until the last process of a job has ended, after the manifest was written; so
+#: does system.csv, which the sampler beside the launcher appends to
+_UNMANIFESTED_LOGS = ("job.", "slurm-", "pbs-", "scheduler.", "rank", "train.rank")
 
 TRAINING = "training.csv"
 LOSS_COMPONENTS = "loss_components.csv"
@@ -56,6 +58,10 @@ PROBABILITY_STATS = "probability_stats.csv"
 GPU_MEMORY = "gpu_memory.csv"
 EVALUATION = "evaluation.csv"
 PREDICTIONS = "predictions.csv"
+#: every job's samples of its GPUs and processes, at the run directory's top
+SYSTEM = "system.csv"
+SYSTEM_COLUMNS = ["time", "host", "gpu", "gpu_util_pct", "gpu_mem_used_mb", "gpu_mem_total_mb",
+                  "gpu_power_w", "cpu_pct", "rss_mb", "processes"]
 
 #: display names of metrics in training.csv's ``Val <metric>`` columns
 METRIC_LABELS = {

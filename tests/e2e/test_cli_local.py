@@ -164,7 +164,7 @@ def test_dry_run_prints_the_golden_script_and_touches_nothing(project, tmp_path)
         golden.write_text(got)
     assert got == golden.read_text()
     text = hp(project, "submit", "--backend", "local", "v3", "--dry-run", check=True).stdout
-    assert "# command: bash " in text and "torchrun.sh --config" in text
+    assert "# command: bash " in text and "torchrun.sh -m hpcrun.train --config" in text
     assert not (project / "runs").exists()
     assert not (tmp_path / "cache").exists()
     _, listed = hpj(project, "list")

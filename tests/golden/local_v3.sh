@@ -8,12 +8,15 @@ export PYTHONPATH=<BUNDLE>/src:<BUNDLE>${PYTHONPATH:+:$PYTHONPATH}
 export HPCRUN_BACKEND=local
 export HPCRUN_BUNDLE_HASH=<HASH>
 export HPCRUN_CPUS=2
+export HPCRUN_EXPERIMENT=v3
 export HPCRUN_GIT_COMMIT=<GIT>
 export HPCRUN_GIT_DIRTY=<GIT>
 export HPCRUN_JOB_ID=<JOB_ID>
 export HPCRUN_NPROC=auto
 export HPCRUN_PYTHON=<PYTHON>
-<LAUNCHERS>/torchrun.sh --config <RUN_DIR>/config.yaml --stage all --run-dir <RUN_DIR>
+export HPCRUN_RUN_ROOT=<RUN_DIR>
+export HPCRUN_SYSTEM_INTERVAL=10
+<LAUNCHERS>/torchrun.sh -m hpcrun.train --config <RUN_DIR>/config.yaml --stage all --run-dir <RUN_DIR>
 code=$?
 printf '%s\n' "$code" > <RUN_DIR>/job.exit.tmp && mv <RUN_DIR>/job.exit.tmp <RUN_DIR>/job.exit
 exit "$code"

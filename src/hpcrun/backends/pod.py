@@ -18,7 +18,7 @@ from .. import rundir
 from ..config import RemoteConfig
 from ..errors import OperationFailed
 from ..job import JobRecord, JobStatus
-from ..render import JobSpec, SubmitPlan, job_files, render_template, trainer_args
+from ..render import JobSpec, SubmitPlan, job_files, render_template, steps
 from ..shell import SshRunner
 from ..sync import agent
 from .base import ScriptBackend
@@ -47,13 +47,13 @@ class PodBackend(ScriptBackend):
                                   python=self.remote.python)
             bundle = spec.bundle_dir
             env = {"HPCRUN_PYTHON": self.remote.python, "HPCRUN_NPROC": spec.nproc,
-                   **spec.env}
+                   "HPCRUN_RUN_ROOT": run, **spec.env}
             if spec.cpus:
                 env["HPCRUN_CPUS"] = str(spec.cpus)
             script = render_template("pod.sh.j2", {
                 "job": spec, "files": files, "bundle_dir": bundle,
                 "pythonpath": f"{bundle}/src:{bundle}", "env": dict(sorted(env.items())),
-                "setup": list(spec.setup), "trainer_args": trainer_args(remote_spec),
+                "setup": list(spec.setup), "steps": steps(remote_spec),
             }, project_dir)
             plans.append(SubmitPlan(job_id=spec.id, script=script, script_path=files["script"],
                                     argv=("bash", files["script"]), files=files))

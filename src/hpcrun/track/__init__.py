@@ -1,0 +1,1 @@
+"""hpcrun.track: the run directory's diagnostics from any PyTorch training loop."""
