@@ -71,6 +71,8 @@ METRIC_LABELS = {
 }
 EVALUATION_COLUMNS = ["split", "auroc", "auprc", "accuracy", "sensitivity", "specificity",
                       "precision", "recall", "f1", "mcc"]
+#: evaluation.csv of a regression (``hpcrun.track``'s ``evaluate(..., kind="regression")``)
+REGRESSION_COLUMNS = ["split", "rmse", "mae", "r2"]
 GRADIENT_COLUMNS = ["epoch", "steps", "norm_mean", "norm_std", "norm_min", "norm_max",
                     "norm_last", "clipped_fraction", "nonfinite_steps"]
 GRADIENT_LAYER_COLUMNS = ["epoch", "layer", "norm_mean", "norm_max"]
@@ -81,6 +83,10 @@ MEMORY_COLUMNS = ["epoch", "rank", "host", "device", "allocated_mb", "reserved_m
                   "device_used_mb", "device_total_mb", "utilization_pct", "host_rss_mb",
                   "host_total_mb"]
 PREDICTION_COLUMNS = ["split", "index", "label", "probability"]
+#: predictions.csv of a multiclass classifier: the probability of the predicted class
+MULTICLASS_PREDICTION_COLUMNS = [*PREDICTION_COLUMNS, "prediction"]
+#: predictions.csv of a regression: the target and the prediction
+REGRESSION_PREDICTION_COLUMNS = ["split", "index", "label", "prediction"]
 
 #: job states, shared by status.json and every backend's state table
 STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED", "UNKNOWN")
@@ -92,7 +98,7 @@ TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED"})
 def training_columns(metrics: Sequence[str]) -> list[str]:
     """training.csv: ``Epoch,Epoch Time,Train Loss,Val Loss,Val <metric>...,Learning Rate``."""
     return ["Epoch", "Epoch Time", "Train Loss", "Val Loss",
-            *(f"Val {METRIC_LABELS[m]}" for m in metrics), "Learning Rate"]
+            *(f"Val {METRIC_LABELS.get(m, m)}" for m in metrics), "Learning Rate"]
 
 
 def loss_component_columns(components: Sequence[str], learned: bool) -> list[str]:

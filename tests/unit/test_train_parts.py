@@ -11,11 +11,11 @@ import torch
 
 from hpcrun.config import DataConfig, LossConfig
 from hpcrun.errors import DataError
-from hpcrun.train import checkpoint
+from hpcrun.track import checkpoint
+from hpcrun.track.diagnostics import GradientTracker
+from hpcrun.track.metrics import separation_from_sums, separation_stats
 from hpcrun.train.data import load_data
-from hpcrun.train.diagnostics import GradientTracker
 from hpcrun.train.losses import TrainModule, classification_loss
-from hpcrun.train.metrics import separation_from_sums, separation_stats
 from hpcrun.train.models import MLP
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,73 +26,18 @@ from torch.utils.data.distributed import DistributedSampler
 from .. import rundir
 from ..config import ExperimentConfig, StageConfig, TrainingConfig
 from ..errors import ConfigError
-from . import checkpoint
-from .context import DistContext
+from ..track import checkpoint
+from ..track.diagnostics import EpochSums, GradientTracker, memory_row
+from ..track.distributed import DistContext
+from ..track.metrics import binary_metrics, separation_from_sums, separation_stats
+from ..track.preemption import StopRequest
+from ..track.writes import CsvLog, writing
 from .data import Dataset, Split
-from .diagnostics import EpochSums, GradientTracker, memory_row
 from .losses import TrainModule
-from .metrics import binary_metrics, separation_from_sums, separation_stats
 from .models import build_model
-from .writes import CsvLog, writing
 
 log = logging.getLogger("hpcrun.train")
 
-
-# --------------------------------------------------------------------------- preemption
-
-
-class StopRequest:
-    """SIGUSR1/SIGTERM set a flag; the ranks agree on it through a collective.
-
-    ``poll()`` runs once per step: it reads the result of the all-reduce started at the
-    previous step and starts the next one, so the agreement overlaps with compute and costs
-    no extra synchronisation. Every rank sees the same answer at the same step.
-    """
-
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-
-    def __init__(self, ctx: DistContext):
-        self.ctx = ctx
-        self.signum: int | None = None
-        self._pending: tuple[Any, torch.Tensor] | None = None
-        # Installed for the rest of the process: a SIGTERM that arrives while a failure is
-        # being recorded (torchrun stops the survivors of a dead rank) must not kill the
-        # process before failure.json is written.
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        self.signum = signum
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def poll(self) -> bool:
-        if not self.ctx.distributed:
-            return self.requested
-        agreed = False
-        if self._pending is not None:
-            work, flag = self._pending
-            work.wait()
-            agreed = bool(flag.item() > 0)
-            self._pending = None
-        if agreed:
-            return True
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=self.ctx.device)
-        self._pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True), flag)
-        return False
-
-    def agree(self) -> bool:
-        """A synchronous agreement (epoch boundaries): finish any pending poll first."""
-        if self._pending is not None:
-            work, flag = self._pending
-            work.wait()
-            self._pending = None
-            if flag.item() > 0:
-                return True
-        return self.ctx.any_flag(self.requested)
 
 # --------------------------------------------------------------------------- helpers
 

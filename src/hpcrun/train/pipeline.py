@@ -17,10 +17,10 @@ import torch
 from .. import __version__, rundir
 from ..config import ExperimentConfig
 from ..errors import EXIT_OK, EXIT_REQUEUE, ConfigError
-from .context import DistContext
+from ..track.distributed import DistContext
+from ..track.writes import writing
 from .data import Dataset, load_data
 from .loop import StageRunner, StopRequest
-from .writes import writing
 
 log = logging.getLogger("hpcrun.train")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .context import DistContext
+from .distributed import DistContext
 
 
 class GradientTracker:
@@ -176,3 +176,44 @@ def _nvml(device: torch.device) -> dict[str, Any]:
         return {}
     except (AttributeError, RuntimeError):
         return {}
+
+
+class ProbabilitySums:
+    """Per-class running sums of predicted probabilities for one phase of one epoch, on the
+    device: for each class c (one-vs-rest), the count, sum and sum of squares of the
+    probability of c over the samples of class c and over the others. Binary probabilities
+    ``(N,)`` are the one class "positive"; multiclass ``(N, C)`` has C."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.values: torch.Tensor | None = None
+
+    def add(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        p = probs.detach().to(self.device, torch.float64)
+        y = labels.detach().to(self.device)
+        if p.dim() == 1:
+            p = p[:, None]
+            member = (y.reshape(-1) > 0.5).double()[:, None]
+        else:
+            member = torch.nn.functional.one_hot(y.reshape(-1).long(), p.shape[1]).double()
+        other = 1.0 - member
+        sums = torch.stack([member.sum(0), (p * member).sum(0), (p * p * member).sum(0),
+                            other.sum(0), (p * other).sum(0), (p * p * other).sum(0)])
+        if self.values is None or self.values.shape != sums.shape:
+            self.values = sums
+        else:
+            self.values += sums
+
+    @staticmethod
+    def stats(values: list[float], classes: int) -> dict[str, float]:
+        """probability_stats.csv's columns from the reduced sums, averaged over the classes
+        where a class's statistic is defined."""
+        from .metrics import separation_from_sums
+
+        per_class = [separation_from_sums(*(values[row * classes + c] for row in range(6)))
+                     for c in range(classes)]
+        out = {}
+        for key in ("pos_mean", "pos_std", "neg_mean", "neg_std", "separation"):
+            finite = [s[key] for s in per_class if math.isfinite(s[key])]
+            out[key] = sum(finite) / len(finite) if finite else math.nan
+        return out
