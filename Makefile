@@ -1,6 +1,6 @@
 # The README's commands. Each target bootstraps .venv idempotently: torch first (the CPU
 # build that lies on this machine's disk, or whatever build is already installed), then
-# hpcrun with its extras.
+# hpcrun with its extras (train, lightning, dev).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e '.[train,dev]'
+	$(BIN)/pip install -q -e '.[train,lightning,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -149,7 +149,10 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
     project_dir = project_dir.resolve()
     if parallel is not None and parallel < 1:
         raise BadInput(f"--parallel must be at least 1 (got {parallel})")
-    base = load_config(name, overrides, project_dir=project_dir, script_args=script_args)
+    # the first value of each --sweep: a param that only the sweep gives is known
+    first = [f"{key}={values[0]}" for key, values in map(parse_sweep, sweeps)]
+    base = load_config(name, [*overrides, *first], project_dir=project_dir,
+                       script_args=script_args)
     points = sweep_points(base, sweeps)
     configs = []
     for point in points:  # every point is validated before anything is written

@@ -83,6 +83,7 @@ class Run:
         self._logs: dict[str, CsvLog] = {}
         self._stop: StopRequest | None = None
         self._finished = False
+        self._failed = False
         self._epoch_began = time.perf_counter()
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -175,15 +176,19 @@ class Run:
     # -- per step ---------------------------------------------------------------------------
 
     def step(self, loss: Any = None, components: Mapping[str, Any] | None = None,
-             clip: float | None = None) -> torch.Tensor | None:
+             clip: float | None = None, gradients: bool = True) -> torch.Tensor | None:
         """Record one optimizer step: call it after ``loss.backward()`` and before
         ``optimizer.step()``. Adds the loss (and named components) to the epoch's training
         loss and the model's gradient norms, total and per layer, to gradient_stats.csv:
         computed on the device, never read back during the epoch. With ``clip``, it clips the
         gradients to that total norm as ``clip_grad_norm_`` would (the norms recorded are
-        those before clipping). Returns the total gradient norm (a tensor), or None."""
+        those before clipping). ``gradients=False`` records the loss only (for a framework
+        whose hook that sees the loss comes after the one that sees the gradients). Returns
+        the total gradient norm (a tensor), or None."""
         if loss is not None:
             self._add_loss(loss, components)
+        if not gradients:
+            return None
         if self.model is None or not self.diagnostics:
             if clip and self.model is not None:
                 return torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
@@ -421,12 +426,18 @@ class Run:
         if len(rng) == self.ctx.world_size:
             checkpoint.set_rng_state(rng[self.ctx.rank])
         completed = int(state.get("epoch", 0))
+        self.resumed_from = state
+        return self.continue_after(completed)
+
+    def continue_after(self, completed: int) -> int:
+        """Continue after epoch ``completed`` (a checkpoint restored some other way, e.g. by
+        Lightning): rows past it are dropped so no epoch appears twice. Returns the next
+        epoch."""
         self._truncate(completed)
-        if self.is_main:
+        if self.is_main and completed:
             print(f"hpcrun.track: stage {self.stage}: resuming after epoch {completed}",
                   flush=True)
         self.last_epoch = completed
-        self.resumed_from = state
         self._epoch_began = time.perf_counter()
         return completed + 1
 
@@ -499,19 +510,18 @@ class Run:
         return result
 
     def finish(self) -> None:
-        """Close the CSVs; outside an hpcrun job also mark the stage succeeded and write the
-        manifest (inside one, the job does when the program exits 0)."""
-        if self._finished:
-            return
-        self._finished = True
+        """Close the CSVs and write the manifest; outside an hpcrun job also mark the stage
+        succeeded (inside one, the job does when the program exits 0). Calling it again
+        (after a later ``evaluate``) writes the manifest again."""
         self._close_logs()
         if self.is_main:
-            with writing(self.run_dir.status):
-                self.records.load()
-                if not self.wrapped:
+            if not self._finished and not self.wrapped:
+                with writing(self.run_dir.status):
+                    self.records.load()
                     self.records.end_stage(self.stage)
             with writing(self.run_dir.manifest):
                 rundir.write_manifest(self.root)
+        self._finished = True
         self._release()
 
     def __enter__(self) -> Run:
@@ -537,9 +547,9 @@ class Run:
 
     def _record_failure(self, exc: BaseException) -> None:
         """failure.json (unless another rank's came first), status FAILED, the manifest."""
-        if self._finished:
+        if self._failed:
             return
-        self._finished = True
+        self._failed = self._finished = True
         for handle in self._logs.values():
             handle.abandon()
         self._logs = {}
