@@ -793,8 +793,10 @@ def compare(
     metric: str = typer.Option("auroc", "--metric", "-m", help="What to rank by: an "
                                "evaluation metric (auroc, auprc, accuracy, sensitivity, "
                                "specificity, precision, recall, f1, mcc; from the final "
-                               "evaluation, test split first, else val), or loss (the lowest "
-                               "validation loss of the last training stage)."),
+                               "evaluation, test split first, else val), loss (the lowest "
+                               "validation loss of the last training stage), or any metric "
+                               "the runs write: a 'Val <name>' column of training.csv (its "
+                               "best value) or an evaluation.csv column (rmse, ...)."),
     mode: str | None = typer.Option(None, "--mode", help="max (higher is better) or min; "
                                     "default: min for loss, max otherwise."),
     out: Path | None = typer.Option(None, "--out", "-o", help="PNG of the runs' validation "

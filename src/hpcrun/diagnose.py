@@ -432,6 +432,7 @@ class Diagnosis:
         self.tables = tables if tables is not None else rundir.RunTables()
         self._stages: dict[str, _Stage] = {}
         self._config: tuple[str | None, Any] = (None, None)
+        self._idle = _GpuIdle()
 
     def limits(self) -> Any:
         """The run's ``monitor:`` thresholds (the defaults when its config cannot be read),
@@ -474,6 +475,7 @@ class Diagnosis:
         flags: list[Flag] = []
         for stage in self.run.stages():
             flags.extend(self._stage(stage).flags(self.tables, stage))
+        flags.extend(self._idle.flags(self.tables.tail(self.run.root / rundir.SYSTEM), limits))
 
         state = job_state or status.get("state")
         stage = status.get("stage") if isinstance(status.get("stage"), str) else None
@@ -517,6 +519,69 @@ class Diagnosis:
             parts.append(str(status.get("message") or "the job failed"))
         return Flag("failed", "; ".join(parts), failure.get("stage") if failure else stage,
                     rundir.to_int(failure.get("epoch")) if failure else None)
+
+
+class _GpuIdle:
+    """``gpu_idle``: every GPU of a host below ``gpu_idle_pct`` utilisation in consecutive
+    samples of system.csv spanning more than ``gpu_idle_s`` (the sampler writes only while
+    the job runs). Each row is looked at once; the longest such stretch per host is kept."""
+
+    def __init__(self) -> None:
+        self.generation = -1
+        self.limits: tuple[float, float] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.seen = 0
+        #: per host: (time of the sample being gathered, its GPUs all idle so far)
+        self.pending: dict[str, tuple[float, bool]] = {}
+        #: per host: when the current idle stretch began, and the longest (start, end)
+        self.since: dict[str, float | None] = {}
+        self.longest: dict[str, tuple[float, float]] = {}
+
+    def _sample(self, host: str, when: float, idle: bool) -> None:
+        start = self.since.get(host)
+        if not idle:
+            self.since[host] = None
+            return
+        if start is None:
+            self.since[host] = start = when
+        best = self.longest.get(host)
+        if best is None or when - start > best[1] - best[0]:
+            self.longest[host] = (start, when)
+
+    def flags(self, tail: rundir.CsvTail, limits: Any) -> list[Flag]:
+        key = (limits.gpu_idle_pct, limits.gpu_idle_s)
+        if tail.generation != self.generation or key != self.limits:
+            self._reset()
+            self.generation, self.limits = tail.generation, key
+        rows = tail.rows
+        times, utils = tail.floats("time"), tail.floats("gpu_util_pct")
+        for i in range(self.seen, len(rows)):
+            host, when, util = rows[i].get("host") or "", times[i], utils[i]
+            if not math.isfinite(when) or not math.isfinite(util):
+                continue  # no GPU on this host
+            current = self.pending.get(host)
+            if current is not None and current[0] != when:  # the previous sample is whole
+                self._sample(host, *current)
+                current = None
+            idle = util < limits.gpu_idle_pct
+            self.pending[host] = (when, idle if current is None else current[1] and idle)
+        self.seen = len(rows)
+        out = []
+        for host in sorted({*self.longest, *self.pending}):
+            longest = self.longest.get(host)
+            pending = self.pending.get(host)
+            start = self.since.get(host)
+            if pending is not None and pending[1] and start is not None and (
+                    longest is None or pending[0] - start > longest[1] - longest[0]):
+                longest = (start, pending[0])  # the sample still being gathered counts too
+            if longest is not None and longest[1] - longest[0] > limits.gpu_idle_s:
+                took = longest[1] - longest[0]
+                out.append(Flag("gpu_idle", f"the GPUs of {host} sat below "
+                                f"{limits.gpu_idle_pct:g}% utilisation for {took:.0f} s (over "
+                                f"{limits.gpu_idle_s:g} s) while the job ran"))
+        return out
 
 
 def failed_flag(run_dir: Path, log_text: str | None = None) -> Flag:

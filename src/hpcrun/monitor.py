@@ -267,6 +267,29 @@ class Monitor:
             chosen = metric if metric in columns else (columns[0] if columns else None)
             if chosen:
                 out[chosen.removeprefix("Val ").lower()] = list(training.floats(chosen))
+        out.update(self._system())
+        return out
+
+    def _system(self) -> dict[str, list[float]]:
+        """From system.csv, per sample: the mean utilisation of the job's GPUs and the CPU %
+        of its processes (summed over hosts)."""
+        tail = self.tables.tail(self.run.root / rundir.SYSTEM)
+        gpu: dict[float, list[float]] = {}
+        cpu: dict[float, dict[str, float]] = {}
+        for row, when, util, busy in zip(tail.rows, tail.floats("time"),
+                                          tail.floats("gpu_util_pct"), tail.floats("cpu_pct"),
+                                          strict=False):
+            if when != when:  # NaN
+                continue
+            if util == util:
+                gpu.setdefault(when, []).append(util)
+            if busy == busy:
+                cpu.setdefault(when, {})[row.get("host") or ""] = busy
+        out = {}
+        if gpu:
+            out["gpu util %"] = [sum(v) / len(v) for _, v in sorted(gpu.items())]
+        if cpu:
+            out["job cpu %"] = [sum(v.values()) for _, v in sorted(cpu.items())]
         return out
 
     def _memory(self, folder: Path) -> list[dict[str, str]]:

@@ -765,11 +765,7 @@ def compare(refs: Sequence[str], project_dir: Path, metric: str = "auroc",
     but are not run directories are skipped with a note: a shell glob over an experiment's
     folder also matches its sweep folders and the comparison written there last time."""
     from .report import compare as compare_runs
-    from .report import compare_metric, default_mode
-
-    metric = compare_metric(metric)
-    mode = mode or default_mode(metric)
-    if mode not in ("max", "min"):
+    if mode not in (None, "max", "min"):
         raise BadInput(f"--mode {mode!r}: use max (higher is better) or min")
     store = store or JobStore()
     run_dirs: list[Path] = []

@@ -663,6 +663,65 @@ def _plot_memory(summary: StageSummary, data: _StageData, canvas: _Canvas) -> by
     return canvas.png()
 
 
+def system_series(path: Path) -> dict[str, tuple[list[float], list[float]]]:
+    """system.csv as curves over the job's time in minutes: ``GPU <n> util % (host)`` per
+    GPU, and ``CPU % (host)``: the job's processes on each host, in % of one core."""
+    table = rundir.read_table(path)
+    times = table.floats("time")
+    finite = [t for t in times if math.isfinite(t)]
+    if not finite:
+        return {}
+    start = min(finite)
+    hosts, gpus = table.column("host"), table.column("gpu")
+    utils, cpus = table.floats("gpu_util_pct"), table.floats("cpu_pct")
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    seen_cpu: set[tuple[str, float]] = set()
+    for i, when in enumerate(times):
+        if not math.isfinite(when):
+            continue
+        minute = (when - start) / 60
+        if math.isfinite(utils[i]):
+            xs, ys = curves.setdefault(f"GPU {gpus[i]} util % ({hosts[i]})", ([], []))
+            xs.append(minute)
+            ys.append(utils[i])
+        if math.isfinite(cpus[i]) and (hosts[i], when) not in seen_cpu:  # once per sample
+            seen_cpu.add((hosts[i], when))
+            xs, ys = curves.setdefault(f"CPU % ({hosts[i]})", ([], []))
+            xs.append(minute)
+            ys.append(cpus[i])
+    return curves
+
+
+def _plot_system(path: Path) -> bytes | None:
+    curves = system_series(path)
+    if not curves:
+        return None
+    canvas = _Canvas()
+    ax = canvas.axes("GPU utilisation and CPU of the job's processes", "%")
+    ax.set_xlabel("minutes since the job started", fontsize=9)
+    for label, (xs, ys) in curves.items():
+        ax.plot(xs, ys, linestyle="--" if label.startswith("CPU") else "-", label=label)
+    return canvas.png()
+
+
+def _system_png(run_dir: Path, out_dir: Path) -> tuple[Path, bytes] | None:
+    """``system.png`` from the run's system.csv (redrawn only when the file changed)."""
+    source = run_dir / rundir.SYSTEM
+    if not source.is_file():
+        return None
+    path = out_dir / "system.png"
+    key = hashlib.sha256(json.dumps(["system", __version__, _stamp(Path(__file__)),
+                                     _stamp(source)]).encode()).hexdigest()[:32]
+    png = _drawn_before(path, key)
+    if png is None:
+        drawn = _plot_system(source)
+        if drawn is None:
+            return None
+        png = _with_key(drawn, key)
+        rundir.write_atomic(path, png)
+    return path, png
+
+
 #: the plots of a training stage: kind (its file name), caption, and what draws it
 _PLOTS: dict[str, tuple[str, Callable[[StageSummary, _StageData, _Canvas], bytes | None]]] = {
     "losses": ("Loss per epoch", _plot_losses),
@@ -867,7 +926,7 @@ def _flags_html(flags: Sequence[Any]) -> str:
 
 def render_html(summary: RunSummary,
                 images: dict[str, list[tuple[str, str, bytes]]] | None = None,
-                flags: Sequence[Any] = ()) -> str:
+                flags: Sequence[Any] = (), system: bytes | None = None) -> str:
     """One self-contained page: inline style, images as data URIs, every value escaped.
     ``flags`` are the run's red flags (``diagnose.Flag``: code, message, stage, epoch)."""
     images = images or {}
@@ -911,6 +970,12 @@ def render_html(summary: RunSummary,
                 parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{_e(label)}">'
                              f"<figcaption>{_e(label)}</figcaption></figure>")
             parts.append("</div>")
+    if system is not None:
+        data = base64.b64encode(system).decode("ascii")
+        label = "GPU utilisation and CPU over the job (system.csv)"
+        parts.append(f'<h2>System</h2><div class="plots"><figure><img src="data:image/png;'
+                     f'base64,{data}" alt="{_e(label)}"><figcaption>{_e(label)}</figcaption>'
+                     "</figure></div>")
     parts.append("</body></html>\n")
     return "".join(parts)
 
@@ -952,7 +1017,11 @@ def write_report(run_dir: Path, out_dir: Path | None = None,
         if png is not None:
             plots.append((kind, _PLOTS[kind][0], png))
             files.pngs.append(path)
-    rundir.write_atomic(files.html, render_html(summary, images, files.flags).encode("utf-8"))
+    system = _system_png(run_dir, out_dir)
+    if system is not None:
+        files.pngs.append(system[0])
+    rundir.write_atomic(files.html, render_html(summary, images, files.flags,
+                                                system[1] if system else None).encode("utf-8"))
     return files
 
 
@@ -964,21 +1033,26 @@ def write_report(run_dir: Path, out_dir: Path | None = None,
 COMPARE_METRICS = (*rundir.EVALUATION_COLUMNS[1:], "loss")
 
 
-def compare_metric(name: str) -> str:
+def compare_metric(name: str, known: Sequence[str] = COMPARE_METRICS) -> str:
     """``name`` as ``compare`` knows it (case does not matter), or ``BadInput`` naming the
-    valid ones: ranking by a metric no run has would print a table of blanks."""
+    valid ones: ranking by a metric no run has would print a table of blanks. ``known``
+    adds the runs' own metrics (their ``Val <metric>`` columns and evaluation columns)."""
     metric = name.strip().lower()
-    if metric in COMPARE_METRICS:
+    if metric in known:
         return metric
-    close = difflib.get_close_matches(metric, COMPARE_METRICS, n=1)
+    close = difflib.get_close_matches(metric, known, n=1)
     guess = f" (did you mean {close[0]!r}?)" if close else ""
     raise BadInput(f"--metric {name!r}: unknown metric{guess}; choose one of "
-                   f"{', '.join(COMPARE_METRICS)}")
+                   f"{', '.join(known)}")
+
+
+#: metrics where lower is better (besides the losses)
+_LOWER_IS_BETTER = ("loss", "rmse", "mae", "error", "perplexity")
 
 
 def default_mode(metric: str) -> str:
-    """Lower is better for a loss, higher for every evaluation metric."""
-    return "min" if metric == "loss" else "max"
+    """Lower is better for a loss or an error, higher for every other metric."""
+    return "min" if metric.endswith(_LOWER_IS_BETTER) else "max"
 
 
 @dataclass
@@ -1007,10 +1081,12 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: data}
 
 
-def _metric_value(summary: RunSummary, metric: str,
-                  curve: _Curve | None) -> tuple[float, str | None]:
+def _metric_value(summary: RunSummary, metric: str, curve: _Curve | None,
+                  own: dict[str, list[float]] | None = None,
+                  mode: str = "max") -> tuple[float, str | None]:
     """The metric from the final evaluation (test split first), else the best validation
-    value of the last training stage that tracks it. ``loss`` is the lowest of ``curve``."""
+    value of the last training stage that tracks it (its early-stopping metric, else its
+    ``Val <metric>`` column in ``own``). ``loss`` is the lowest of ``curve``."""
     if metric == "loss":
         lowest = min(_finite(curve[1]), default=math.nan) if curve else math.nan
         return lowest, "val"
@@ -1021,6 +1097,9 @@ def _metric_value(summary: RunSummary, metric: str,
     for stage in reversed(summary.stages):
         if stage.metric and stage.metric.lower().endswith(metric.lower()):
             return stage.best_value, None
+    values = (own or {}).get(metric) or []
+    if values:
+        return (max(values) if mode == "max" else min(values)), "val"
     return math.nan, None
 
 
@@ -1029,20 +1108,22 @@ def compare(run_dirs: Sequence[Path], metric: str = "auroc", mode: str | None = 
     """Rank runs by ``metric`` (one of ``COMPARE_METRICS``; ``mode`` max or min, by default
     min for ``loss`` and max otherwise), list the config keys whose values differ between
     them, and draw their validation-loss curves on one PNG."""
-    metric = compare_metric(metric)
-    mode = mode or default_mode(metric)
-    if mode not in ("max", "min"):
+    if mode not in (None, "max", "min"):
         raise BadInput(f"--mode {mode!r}: use max (higher is better) or min")
     from hpcrun.config import load_config_text  # noqa: F401 - imported before any fork
 
     entries = _fan_out(_compare_entry, [Path(d) for d in run_dirs], least=_FORK_RUNS)
-    configs = [config for _, config, _ in entries]
+    own_metrics = [m for entry in entries for m in [*entry[3], *entry[4]]
+                   if m not in COMPARE_METRICS]
+    metric = compare_metric(metric, [*COMPARE_METRICS, *dict.fromkeys(own_metrics)])
+    mode = mode or default_mode(metric)
+    configs = [config for _, config, _, _, _ in entries]
     keys = sorted({k for c in configs for k in c})
     differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
     rows = []
     split = None
-    for run_dir, (summary, config, curve) in zip(run_dirs, entries, strict=True):
-        value, where = _metric_value(summary, metric, curve)
+    for run_dir, (summary, config, curve, own, _) in zip(run_dirs, entries, strict=True):
+        value, where = _metric_value(summary, metric, curve, own, mode)
         split = split or where
         rows.append({"run": summary.run_id, "run_dir": str(run_dir), "value": value,
                      **{k: config.get(k) for k in differing}})
@@ -1050,7 +1131,7 @@ def compare(run_dirs: Sequence[Path], metric: str = "auroc", mode: str | None = 
     rows.sort(key=lambda r: (math.isnan(r["value"]), sign * (0 if math.isnan(r["value"])
                                                              else r["value"])))
     curves = {str(d): (summary.run_id, curve)
-              for d, (summary, _, curve) in zip(run_dirs, entries, strict=True)}
+              for d, (summary, _, curve, _, _) in zip(run_dirs, entries, strict=True)}
     png = _overlay([curves[r["run_dir"]] for r in rows], out) if out is not None else None
     return Comparison(metric, split, rows, differing, png, mode)
 
@@ -1059,18 +1140,25 @@ def compare(run_dirs: Sequence[Path], metric: str = "auroc", mode: str | None = 
 _Curve = tuple[list[int | None], list[float]]
 
 
-def _compare_entry(run_dir: Path) -> tuple[RunSummary, dict[str, Any], _Curve | None]:
-    """What a comparison needs of one run: its summary, its flattened config, and the
-    curve the overlay draws."""
+def _compare_entry(run_dir: Path) -> tuple[RunSummary, dict[str, Any], _Curve | None,
+                                           dict[str, list[float]], list[str]]:
+    """What a comparison needs of one run: its summary, its flattened config, the curve the
+    overlay draws, the finite values of each ``Val <metric>`` column of its last training
+    stage (by lower-case metric name) and the metrics of its final evaluation."""
     config = read_config(rundir.RunDir(run_dir))
     summary, data = _load(run_dir, config, detail=False)
     trained = [s for s in summary.stages if s.trained]
     curve = None
+    own: dict[str, list[float]] = {}
     if trained:
         rows = data[trained[-1].name].training  # already read for the summary
         curve = _epochs(rows), rows.floats(_VAL_LOSS)
+        for column in rows.header or []:
+            if column.startswith("Val ") and column != _VAL_LOSS:
+                own[column.removeprefix("Val ").lower()] = _finite(rows.floats(column))
+    evaluated = [k for row in summary.final_evaluation for k in row if k != "split"]
     flat = _flatten(config[1]) if config and isinstance(config[1], dict) else {}
-    return summary, flat, curve
+    return summary, flat, curve, own, list(dict.fromkeys(evaluated))
 
 
 #: how many of the ranked runs an overlay names; the rest are drawn thin and grey

@@ -581,7 +581,7 @@ class RunTables:
 
 #: what a live view of a run reads: the small JSON files and the per-epoch CSVs (not the
 #: predictions or per-layer gradients, which only a report needs)
-WATCHED_FILES = (CONFIG, STATUS, FAILURE, METADATA)
+WATCHED_FILES = (CONFIG, STATUS, FAILURE, METADATA, SYSTEM)
 WATCHED_CSVS = (TRAINING, LOSS_COMPONENTS, GRADIENT_STATS, PROBABILITY_STATS, GPU_MEMORY,
                 EVALUATION)
 

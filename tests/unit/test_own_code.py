@@ -229,3 +229,68 @@ def test_sampler_writes_rows_while_the_job_runs_and_ends_with_it(tmp_path):
     assert max(float(r["rss_mb"]) for r in rows) > 40
     assert all(r["gpu"] == "" for r in rows)  # no GPU here: one row per sample, empty columns
     assert not rundir.manifested(rundir.SYSTEM)
+
+
+# --------------------------------------------------------------------------- system.csv
+
+
+def system_csv(root: Path, samples: list[tuple[float, list[float | None]]],
+               host: str = "node1") -> None:
+    lines = [",".join(rundir.SYSTEM_COLUMNS)]
+    for when, utils in samples:
+        for gpu, util in enumerate(utils):
+            cells = {"time": when, "host": host, "gpu": gpu if util is not None else "",
+                     "gpu_util_pct": "" if util is None else util, "cpu_pct": 100.0,
+                     "rss_mb": 500.0, "processes": 3}
+            lines.append(",".join(str(cells.get(c, "")) for c in rundir.SYSTEM_COLUMNS))
+    root.mkdir(parents=True, exist_ok=True)
+    (root / rundir.SYSTEM).write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("samples, flagged", [
+    # both GPUs under 30 % from t=100 to t=500: 400 s > 300 s
+    ([(0, [90, 80]), (100, [10, 5]), (300, [20, 0]), (500, [29, 1]), (600, [95, 90])], True),
+    # one GPU busy: not idle
+    ([(t, [10, 90]) for t in range(0, 1000, 100)], False),
+    # idle for 200 s, busy, idle for 200 s: no stretch over 300 s
+    ([(0, [0, 0]), (200, [0, 0]), (300, [80, 80]), (400, [0, 0]), (600, [0, 0])], False),
+    # no GPU at all (empty columns on a CPU host)
+    ([(t, [None]) for t in range(0, 1000, 100)], False),
+])
+def test_gpu_idle_flag_from_system_csv(tmp_path, samples, flagged):
+    from hpcrun.diagnose import diagnose
+
+    system_csv(tmp_path / "run", samples)
+    flags = [f for f in diagnose(tmp_path / "run") if f.code == "gpu_idle"]
+    assert bool(flags) == flagged, flags
+    if flagged:
+        assert "node1" in flags[0].message and "400 s" in flags[0].message
+
+
+def test_gpu_idle_is_found_as_rows_arrive_and_the_threshold_is_the_configs(tmp_path):
+    from hpcrun.diagnose import Diagnosis
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / rundir.CONFIG).write_text("experiment: x\nmonitor: {gpu_idle_pct: 50, "
+                                     "gpu_idle_s: 60}\n")
+    diagnosis = Diagnosis(run)
+    system_csv(run, [(0, [40]), (30, [45])])
+    assert not [f for f in diagnosis.flags() if f.code == "gpu_idle"]
+    system_csv(run, [(0, [40]), (30, [45]), (90, [49])])  # the same file, grown
+    diagnosis.tables.refresh()  # what a monitor refresh does
+    assert [f.code for f in diagnosis.flags() if f.code == "gpu_idle"] == ["gpu_idle"]
+
+
+def test_report_draws_the_system_plot(tmp_path):
+    from hpcrun import report
+
+    run = tmp_path / "run"
+    system_csv(run, [(0, [90]), (60, [50]), (120, [70])])
+    (run / rundir.STATUS).write_text('{"state": "SUCCEEDED"}')
+    curves = report.system_series(run / rundir.SYSTEM)
+    assert curves["GPU 0 util % (node1)"] == ([0.0, 1.0, 2.0], [90.0, 50.0, 70.0])
+    assert curves["CPU % (node1)"][1] == [100.0, 100.0, 100.0]
+    files = report.write_report(run)
+    assert (run / "report" / "system.png") in files.pngs
+    assert "GPU utilisation and CPU over the job" in files.html.read_text()
