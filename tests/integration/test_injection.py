@@ -74,9 +74,17 @@ def submit(hostile: dict[str, Any], backend: str, *extra: str) -> dict[str, Any]
 def assert_arrived_intact(hostile: dict[str, Any], data: dict[str, Any], calls: int) -> None:
     """Each job's trainer was called with its run directory as one argument and its sweep
     point as one environment value, byte for byte."""
-    recorded = stub_calls(hostile["stub"])
+    everything = stub_calls(hostile["stub"])
+    # the system sampler beside each launcher gets the run directory as one argument too
+    samplers = [argv for argv, _ in everything if "hpcrun.sampler" in argv]
+    recorded = [(argv, env) for argv, env in everything if "hpcrun.sampler" not in argv]
     assert len(recorded) == calls, recorded
     expected = {job["run_dir"]: job["info"]["sweep_point"] for job in data["jobs"]}
+    for argv in samplers:
+        run = argv[argv.index("--run-dir") + 1]
+        local = next(r for r in expected if Path(r).name == Path(run).name)
+        on_pod = posixpath.join(os.environ["RUNPOD_WORKDIR"], "runs", "fz", Path(local).name)
+        assert run in (local, on_pod) and "PWNED" in run
     seen = set()
     for argv, env in recorded:
         trainer = argv[argv.index("hpcrun.train") + 1:]
