@@ -246,6 +246,7 @@ def _failed(run: records.RunRecords, root: Path, rank: int, stage: str, cause: s
     status FAILED."""
     status = run.load()
     epoch = status.get("epoch") if isinstance(status.get("epoch"), int) else None
+    epoch = epoch or None  # 0: no epoch was recorded (a program that does not track them)
     info = records.failure_record(rank=rank, exception=cause, trace=lines, stage=stage,
                                   epoch=epoch, exit_code=code)
     try:

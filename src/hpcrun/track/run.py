@@ -473,22 +473,26 @@ class Run:
                else np.arange(len(y)))
         if kind is None:
             kind = "multiclass" if p.ndim == 2 and p.shape[1] > 1 else "binary"
+        finite = bool(np.isfinite(p).all())  # a model that diverged: metrics are NaN
         if kind == "binary":
             p = p.reshape(-1)
-            result = binary_metrics(y, p, threshold)
+            result = binary_metrics(y, p, threshold) if finite else dict.fromkeys(
+                rundir.EVALUATION_COLUMNS[1:], math.nan)
             columns, row = rundir.EVALUATION_COLUMNS, [split, *result.values()]
             pred_columns = rundir.PREDICTION_COLUMNS
             predictions = [(split, int(i), int(t), float(q)) for i, t, q in zip(idx, y, p,
                                                                                  strict=True)]
         elif kind == "multiclass":
-            result = multiclass_metrics(y, p)
+            result = multiclass_metrics(y, p) if finite else dict.fromkeys(
+                rundir.EVALUATION_COLUMNS[1:], math.nan)
             columns, row = rundir.EVALUATION_COLUMNS, [split, *result.values()]
             pred_columns = rundir.MULTICLASS_PREDICTION_COLUMNS
             top = p.argmax(axis=1)
             predictions = [(split, int(i), int(t), float(q[c]), int(c))
                            for i, t, q, c in zip(idx, y, p, top, strict=True)]
         elif kind == "regression":
-            result = regression_metrics(y, p)
+            result = regression_metrics(y, p) if finite else dict.fromkeys(
+                rundir.REGRESSION_COLUMNS[1:], math.nan)
             columns, row = rundir.REGRESSION_COLUMNS, [split, *result.values()]
             pred_columns = rundir.REGRESSION_PREDICTION_COLUMNS
             predictions = [(split, int(i), float(np.ravel(t)[0]), float(np.ravel(q)[0]))
