@@ -239,11 +239,14 @@ def stub_python(folder: Path) -> Path:
     return stub
 
 
-def stub_calls(folder: Path) -> list[tuple[list[str], dict[str, str]]]:
-    """What the stub python in ``folder`` was called with: (argv, environment) per call."""
+def stub_calls(folder: Path, samplers: bool = False) -> list[tuple[list[str], dict[str, str]]]:
+    """What the stub python in ``folder`` was called with: (argv, environment) per call; the
+    calls that start the system sampler beside the launcher only with ``samplers``."""
     calls = []
     for argv_file in sorted((folder / "records").glob("*.argv")):
         argv = argv_file.read_bytes().decode().split("\0")[:-1]
+        if "hpcrun.sampler" in argv and not samplers:
+            continue
         pairs = argv_file.with_suffix(".env").read_bytes().decode().split("\0")[:-1]
         calls.append((argv, dict(p.split("=", 1) for p in pairs if "=" in p)))
     return calls
