@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, hp, hpj, wait_job
+
 from hpcrun import rundir
 
 pytestmark = pytest.mark.slow

@@ -16,11 +16,11 @@ import socket
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 from .. import rundir
 from ..errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, HpcrunError
+from ..track import records
 
 log = logging.getLogger("hpcrun.train")
 
@@ -94,30 +94,6 @@ def _peer_message(ended: list[dict[str, Any]], ctx: Any, exc: BaseException) -> 
             f"{type(exc).__name__}: {exc}")
 
 
-def _create_exclusive(path: Path, text: str) -> None:
-    """Create ``path`` holding ``text`` whole, or raise FileExistsError if it exists: a reader
-    never sees a half-written record, and a full disk leaves no empty one behind."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp, path)  # fails if the record exists, like O_EXCL
-        except FileExistsError:
-            raise
-        except OSError:  # no hard links on this filesystem: create it in place
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-    finally:
-        tmp.unlink(missing_ok=True)
-    rundir.fsync_dir(path.parent)
-
-
 def _record_failure(holder: dict[str, Any], ctx: Any, exc: BaseException,
                     ended: list[dict[str, Any]] | None = None) -> None:
     """failure.json (first failing rank wins), status FAILED, manifest — best effort.
@@ -145,7 +121,7 @@ def _record_failure(holder: dict[str, Any], ctx: Any, exc: BaseException,
     cause = info["exception"]
     try:
         run.root.mkdir(parents=True, exist_ok=True)
-        _create_exclusive(run.failure, json.dumps(info, indent=2))
+        records.create_exclusive(run.failure, json.dumps(info, indent=2))
     except FileExistsError:
         # another rank failed first: its record is the root cause, and status.json keeps
         # saying so (this rank's error is often only the lost connection to that rank)

@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import platform
 import secrets
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .. import __version__, rundir
+from .. import rundir
 from ..config import ExperimentConfig
 from ..errors import EXIT_OK, EXIT_REQUEUE, ConfigError
+from ..track import records
 from ..track.distributed import DistContext
 from ..track.writes import writing
 from .data import Dataset, load_data
 from .loop import StageRunner, StopRequest
 
 log = logging.getLogger("hpcrun.train")
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def find_latest_run(cfg: ExperimentConfig) -> Path:
@@ -60,116 +53,40 @@ def choose_run_dir(ctx: DistContext, cfg: ExperimentConfig, run_dir: str | None,
     return rundir.RunDir(path)
 
 
-def _versions() -> dict[str, Any]:
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "hpcrun": __version__}
-
-
-def _job_id() -> str | None:
-    """The scheduler's id for this start (array tasks as ARRAYID_TASK), else hpcrun's."""
-    for name in ("SLURM_JOB_ID", "PBS_JOBID", "HPCRUN_JOB_ID"):
-        if os.environ.get(name):
-            value = os.environ[name]
-            if name == "SLURM_JOB_ID" and os.environ.get("SLURM_ARRAY_TASK_ID"):
-                value = f"{os.environ.get('SLURM_ARRAY_JOB_ID', value)}_" \
-                        f"{os.environ['SLURM_ARRAY_TASK_ID']}"
-            return value
-    return None
-
-
-def _git() -> dict[str, Any]:
-    if "HPCRUN_GIT_COMMIT" in os.environ:
-        dirty = os.environ.get("HPCRUN_GIT_DIRTY", "")
-        return {"commit": os.environ["HPCRUN_GIT_COMMIT"] or None,
-                "dirty": {"1": True, "0": False}.get(dirty)}
-    from ..bundle import git_state
-
-    return git_state(Path.cwd()).as_dict()
-
-
-class Run:
-    """Rank 0's view of the run's shared files (metadata.json, status.json)."""
+class Run(records.RunRecords):
+    """Rank 0's view of the run's shared files (metadata.json, status.json), written
+    through hpcrun.track's records like any program's."""
 
     def __init__(self, ctx: DistContext, cfg: ExperimentConfig, run: rundir.RunDir):
-        self.ctx, self.cfg, self.dir = ctx, cfg, run
-        self.status: dict[str, Any] = {}
+        super().__init__(run.root)
+        self.ctx, self.cfg = ctx, cfg
 
-    def start(self, hosts: list[str], data: Dataset) -> None:
+    def start(self, hosts: list[str], data: Dataset) -> None:  # type: ignore[override]
         run = self.dir
         with writing(run.root):
             run.root.mkdir(parents=True, exist_ok=True)
             run.logs.mkdir(exist_ok=True)
-            if run.failure.exists():  # a rerun of a failed run: keep the old record beside
-                run.failure.rename(run.root / f"failure-{int(run.failure.stat().st_mtime)}.json")
+            records.set_aside_failure(run.root)
         if not run.config.exists():
             with writing(run.config):
                 rundir.write_atomic(run.config, self.cfg.to_yaml().encode())
-        meta = rundir.read_json(run.metadata) or {
-            "run_id": run.root.name, "experiment": self.cfg.experiment,
-            "created_at": _now(), "job_ids": [], "runs": [],
-        }
-        job_id = _job_id()
-        if job_id and job_id not in meta["job_ids"]:
-            meta["job_ids"].append(job_id)
-        meta.update({
-            "hpcrun_job_id": os.environ.get("HPCRUN_JOB_ID"),
-            "backend": os.environ.get("HPCRUN_BACKEND", "local"),
-            "hosts": hosts, "world_size": self.ctx.world_size,
-            "device": str(self.ctx.device), "dist_backend": self.ctx.backend,
-            "git": _git(), "bundle_hash": os.environ.get("HPCRUN_BUNDLE_HASH"),
-            "versions": _versions(), "seed": self.cfg.seed, "data": data.info,
-            "sweep_overrides": json.loads(os.environ.get("HPCRUN_SWEEP_OVERRIDES", "null")),
-            "pipeline": [s.name for s in self.cfg.pipeline],
-        })
-        meta["runs"].append({"job_id": job_id, "restart": os.environ.get("SLURM_RESTART_COUNT"),
-                             "started_at": _now(), "ended_at": None,
-                             "state": "RUNNING", "pid": os.getpid(), "host": self.ctx.host,
-                             "resumed": run.status.exists()})
         with writing(run.metadata):
-            rundir.write_json(run.metadata, meta)
-        previous = rundir.read_json(run.status) or {}
-        stages = previous.get("stages") or {}
-        self.status = {
-            "state": "RUNNING", "run_id": run.root.name, "experiment": self.cfg.experiment,
-            "stage": None, "epoch": 0, "epochs": None,
-            "stages": {s.name: stages.get(s.name, "PENDING") for s in self.cfg.pipeline},
-            "message": None, "updated_at": time.time(),
-        }
-        self.write_status()
+            super().start(self.cfg.experiment, [s.name for s in self.cfg.pipeline],
+                          world_size=self.ctx.world_size, hosts=hosts, host=self.ctx.host,
+                          extra={"device": str(self.ctx.device),
+                                 "dist_backend": self.ctx.backend, "seed": self.cfg.seed,
+                                 "data": data.info})
 
     def write_status(self, **changes: Any) -> None:
-        self.status.update(changes, updated_at=time.time())
         with writing(self.dir.status):
-            rundir.write_json(self.dir.status, self.status)
-
-    def stage_done(self, name: str) -> bool:
-        return self.status.get("stages", {}).get(name) == "SUCCEEDED"
-
-    def fail(self, message: str) -> None:
-        mark_failed(self.status, message)
-        self.finish("FAILED", self.status["message"])
+            super().write_status(**changes)
 
     def finish(self, state: str, message: str | None = None) -> None:
-        self.write_status(state=state, message=message)
-        meta = rundir.read_json(self.dir.metadata) or {"runs": [{}]}
-        meta["runs"][-1].update(ended_at=_now(), state=state)
-        meta["ended_at"] = _now()
-        meta["state"] = state
         with writing(self.dir.metadata):
-            rundir.write_json(self.dir.metadata, meta)
+            super().finish(state, message)
 
 
-def mark_failed(status: dict[str, Any], message: str) -> None:
-    """The running stage FAILED; the stages after it CANCELLED, saying why."""
-    stages = status.setdefault("stages", {})
-    current = status.get("stage")
-    if current in stages:
-        stages[current] = "FAILED"
-    for name, value in stages.items():
-        if value in ("PENDING", "RUNNING") and name != current:
-            stages[name] = "CANCELLED"
-    prefix = f"stage {current} failed: " if current else ""
-    status.update(state="FAILED", message=(prefix + message)[:400], updated_at=time.time())
+mark_failed = records.mark_failed
 
 
 def write_manifest(run: rundir.RunDir) -> None:
