@@ -174,7 +174,8 @@ def submit(
     remote: str | None = typer.Option(None, "--remote", "-r", help="Remote from "
                                       "configs/remotes.yaml (for --backend pod)."),
 ) -> None:
-    """Render and start an experiment (a pipeline, or one job per sweep point)."""
+    """Render and start an experiment or your own script (a pipeline, or one job per sweep
+    point): `hpcrun submit v3`, `hpcrun submit train.py -- --lr 0.01`."""
     from . import ops
 
     out = _out(ctx)
