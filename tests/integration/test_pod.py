@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import psutil
 import pytest
 from conftest import (
     HPCRUN,
+    REPO,
     hp,
     hpj,
     pid_alive,
@@ -375,3 +377,22 @@ def test_sshd_stopping_during_monitor_sync_and_fetch_is_retried_or_rerun(project
     fetched = hp(project, "fetch", job["id"])
     assert fetched.returncode == 0 and "verified against MANIFEST.sha256" in fetched.stdout
     assert hp(project, "sync", "--remote", "runpod").returncode == 0
+
+
+def test_the_pytorch_example_runs_on_the_pod(project):
+    shutil.copytree(REPO / "examples", project / "examples")
+    proc = hp(project, "--json", "submit", "--backend", "pod", "--remote", "runpod",
+              "examples/pytorch/train.py", "--set", "distributed.nproc_per_node=2", "--",
+              "--epochs", "2", "--samples", "1024")
+    assert proc.returncode == 0, proc.stderr
+    job = json.loads(proc.stdout)["jobs"][0]
+    view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
+    assert view["state"] == "SUCCEEDED", hp(project, "logs", job["id"]).stdout[-3000:]
+    once = hpj(project, "monitor", "--once", job["id"])
+    assert once["epoch"] == 2 and "accuracy" in once["series"]
+    fetched = hp(project, "fetch", job["id"])
+    assert fetched.returncode == 0, fetched.stderr
+    assert "verified against MANIFEST.sha256" in fetched.stdout
+    local = Path(job["run_dir"])
+    assert json.loads((local / "metadata.json").read_text())["world_size"] == 2
+    assert (local / "train" / "evaluation.csv").is_file() and (local / "system.csv").is_file()

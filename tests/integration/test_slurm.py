@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -304,3 +305,62 @@ def test_status_after_a_job_left_the_queue_comes_from_real_sacct(project, slurm_
         assert view["state"] == "SUCCEEDED" and view["status_from"] == "sacct"
     finally:
         subprocess.run(up, capture_output=True, timeout=600, stdin=subprocess.DEVNULL)
+
+
+# --------------------------------------------------------------------------- your own code
+
+
+def with_examples(project: Path) -> Path:
+    shutil.copytree(REPO / "examples", project / "examples")
+    return project
+
+
+def test_the_pytorch_example_on_two_nodes(project):
+    with_examples(project)
+    data = submit(project, "examples/pytorch/train.py", "--set", "resources.nodes=2", "--",
+                  "--epochs", "2", "--samples", "1024")
+    job = data["jobs"][0]
+    view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
+    assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
+    run = Path(job["run_dir"])
+    meta = json.loads((run / "metadata.json").read_text())
+    assert meta["world_size"] == 2 and meta["backend"] == "slurm"
+    out = hp(project, "logs").stdout
+    assert "nnodes=2 node_rank=0" in out and "nnodes=2 node_rank=1" in out
+    memory = (run / "train" / "gpu_memory.csv").read_text().splitlines()[1:]
+    assert sorted({line.split(",")[1] for line in memory}) == ["0", "1"]
+    once = hpj(project, "monitor", "--once", job["id"])
+    assert once["epoch"] == 2 and once["flags"] == []
+    fetched = hp(project, "fetch", job["id"])
+    assert fetched.returncode == 0 and "verified against MANIFEST.sha256" in fetched.stdout
+    hosts = {line.split(",")[1] for line in (run / "system.csv").read_text().splitlines()[1:]}
+    assert hosts  # each node's sampler wrote its rows
+
+
+def test_usr1_makes_the_example_checkpoint_requeue_and_resume(project):
+    with_examples(project)
+    data = submit(project, "examples/pytorch/train.py", "--", "--epochs", "30",
+                  "--samples", "2048")
+    job = data["jobs"][0]
+    run = Path(job["run_dir"])
+    native = hpj(project, "status", job["id"])[0]["native"]["train"]
+    deadline = time.monotonic() + 180
+    status: dict = {}
+    while time.monotonic() < deadline:
+        status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() \
+            else {}
+        if status.get("epoch", 0) >= 2:
+            break
+        time.sleep(0.3)
+    assert status.get("epoch", 0) >= 2, status  # the script is up, its handler installed
+    subprocess.run(["scancel", "--signal=USR1", "--batch", native], check=True)
+    view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=400)
+    assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
+    epochs = [line.split(",")[0] for line in
+              (run / "train" / "training.csv").read_text().splitlines()[1:]]
+    assert epochs == [str(e) for e in range(1, 31)]
+    meta = json.loads((run / "metadata.json").read_text())
+    assert [r["state"] for r in meta["runs"]] == ["PREEMPTED", "SUCCEEDED"]
+    assert meta["runs"][1]["resumed"] is True
+    out = hp(project, "logs").stdout
+    assert "requeueing" in out and "resuming after epoch" in out
