@@ -36,6 +36,7 @@ demo-slurm: $(STAMP)
 
 ## make bench: performance ratios measured in one run (not part of the tests)
 bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[train,lightning,dev,bench]'
 	$(BIN)/python tests/bench/run.py
 
 lint: $(STAMP)

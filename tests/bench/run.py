@@ -1,5 +1,8 @@
 """`make bench`: performance figures as ratios measured in one run (never timed assertions).
 
+Own-code rows: the plain PyTorch example's loop with hpcrun.track against no logging, with
+TensorBoard, W&B and Lightning beside them, and the system sampler's CPU share.
+
 Trainer rows: epoch time with every diagnostic on vs off (gradient clipping on in both), and
 training throughput with 1 vs 2 ranks, each the median over epochs 2..N of several alternating
 runs, read from the runs' own training.csv. CLI rows: `hpcrun --help` against a minimal Typer
@@ -417,15 +420,69 @@ def bench_reports(table: list[tuple[str, str, str]], repeats: int = 3) -> None:
                       f"{min(times):.2f} s vs {cold:.2f} s", f"{min(times) / cold:.2f}x"))
 
 
+def bench_own(table: list[tuple[str, str, str]], repeats: int = 3, epochs: int = 5) -> None:
+    """The plain PyTorch example's loop (tests/bench/own_loop.py) with every hpcrun.track
+    diagnostic on, against the same loop with no hpcrun calls, in one run: the median epoch
+    time over epochs 2..N of alternating runs. Beside them the anchors: TensorBoard's and
+    W&B's (offline) per-step logging of the loss and gradient norm, and Lightning's loop."""
+    import json
+
+    script = str(REPO / "tests" / "bench" / "own_loop.py")
+    modes = ["plain", "track", "tensorboard", "wandb", "lightning"]
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(repeats):
+        for mode in modes:  # alternating, so drift hits every mode alike
+            proc = subprocess.run([sys.executable, script, mode, "--epochs", str(epochs)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                if "No module named" in proc.stderr:  # an anchor's package is missing
+                    times.pop(mode, None)
+                    continue
+                raise SystemExit(f"own_loop {mode} failed:\n{proc.stderr[-2000:]}")
+            if mode in times:
+                times[mode] += json.loads(proc.stdout.strip().splitlines()[-1])[1:]
+    base = statistics.median(times["plain"])
+    labels = {"track": "hpcrun.track, every diagnostic", "tensorboard":
+              "TensorBoard add_scalar (loss, grad norm) each step", "wandb":
+              "W&B offline log (loss, grad norm) each step", "lightning": "Lightning's loop"}
+    for mode, label in labels.items():
+        if times.get(mode):
+            median = statistics.median(times[mode])
+            table.append((f"example epoch time: {label} vs no logging",
+                          f"{median * 1000:.1f} ms vs {base * 1000:.1f} ms",
+                          f"{median / base:.3f}x"))
+
+
+def bench_sampler(table: list[tuple[str, str, str]], seconds: float = 40.0) -> None:
+    """CPU time of the system sampler at its default interval (10 s) over ``seconds`` of a
+    job, after its start-up, as a share of one core."""
+    import psutil
+
+    with tempfile.TemporaryDirectory() as tmp:
+        job = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds + 8})"])
+        sampler = subprocess.Popen([sys.executable, "-m", "hpcrun.sampler", "--run-dir", tmp,
+                                    "--watch", str(job.pid)])
+        proc = psutil.Process(sampler.pid)
+        time.sleep(4.0)  # past the imports and the first sample
+        before = sum(proc.cpu_times()[:2])
+        time.sleep(seconds)
+        used = sum(proc.cpu_times()[:2]) - before
+        job.kill()
+        job.wait()
+        sampler.wait(timeout=10)
+    table.append(("system sampler at its default 10 s interval, share of one core",
+                  f"{used * 1000:.0f} ms CPU in {seconds:.0f} s", f"{used / seconds * 100:.2f}%"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=60000)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", choices=["trainer", "cli", "slurm", "pod", "reader", "reports"],
-                        action="append")
+    parser.add_argument("--only", choices=["trainer", "cli", "slurm", "pod", "reader", "reports",
+                                           "own"], action="append")
     args = parser.parse_args()
-    chosen = set(args.only or ["trainer", "cli", "slurm", "pod", "reader", "reports"])
+    chosen = set(args.only or ["trainer", "cli", "slurm", "pod", "reader", "reports", "own"])
     train_rows = int(args.rows * 0.7)
     table: list[tuple[str, str, str]] = []
     if "cli" in chosen:
@@ -439,6 +496,9 @@ def main() -> None:
         bench_monitor(table)
     if "reports" in chosen:
         bench_reports(table)
+    if "own" in chosen:
+        bench_own(table, repeats=args.repeats)
+        bench_sampler(table)
     if "trainer" not in chosen:
         return print_table(table)
     with tempfile.TemporaryDirectory() as tmp:
