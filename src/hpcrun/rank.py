@@ -61,20 +61,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _rank() -> int:
-    for name in ("RANK", "HPCRUN_NODE_RANK"):
+def _first_number(names: tuple[str, ...], default: int) -> int:
+    """The first of these environment variables that holds a whole number."""
+    for name in names:
         value = os.environ.get(name, "")
         if value.isdigit():
             return int(value)
-    return 0
+    return default
+
+
+def _rank() -> int:
+    """torchrun's RANK; with ``launcher: python``, the node's rank."""
+    return _first_number(("RANK", "HPCRUN_NODE_RANK"), 0)
 
 
 def _world_size() -> int:
-    for name in ("WORLD_SIZE", "NNODES"):
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return 1
+    return _first_number(("WORLD_SIZE", "NNODES"), 1)
 
 
 def _config(root: Path) -> dict:

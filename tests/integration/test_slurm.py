@@ -153,32 +153,40 @@ def test_preflight_rejects_a_bad_partition_and_queues_nothing(project):
     assert hpj(project, "list") == []
 
 
-def test_usr1_checkpoints_requeues_and_the_resumed_job_finishes(project):
-    name = tiny(project, "preempt", epochs=30)  # still running when the signal comes
-    (project / "configs" / f"{name}.yaml").write_text(
-        TINY.format(name=name, epochs=30).replace("rows: 600", "rows: 30000"))
-    data = submit(project, name)
-    job = data["jobs"][0]
+def preempted_once(project: Path, job: dict, epochs: int = 30) -> tuple[dict, str]:
+    """``scancel --signal=USR1 --batch`` once the job's status says epoch 2 (the training
+    process is up, its handler installed); the job must requeue itself and finish with every
+    epoch in training.csv once. Returns its metadata.json and log."""
     run = Path(job["run_dir"])
     native = hpj(project, "status", job["id"])[0]["native"]["train"]
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
+    status: dict = {}
     while time.monotonic() < deadline:
         status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() \
             else {}
         if status.get("epoch", 0) >= 2:
             break
         time.sleep(0.3)
-    assert status.get("epoch", 0) >= 2, status  # the trainer is up, its handler installed
+    assert status.get("epoch", 0) >= 2, status
     subprocess.run(["scancel", "--signal=USR1", "--batch", native], check=True)
     view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=400)
     assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
-    epochs = [line.split(",")[0] for line in
-              (run / "train" / "training.csv").read_text().splitlines()[1:]]
-    assert epochs == [str(e) for e in range(1, 31)]
-    meta = json.loads((run / "metadata.json").read_text())
+    done = [line.split(",")[0] for line in
+            (run / "train" / "training.csv").read_text().splitlines()[1:]]
+    assert done == [str(e) for e in range(1, epochs + 1)]
+    log = hp(project, "logs").stdout
+    assert "requeueing" in log
+    return json.loads((run / "metadata.json").read_text()), log
+
+
+def test_usr1_checkpoints_requeues_and_the_resumed_job_finishes(project):
+    name = tiny(project, "preempt", epochs=30)  # still running when the signal comes
+    (project / "configs" / f"{name}.yaml").write_text(
+        TINY.format(name=name, epochs=30).replace("rows: 600", "rows: 30000"))
+    data = submit(project, name)
+    meta, _ = preempted_once(project, data["jobs"][0])
     assert len(meta["runs"]) == 2 and meta["runs"][0]["state"] == "PREEMPTED"
     assert meta["runs"][1]["resumed"] is True
-    assert "requeueing" in hp(project, "logs").stdout
 
 
 def test_two_nodes_start_two_agents_that_rendezvous(project):
@@ -341,26 +349,7 @@ def test_usr1_makes_the_example_checkpoint_requeue_and_resume(project):
     with_examples(project)
     data = submit(project, "examples/pytorch/train.py", "--", "--epochs", "30",
                   "--samples", "2048")
-    job = data["jobs"][0]
-    run = Path(job["run_dir"])
-    native = hpj(project, "status", job["id"])[0]["native"]["train"]
-    deadline = time.monotonic() + 180
-    status: dict = {}
-    while time.monotonic() < deadline:
-        status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() \
-            else {}
-        if status.get("epoch", 0) >= 2:
-            break
-        time.sleep(0.3)
-    assert status.get("epoch", 0) >= 2, status  # the script is up, its handler installed
-    subprocess.run(["scancel", "--signal=USR1", "--batch", native], check=True)
-    view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=400)
-    assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
-    epochs = [line.split(",")[0] for line in
-              (run / "train" / "training.csv").read_text().splitlines()[1:]]
-    assert epochs == [str(e) for e in range(1, 31)]
-    meta = json.loads((run / "metadata.json").read_text())
+    meta, log = preempted_once(project, data["jobs"][0])
     assert [r["state"] for r in meta["runs"]] == ["PREEMPTED", "SUCCEEDED"]
     assert meta["runs"][1]["resumed"] is True
-    out = hp(project, "logs").stdout
-    assert "requeueing" in out and "resuming after epoch" in out
+    assert "resuming after epoch" in log
