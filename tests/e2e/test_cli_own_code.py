@@ -67,7 +67,6 @@ def test_the_pytorch_example_on_two_local_processes(project):
 
 
 def test_the_lightning_example_on_two_local_processes(project):
-    pytest.importorskip("lightning")
     data = submitted(project, "examples/lightning/train.py", "--set",
                      "distributed.nproc_per_node=2", "--", "--epochs", "2", "--samples", "1024")
     job = data["jobs"][0]

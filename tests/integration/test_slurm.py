@@ -353,3 +353,19 @@ def test_usr1_makes_the_example_checkpoint_requeue_and_resume(project):
     assert [r["state"] for r in meta["runs"]] == ["PREEMPTED", "SUCCEEDED"]
     assert meta["runs"][1]["resumed"] is True
     assert "resuming after epoch" in log
+
+
+def test_the_lightning_example_on_two_nodes(project):
+    with_examples(project)
+    data = submit(project, "examples/lightning/train.py", "--set", "resources.nodes=2", "--",
+                  "--epochs", "2", "--samples", "1024")
+    job = data["jobs"][0]
+    view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
+    assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
+    run = Path(job["run_dir"])
+    assert json.loads((run / "metadata.json").read_text())["world_size"] == 2
+    epochs = [line.split(",")[0] for line in
+              (run / "train" / "training.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1", "2"]
+    fetched = hp(project, "fetch", job["id"])
+    assert fetched.returncode == 0 and "verified against MANIFEST.sha256" in fetched.stdout
