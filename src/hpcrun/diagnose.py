@@ -416,12 +416,6 @@ def _classifier(folder: Path) -> bool:
         return False
 
 
-def _number(value: Any) -> float:
-    """A number from a JSON file that may be damaged (NaN where it is not one)."""
-    return rundir.to_float(value) if isinstance(value, str | int | float) and \
-        not isinstance(value, bool) else math.nan
-
-
 class Diagnosis:
     """The red flags of one run directory, read through ``tables``. Kept between refreshes
     (as ``hpcrun monitor`` does) each ``flags()`` call looks only at the rows added since the
@@ -470,16 +464,15 @@ class Diagnosis:
               now: float | None = None) -> list[Flag]:
         """Every red flag of the run (every stage), given what is known about the job."""
         limits = self.limits()
-        status = rundir.read_json(self.run.status)
-        status = status if isinstance(status, dict) else {}
+        status = rundir.read_status(self.run.status)
         flags: list[Flag] = []
         for stage in self.run.stages():
             flags.extend(self._stage(stage).flags(self.tables, stage))
         flags.extend(self._idle.flags(self.tables.tail(self.run.root / rundir.SYSTEM), limits))
 
-        state = job_state or status.get("state")
-        stage = status.get("stage") if isinstance(status.get("stage"), str) else None
-        updated = _number(status.get("updated_at"))
+        state = job_state or status.state
+        stage = status.stage
+        updated = status.updated_at if status.updated_at is not None else math.nan
         if state == "RUNNING" and math.isfinite(updated) and stage:
             median = self.epoch_time(stage)
             if median is not None:
@@ -489,26 +482,22 @@ class Diagnosis:
                     flags.append(Flag("stalled", f"no heartbeat for {quiet:.0f} s (over "
                                       f"{limit:.0f} s: {limits.stall_factor:g}x the median "
                                       f"epoch time, at least {limits.stall_min_s:g} s)", stage,
-                                      rundir.to_int(status.get("epoch"))))
+                                      status.epoch))
 
-        failure = rundir.read_json(self.run.failure)
-        failure = failure if isinstance(failure, dict) else None
-        if state == "FAILED" or failure:
+        failure = rundir.read_failure(self.run.failure)
+        if state == "FAILED" or failure is not None:
             flags.append(self._failed(status, failure, log_text, stage))
         return flags
 
     @staticmethod
-    def _failed(status: dict[str, Any], failure: dict[str, Any] | None, log_text: str | None,
+    def _failed(status: rundir.Status, failure: rundir.Failure | None, log_text: str | None,
                 stage: str | None) -> Flag:
         parts = []
         texts = []
-        if failure:
-            parts.append(f"rank {failure.get('rank')} on {failure.get('host')}: "
-                         f"{failure.get('exception')}")
-            trace = failure.get("traceback") or []
-            texts += [trace] if isinstance(trace, str) else [str(line) for line in trace] \
-                if isinstance(trace, list) else []
-            texts.append(str(failure.get("exception") or ""))
+        if failure is not None:
+            parts.append(f"{failure.who()}: {failure.exception}")
+            texts += failure.traceback
+            texts.append(failure.exception or "")
         # the job's log last: what the scheduler wrote after the trainer died is nearest
         # the cause (the time limit, the OOM killer)
         texts.append(log_text or "")
@@ -516,9 +505,9 @@ class Diagnosis:
         if cause:
             parts.append(cause)
         if not parts:
-            parts.append(str(status.get("message") or "the job failed"))
-        return Flag("failed", "; ".join(parts), failure.get("stage") if failure else stage,
-                    rundir.to_int(failure.get("epoch")) if failure else None)
+            parts.append(status.message or "the job failed")
+        return Flag("failed", "; ".join(parts), failure.stage if failure else stage,
+                    failure.epoch if failure else None)
 
 
 class _GpuIdle:
@@ -588,12 +577,8 @@ def failed_flag(run_dir: Path, log_text: str | None = None) -> Flag:
     """The ``failed`` flag of a run that failed (its cause from failure.json and the log),
     without reading its CSVs."""
     run = rundir.RunDir(run_dir)
-    status = rundir.read_json(run.status)
-    status = status if isinstance(status, dict) else {}
-    failure = rundir.read_json(run.failure)
-    stage = status.get("stage") if isinstance(status.get("stage"), str) else None
-    return Diagnosis._failed(status, failure if isinstance(failure, dict) else None,
-                             log_text, stage)
+    status = rundir.read_status(run.status)
+    return Diagnosis._failed(status, rundir.read_failure(run.failure), log_text, status.stage)
 
 
 def diagnose(run_dir: Path, *, job_state: str | None = None, log_text: str | None = None,

@@ -130,11 +130,6 @@ def run_flags(record: JobRecord, state: str, backend: Any | None,
     return (diagnosis or Diagnosis(Path(record.run_dir))).flags(job_state=state, log_text=log)
 
 
-def _int(value: Any) -> int:
-    """A count from status.json, which a damaged file may not hold as a number."""
-    return rundir.to_int(value if isinstance(value, str | int | float) else None) or 0
-
-
 class _Best:
     """The best row of training.csv by one column (the first of equals, as ``min`` and
     ``max`` pick), kept up to date as rows arrive."""
@@ -207,7 +202,7 @@ class Monitor:
             return self._lost(exc.message)
         # the trainer appends an epoch's CSV rows before it updates status.json: reading
         # the status first keeps the tables at least as far as the epoch it names
-        trainer = rundir.read_json(self.run.status) or {}
+        trainer = rundir.read_status(self.run.status)
         self.tables.refresh()
         snap = self._read(view, trainer)
         self._last = snap
@@ -218,14 +213,13 @@ class Monitor:
         last = self._last
         return Snapshot(**{**last.__dict__, "connection": why})
 
-    def _read(self, view: Any, trainer: dict[str, Any]) -> Snapshot:
-        stage = trainer.get("stage") if isinstance(trainer.get("stage"), str) else None
-        stages = trainer.get("stages")
-        snap = Snapshot(view, stage=stage, epoch=_int(trainer.get("epoch")),
-                        epochs=_int(trainer.get("epochs")),
-                        stages=dict(stages) if isinstance(stages, dict) else {})
+    def _read(self, view: Any, trainer: rundir.Status) -> Snapshot:
+        stage = trainer.stage
+        snap = Snapshot(view, stage=stage, epoch=trainer.epoch or 0, epochs=trainer.epochs or 0,
+                        stages=dict(trainer.stages))
         terminal = is_terminal(view.status.state)
-        end = rundir.to_float(trainer.get("updated_at")) if terminal else time.time()
+        end = (trainer.updated_at if trainer.updated_at is not None else math.nan) \
+            if terminal else time.time()
         if math.isfinite(end) and end and self.record.submitted_at:
             snap.elapsed_s = max(0.0, end - self.record.submitted_at)
         if stage:

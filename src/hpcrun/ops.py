@@ -319,9 +319,8 @@ def resume(ref: str, project_dir: Path, store: JobStore | None = None) -> JobVie
                        "plans; it cannot be resumed", hint="submit the experiment again")
     backend = backend_for(record)
     plans = _stored_plans(record, backend.files.read_text)
-    trainer = backend.files.read_json(posixpath.join(backend.files.run_dir(record),
-                                                     rundir.STATUS)) or {}
-    done = {k for k, v in (trainer.get("stages") or {}).items() if v == "SUCCEEDED"}
+    done = rundir.Status.of(backend.files.read_json(posixpath.join(
+        backend.files.run_dir(record), rundir.STATUS))).succeeded()
     plans = [p for p in plans if p.stage is None or p.stage not in done]
     native = backend.resume(record, plans)[record.id]
     record.native_id = native.get("id")
@@ -472,10 +471,9 @@ def triage(view: JobView, backend: Any | None = None) -> Triage | None:
     lines = (backend.read_log(record) or "").splitlines()
     tail = "\n".join(lines[-200:])
     cause = failed_flag(Path(record.run_dir), tail).message
-    failure = backend.files.read_json(posixpath.join(backend.files.run_dir(record),
-                                                     rundir.FAILURE))
-    kept = {k: failure[k] for k in ("rank", "host", "stage", "epoch", "exception")
-            if k in failure} if isinstance(failure, dict) else None
+    failure = rundir.Failure.of(backend.files.read_json(posixpath.join(
+        backend.files.run_dir(record), rundir.FAILURE)))
+    kept = failure.brief() if failure is not None else None
     return Triage(cause=cause,
                   signal=_signal_of(tail, view.status.exit_code), failure=kept or None,
                   log_tail=[line for line in _trainer_lines(lines)

@@ -254,8 +254,8 @@ def _failed(run: records.RunRecords, root: Path, rank: int, stage: str, cause: s
     try:
         written = records.record_failure(root, info)
         if not written:
-            first = rundir.read_json(run.dir.failure) or {}
-            cause = str(first.get("exception") or cause)
+            first = rundir.read_failure(run.dir.failure)
+            cause = (first.exception if first else None) or cause
         if status.get("state") not in ("FAILED", "PREEMPTED"):
             if not status.get("stage"):
                 status["stage"] = stage

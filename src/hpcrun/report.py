@@ -339,10 +339,10 @@ def _summarize_stage(name: str, data: _StageData, state: str | None,
         peak_gpu_mb=_max(data.memory.floats("peak_mb")))
 
 
-def _stage_names(run: rundir.RunDir, status: dict[str, Any], metadata: dict[str, Any],
+def _stage_names(run: rundir.RunDir, status: rundir.Status, metadata: rundir.Metadata,
                  selections: dict[str, _Selection]) -> list[str]:
     """Stage directories in pipeline order; other directories (e.g. report/) are left out."""
-    known = [*(status.get("stages") or {}), *(metadata.get("pipeline") or []), *selections]
+    known = [*status.stages, *metadata.pipeline, *selections]
     order = {name: i for i, name in reversed(list(enumerate(known)))}
     names = []
     for position, name in enumerate(run.stages()):
@@ -355,10 +355,10 @@ def _stage_names(run: rundir.RunDir, status: dict[str, Any], metadata: dict[str,
 def _load(run_dir: Path, config: RunConfig | None = None, detail: bool = True
           ) -> tuple[RunSummary, dict[str, _StageData]]:
     run = rundir.RunDir(run_dir)
-    status = _dict(rundir.read_json(run.status))
-    metadata = _dict(rundir.read_json(run.metadata))
+    status = rundir.read_status(run.status)
+    metadata = rundir.read_metadata(run.metadata)
     selections = read_selections(run, config)
-    stage_states = _dict(status.get("stages"))
+    stage_states = status.stages
     data: dict[str, _StageData] = {}
     stages = []
     for name in _stage_names(run, status, metadata, selections):
@@ -367,24 +367,17 @@ def _load(run_dir: Path, config: RunConfig | None = None, detail: bool = True
         stages.append(_summarize_stage(name, data[name], None if state is None else str(state),
                                        selections.get(name), detail))
     final = next((s for s in reversed(stages) if s.evaluation), None)
-    experiment = (status.get("experiment") or metadata.get("experiment")
-                  or run.root.resolve().parent.name)
-    message = status.get("message")
     summary = RunSummary(
         path=str(run.root),
-        run_id=str(status.get("run_id") or metadata.get("run_id") or run.root.resolve().name),
-        experiment=str(experiment),
-        state=str(status.get("state") or metadata.get("state") or "UNKNOWN"),
-        message=None if message is None else str(message),
+        run_id=status.run_id or metadata.run_id or run.root.resolve().name,
+        experiment=status.experiment or metadata.experiment or run.root.resolve().parent.name,
+        state=status.state or metadata.state or "UNKNOWN",
+        message=status.message,
         stages=tuple(stages),
         final_evaluation=final.evaluation if final else (),
         final_evaluation_stage=final.name if final else None,
     )
     return summary, data
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def summarize(run_dir: Path) -> RunSummary:

@@ -22,6 +22,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -155,8 +156,7 @@ class RunDir:
 
     def stages(self) -> list[str]:
         """Stage directories present, in pipeline order when the status knows it."""
-        status = read_json(self.status) or {}
-        order = list((status.get("stages") or {}).keys())
+        order = list(read_status(self.status).stages)
         stage_files = (TRAINING, EVALUATION, PREDICTIONS, CHECKPOINTS)
         present = [p.name for p in sorted(self.root.iterdir())
                    if p.is_dir() and any((p / f).exists() for f in stage_files)
@@ -237,6 +237,145 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+# --------------------------------------------------------------------------- records
+#
+# status.json, failure.json and metadata.json as typed values. Reading is tolerant: a file
+# that is missing, torn or not JSON, or a field of the wrong type, reads as missing (None),
+# never as an exception: these files are read while other processes write them, from runs
+# of earlier versions, and from remote machines.
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _whole(value: Any) -> int | None:
+    """A whole number (3, 3.0 or "3"); None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    return to_int(value)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+@dataclass
+class Status:
+    """status.json: the run's state, its stage and epoch (the heartbeat), per-stage states."""
+
+    state: str | None = None
+    stage: str | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+    stages: dict[str, str] = field(default_factory=dict)
+    message: str | None = None
+    updated_at: float | None = None
+    run_id: str | None = None
+    experiment: str | None = None
+
+    @classmethod
+    def of(cls, data: Any) -> Status:
+        data = data if isinstance(data, dict) else {}
+        stages = data.get("stages")
+        return cls(state=_text(data.get("state")), stage=_text(data.get("stage")),
+                   epoch=_whole(data.get("epoch")), epochs=_whole(data.get("epochs")),
+                   stages={str(k): v for k, v in stages.items() if isinstance(v, str)}
+                   if isinstance(stages, dict) else {},
+                   message=_text(data.get("message")),
+                   updated_at=_number(data.get("updated_at")),
+                   run_id=_text(data.get("run_id")), experiment=_text(data.get("experiment")))
+
+    def detail(self) -> dict[str, Any]:
+        """What a backend reports of the run beside the job's state."""
+        found = {"stage": self.stage, "epoch": self.epoch, "epochs": self.epochs,
+                 "stages": dict(self.stages) or None, "message": self.message}
+        return {k: v for k, v in found.items() if v is not None}
+
+    def succeeded(self) -> set[str]:
+        """The stages that finished (a resume skips them)."""
+        return {name for name, state in self.stages.items() if state == "SUCCEEDED"}
+
+
+@dataclass
+class Failure:
+    """failure.json: the first rank to fail, where, and how (absent when nothing failed)."""
+
+    exception: str | None = None
+    rank: int | None = None
+    host: str | None = None
+    pid: int | None = None
+    stage: str | None = None
+    epoch: int | None = None
+    traceback: list[str] = field(default_factory=list)
+    time: float | None = None
+    exit_code: int | None = None
+
+    @classmethod
+    def of(cls, data: Any) -> Failure | None:
+        if not isinstance(data, dict) or not data:
+            return None
+        trace = data.get("traceback")
+        lines = [trace] if isinstance(trace, str) else [str(x) for x in trace] \
+            if isinstance(trace, list) else []
+        exception = data.get("exception")
+        return cls(exception=None if exception is None else str(exception),
+                   rank=_whole(data.get("rank")), host=_text(data.get("host")),
+                   pid=_whole(data.get("pid")), stage=_text(data.get("stage")),
+                   epoch=_whole(data.get("epoch")), traceback=lines,
+                   time=_number(data.get("time")), exit_code=_whole(data.get("exit_code")))
+
+    def who(self) -> str:
+        """``rank 1 on node2``, as messages name the failing rank."""
+        return f"rank {self.rank} on {self.host}"
+
+    def brief(self) -> dict[str, Any]:
+        """What a triage shows of it."""
+        found = {"rank": self.rank, "host": self.host, "stage": self.stage,
+                 "epoch": self.epoch, "exception": self.exception}
+        return {k: v for k, v in found.items() if v is not None}
+
+
+@dataclass
+class Metadata:
+    """metadata.json: the fields hpcrun reads back (the file holds more: versions, git, data,
+    one entry per start)."""
+
+    run_id: str | None = None
+    experiment: str | None = None
+    state: str | None = None
+    pipeline: list[str] = field(default_factory=list)
+    world_size: int | None = None
+    hosts: list[str] = field(default_factory=list)
+    job_ids: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, data: Any) -> Metadata:
+        data = data if isinstance(data, dict) else {}
+
+        def texts(value: Any) -> list[str]:
+            return [str(v) for v in value] if isinstance(value, list) else []
+
+        return cls(run_id=_text(data.get("run_id")), experiment=_text(data.get("experiment")),
+                   state=_text(data.get("state")), pipeline=texts(data.get("pipeline")),
+                   world_size=_whole(data.get("world_size")), hosts=texts(data.get("hosts")),
+                   job_ids=texts(data.get("job_ids")))
+
+
+def read_status(path: str | os.PathLike[str]) -> Status:
+    return Status.of(read_json(Path(path)))
+
+
+def read_failure(path: str | os.PathLike[str]) -> Failure | None:
+    return Failure.of(read_json(Path(path)))
+
+
+def read_metadata(path: str | os.PathLike[str]) -> Metadata:
+    return Metadata.of(read_json(Path(path)))
 
 
 def format_value(value: Any) -> str:

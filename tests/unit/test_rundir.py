@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from hpcrun import rundir
@@ -141,3 +143,34 @@ def test_csv_tail_skips_blank_and_unparsable_lines(tmp_path):
 def test_to_int_reads_whole_numbers_only():
     assert [rundir.to_int(t) for t in ("3", "3.0", "", None, "x", "2.5", "nan")] == [
         3, 3, None, None, None, None, None]
+
+
+@pytest.mark.parametrize("text", ["", "{", "[1, 2]", "null", '"x"',
+                                  '{"state": 3, "epoch": "x", "stages": [1], "stage": {}}'])
+def test_damaged_records_read_as_missing_fields_not_errors(tmp_path, text):
+    for name in (rundir.STATUS, rundir.FAILURE, rundir.METADATA):
+        (tmp_path / name).write_text(text)
+    status = rundir.read_status(tmp_path / rundir.STATUS)
+    assert status.state is None and status.epoch is None and status.stages == {}
+    assert status.detail() == {} and status.succeeded() == set()
+    failure = rundir.read_failure(tmp_path / rundir.FAILURE)
+    assert failure is None or (failure.rank is None and failure.traceback == [])
+    assert rundir.read_metadata(tmp_path / rundir.METADATA).pipeline == []
+    assert rundir.read_status(tmp_path / "missing.json") == rundir.Status()
+
+
+def test_records_keep_the_fields_of_a_good_file(tmp_path):
+    (tmp_path / rundir.STATUS).write_text(json.dumps({
+        "state": "RUNNING", "stage": "b", "epoch": 3, "epochs": 10.0, "updated_at": 5,
+        "stages": {"a": "SUCCEEDED", "b": "RUNNING", "c": None}, "message": None}))
+    status = rundir.read_status(tmp_path / rundir.STATUS)
+    assert (status.state, status.stage, status.epoch, status.epochs) == ("RUNNING", "b", 3, 10)
+    assert status.stages == {"a": "SUCCEEDED", "b": "RUNNING"} and status.updated_at == 5.0
+    assert status.succeeded() == {"a"}
+    (tmp_path / rundir.FAILURE).write_text(json.dumps({
+        "rank": 1, "host": "n2", "exception": "ValueError: x", "traceback": "one line",
+        "epoch": 2, "stage": "b"}))
+    failure = rundir.read_failure(tmp_path / rundir.FAILURE)
+    assert failure.who() == "rank 1 on n2" and failure.traceback == ["one line"]
+    assert failure.brief() == {"rank": 1, "host": "n2", "stage": "b", "epoch": 2,
+                               "exception": "ValueError: x"}

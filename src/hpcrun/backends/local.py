@@ -124,9 +124,8 @@ class LocalBackend(ScriptBackend):
     def _one(self, record: JobRecord) -> JobStatus:
         files = job_files(record.run_dir)
         root = Path(record.run_dir)
-        trainer = rundir.read_json(root / rundir.STATUS) or {}
-        detail = {k: trainer.get(k) for k in ("stage", "epoch", "epochs", "stages", "message")
-                  if trainer.get(k) is not None}
+        trainer = rundir.read_status(root / rundir.STATUS)
+        detail = trainer.detail()
         cancelled = (root / CANCEL_MARKER).exists()
         code = _read_int(Path(files["exit_file"]))
         if code is None and self._process(record) is not None:
@@ -143,13 +142,14 @@ class LocalBackend(ScriptBackend):
                              "(killed, or the machine restarted)", detail=detail)
         if code == 0:
             return JobStatus("SUCCEEDED", exit_code=0, detail=detail)
-        if trainer.get("state") == "PREEMPTED":
-            return JobStatus("PREEMPTED", reason=trainer.get("message"), exit_code=code,
+        if trainer.state == "PREEMPTED":
+            return JobStatus("PREEMPTED", reason=trainer.message, exit_code=code,
                              detail=detail)
-        failure = rundir.read_json(root / rundir.FAILURE) or {}
-        reason = failure.get("exception") or trainer.get("message") or f"exit code {code}"
-        if failure.get("rank") is not None:
-            reason = f"rank {failure['rank']} on {failure.get('host')}: {reason}"
+        failure = rundir.read_failure(root / rundir.FAILURE)
+        reason = (failure.exception if failure else None) or trainer.message or \
+            f"exit code {code}"
+        if failure is not None and failure.rank is not None:
+            reason = f"{failure.who()}: {reason}"
         return JobStatus("FAILED", reason=reason, exit_code=code, detail=detail)
 
     def status(self, records: Sequence[JobRecord]) -> dict[str, JobStatus]:

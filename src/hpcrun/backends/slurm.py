@@ -383,14 +383,13 @@ class SlurmBackend(ScriptBackend):
 
     def _combine(self, record: JobRecord, states: dict[str, NativeState]) -> JobStatus:
         run = self.files.run_dir(record)
-        trainer = self.files.read_json(posixpath.join(run, rundir.STATUS)) or {}
-        detail = {k: trainer.get(k) for k in ("stage", "epoch", "epochs", "message")
-                  if trainer.get(k) is not None}
+        trainer = rundir.Status.of(self.files.read_json(posixpath.join(run, rundir.STATUS)))
+        detail = {k: v for k, v in trainer.detail().items() if k != "stages"}
         native = record.info.get("native") or {}
         stage_states: dict[str, str] = {}
         failed = blocked = None
         reason = None
-        finished = {k for k, v in (trainer.get("stages") or {}).items() if v == "SUCCEEDED"}
+        finished = trainer.succeeded()
         for stage, sid in native.items():
             st = states.get(sid)
             mapped = STATE_TABLE.get(st.state, "UNKNOWN") if st else "UNKNOWN"
@@ -418,9 +417,10 @@ class SlurmBackend(ScriptBackend):
             if blocked:
                 names = [s for s, v in stage_states.items() if v == "BLOCKED"]
                 reason += f"; {', '.join(names)} blocked by it (DependencyNeverSatisfied)"
-            failure = self.files.read_json(posixpath.join(run, rundir.FAILURE)) or {}
-            if failure.get("exception"):
-                reason += f": {failure['exception']}"
+            failure = rundir.Failure.of(self.files.read_json(posixpath.join(run,
+                                                                            rundir.FAILURE)))
+            if failure is not None and failure.exception:
+                reason += f": {failure.exception}"
             return JobStatus("FAILED", reason=reason, detail=detail)
         if "CANCELLED" in values:
             return JobStatus("CANCELLED", reason="cancelled", detail=detail)

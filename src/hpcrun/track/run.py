@@ -563,8 +563,8 @@ class Run:
             info = records.exception_record(exc, rank=self.ctx.rank, stage=self.stage,
                                             epoch=epoch)
             if not records.record_failure(self.root, info):
-                first = rundir.read_json(self.run_dir.failure) or {}
-                info["exception"] = first.get("exception") or info["exception"]
+                first = rundir.read_failure(self.run_dir.failure)
+                info["exception"] = (first.exception if first else None) or info["exception"]
             if status.get("state") != "FAILED":
                 status.setdefault("stage", self.stage)
                 self.records.fail(info["exception"])

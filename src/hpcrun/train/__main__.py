@@ -64,11 +64,12 @@ _PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken p
               "nccl communicator was aborted")
 
 
-def _recorded_failure(holder: dict[str, Any]) -> dict[str, Any] | None:
+def _recorded_failure(holder: dict[str, Any]) -> rundir.Failure | None:
     """failure.json, when another rank has already written it in this run (a rerun moves
     the previous run's record aside before the ranks start)."""
     run = holder.get("run_dir")
-    return rundir.read_json(run.failure) if run is not None and holder.get("started") else None
+    return rundir.read_failure(run.failure) if run is not None and holder.get("started") \
+        else None
 
 
 def _ended_peers(holder: dict[str, Any], ctx: Any, exc: BaseException) -> list[dict[str, Any]]:
@@ -125,7 +126,8 @@ def _record_failure(holder: dict[str, Any], ctx: Any, exc: BaseException,
     except FileExistsError:
         # another rank failed first: its record is the root cause, and status.json keeps
         # saying so (this rank's error is often only the lost connection to that rank)
-        cause = (rundir.read_json(run.failure) or {}).get("exception") or cause
+        first = rundir.read_failure(run.failure)
+        cause = (first.exception if first else None) or cause
     except OSError as err:
         print(f"hpcrun.train: could not write {run.failure}: {err}", file=sys.stderr)
     state = holder.get("run")
@@ -200,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         first = _recorded_failure(holder)
         ended = [] if first else _ended_peers(holder, ctx, exc)
         if first:  # this rank only lost its peer: repeat the cause, not the lost connection
-            _say_error(f"rank {ctx.rank if ctx else rank} stopped: rank {first.get('rank')} "
-                       f"failed first: {first.get('exception')}")
+            _say_error(f"rank {ctx.rank if ctx else rank} stopped: rank {first.rank} "
+                       f"failed first: {first.exception}")
         elif ended:
             _say_error(_peer_message(ended, ctx, exc))
         else:
