@@ -294,3 +294,21 @@ def test_report_draws_the_system_plot(tmp_path):
     files = report.write_report(run)
     assert (run / "report" / "system.png") in files.pngs
     assert "GPU utilisation and CPU over the job" in files.html.read_text()
+
+
+def test_sbatch_without_a_slurm_configuration_is_one_line_naming_the_way_out(project,
+                                                                            tmp_path,
+                                                                            monkeypatch):
+    """An auto backend picks SLURM where sbatch is installed; with no configuration there
+    the answer names the cause and --backend local, not a resource."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text("#!/bin/sh\necho 'sbatch: fatal: Could not establish a "
+                                 "configuration source' >&2\nexit 1\n")
+    (fake / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    answer = invoke("submit", "scripts/train.py")
+    assert answer.code == 2 and "SLURM is not configured" in answer.err
+    assert "--backend local" in answer.err and "resources" not in answer.err
+    assert not (project / "runs").exists()

@@ -272,6 +272,11 @@ class SlurmBackend(ScriptBackend):
                 if exc.returncode == 127:
                     raise OperationFailed("sbatch is not installed here",
                                           hint="hpcrun doctor") from None
+                if "Could not establish a configuration source" in exc.stderr:
+                    raise BadInput("sbatch is installed here but SLURM is not configured "
+                                   "(no slurm.conf, no SLURM_CONF)",
+                                   hint="run where your cluster's SLURM is set up, or "
+                                   "choose another backend: --backend local") from None
                 if not controller_trouble(exc.stderr):
                     raise BadInput(preflight_error(exc.stderr), hint="fix resources: in the "
                                    "config, or --set resources.KEY=VALUE") from None
