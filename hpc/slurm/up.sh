@@ -85,7 +85,10 @@ socket=$state/munge/socket/munge.socket.2
 if ! running "$state/run/munged.pid"; then
   say "starting munged"
   rm -f "$socket" "$socket.lock"
-  start_daemon munged --key-file="$key" --socket="$socket" \
+  # every sbatch, squeue and slurmd RPC asks munged for a credential: with its default two
+  # threads a burst of 50 submits timed out in munged, which closed the socket under sbatch
+  # (killed by SIGPIPE with nothing queued or said)
+  start_daemon munged --key-file="$key" --socket="$socket" --num-threads=16 \
     --pid-file="$state/run/munged.pid" --log-file="$state/log/munged.log" \
     --seed-file="$state/munge/munged.seed" --force
 fi
