@@ -178,10 +178,28 @@ def main(argv: list[str] | None = None) -> int:
         "HPCRUN_RANK_WRAPPED": "1",  # hpcrun.track: the rank log and pid file are taken care of
         "PYTHONUNBUFFERED": env.get("PYTHONUNBUFFERED", "1"),
     })
+    # signals are forwarded from before the program starts: one that comes while it starts
+    # is handed on as soon as it runs
+    told: list[int] = []
+    started: list[subprocess.Popen[bytes]] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        told.append(signum)
+        for child in started:
+            try:
+                child.send_signal(signum)
+            except OSError:
+                pass
+
+    for signum in FORWARDED:
+        signal.signal(signum, forward)
     read_end, write_end = os.pipe()
     try:
         child = subprocess.Popen(_program(args), env=env, stdin=subprocess.DEVNULL,
                                  stdout=write_end, stderr=write_end)
+        started.append(child)
+        for signum in told:
+            child.send_signal(signum)
     except OSError as exc:
         os.close(read_end)
         os.close(write_end)
@@ -194,17 +212,6 @@ def main(argv: list[str] | None = None) -> int:
     rundir.write_atomic(root / rundir.LOGS / f"rank{rank}.pid",
                         f"{host} {child.pid}\n".encode())
 
-    told: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        told.append(signum)
-        try:
-            child.send_signal(signum)
-        except OSError:
-            pass
-
-    for signum in FORWARDED:
-        signal.signal(signum, forward)
     code = child.wait()
     output.thread.join(timeout=5)
     if code < 0:
@@ -228,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                 run.finish("CANCELLED", f"stage {stage} stopped by {name}")
     else:
         lines = output.lines()
-        cause = records.last_exception_line(lines) or (
-            f"{_program(args)[-1 if args.command else 1]} exited with code {code}")
+        name = args.script or args.module or args.args[0]
+        cause = records.last_exception_line(lines) or f"{name} exited with code {code}"
         if not is_main:  # rank 0's output is the job's; the others' is in their logs only
             sys.stderr.write("".join(f"[rank {rank}] {line}\n" for line in lines[-10:]))
         _failed(run, root, rank, stage, cause, lines, code)
