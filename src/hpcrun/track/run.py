@@ -144,8 +144,10 @@ class Run:
         import yaml
 
         script = sys.argv[0] if sys.argv and sys.argv[0] else "python"
-        run: dict[str, Any] = ({"script": script, "args": sys.argv[1:]}
-                               if script.endswith(".py") else {"command": list(sys.argv)})
+        # the arguments as they were: braces are literal, not placeholders
+        args = [a.replace("{", "{{").replace("}", "}}") for a in sys.argv[1:]]
+        run: dict[str, Any] = ({"script": script, "args": args}
+                               if script.endswith(".py") else {"command": [script, *args]})
         params = json.loads(json.dumps(dict(config or {}), default=str))
         text = yaml.safe_dump({"experiment": experiment, "pipeline": [{"name": stage}],
                                "run": run, "params": params}, sort_keys=False)
@@ -162,7 +164,7 @@ class Run:
         with writing(self.run_dir.status):
             if self.wrapped:  # hpcrun.rank started the stage: add what only the program knows
                 meta = rundir.read_json(self.run_dir.metadata) or {}
-                meta.update(world_size=self.ctx.world_size, **extra)
+                meta.update(world_size=self.ctx.world_size, hosts=hosts, **extra)
                 rundir.write_json(self.run_dir.metadata, meta)
                 self.records.load()
                 self.records.write_status(epochs=self.epochs)
