@@ -323,9 +323,10 @@ def with_examples(project: Path) -> Path:
     return project
 
 
-def test_the_pytorch_example_on_two_nodes(project):
+@pytest.mark.parametrize("example", ["pytorch", "lightning"])
+def test_the_examples_on_two_nodes(project, example):
     with_examples(project)
-    data = submit(project, "examples/pytorch/train.py", "--set", "resources.nodes=2", "--",
+    data = submit(project, f"examples/{example}/train.py", "--set", "resources.nodes=2", "--",
                   "--epochs", "2", "--samples", "1024")
     job = data["jobs"][0]
     view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
@@ -341,8 +342,7 @@ def test_the_pytorch_example_on_two_nodes(project):
     assert once["epoch"] == 2 and once["flags"] == []
     fetched = hp(project, "fetch", job["id"])
     assert fetched.returncode == 0 and "verified against MANIFEST.sha256" in fetched.stdout
-    hosts = {line.split(",")[1] for line in (run / "system.csv").read_text().splitlines()[1:]}
-    assert hosts  # each node's sampler wrote its rows
+    assert (run / "system.csv").read_text().count("\n") > 1  # the nodes' samplers wrote rows
 
 
 def test_usr1_makes_the_example_checkpoint_requeue_and_resume(project):
@@ -353,19 +353,3 @@ def test_usr1_makes_the_example_checkpoint_requeue_and_resume(project):
     assert [r["state"] for r in meta["runs"]] == ["PREEMPTED", "SUCCEEDED"]
     assert meta["runs"][1]["resumed"] is True
     assert "resuming after epoch" in log
-
-
-def test_the_lightning_example_on_two_nodes(project):
-    with_examples(project)
-    data = submit(project, "examples/lightning/train.py", "--set", "resources.nodes=2", "--",
-                  "--epochs", "2", "--samples", "1024")
-    job = data["jobs"][0]
-    view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
-    assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
-    run = Path(job["run_dir"])
-    assert json.loads((run / "metadata.json").read_text())["world_size"] == 2
-    epochs = [line.split(",")[0] for line in
-              (run / "train" / "training.csv").read_text().splitlines()[1:]]
-    assert epochs == ["1", "2"]
-    fetched = hp(project, "fetch", job["id"])
-    assert fetched.returncode == 0 and "verified against MANIFEST.sha256" in fetched.stdout
