@@ -312,3 +312,24 @@ def test_sbatch_without_a_slurm_configuration_is_one_line_naming_the_way_out(pro
     assert answer.code == 2 and "SLURM is not configured" in answer.err
     assert "--backend local" in answer.err and "resources" not in answer.err
     assert not (project / "runs").exists()
+
+
+def test_an_sbatch_cut_off_before_it_answered_is_asked_again(project, tmp_path, monkeypatch):
+    """sbatch killed by SIGPIPE with nothing said (munged closed the socket under a client a
+    loaded machine ran late) queued nothing: the submit asks again, once the job is queued
+    it is not asked again."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    calls = tmp_path / "calls"
+    (fake / "sbatch").write_text(
+        "#!/bin/bash\n"
+        "case \"$*\" in *--test-only*) echo 'Job 1 to start' >&2; exit 0;; esac\n"
+        f"echo x >> {calls}\n"
+        f"[ \"$(wc -l < {calls})\" -ge 2 ] || kill -PIPE $$\n"
+        "echo 4242\n")
+    (fake / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    answer = invoke("--json", "submit", "scripts/train.py", "--backend", "slurm")
+    assert answer.code == 0, answer.err
+    assert json.loads(answer.out)["jobs"][0]["native_id"] == "4242"
+    assert calls.read_text().count("x") == 2

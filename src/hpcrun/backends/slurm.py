@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -159,6 +160,8 @@ def _filename_pattern_text(path: str) -> str:
 
 
 #: how often ``sbatch --test-only`` is asked when the controller did not answer
+#: how often one sbatch is tried when it was cut off before it said anything
+SUBMIT_ATTEMPTS = 3
 PREFLIGHT_ATTEMPTS = 4
 #: how long ``cancel`` waits for a cancelled job to leave COMPLETING, in seconds
 CANCEL_WAIT_S = 60
@@ -315,7 +318,7 @@ class SlurmBackend(ScriptBackend):
                     argv.insert(-1, f"--array={','.join(str(i) for i in indices)}")
                     if previous is not None:
                         argv.insert(-1, f"--dependency=aftercorr:{ids[previous]}")
-                out = self.runner.run(argv, timeout=120).stdout.strip()
+                out = self._sbatch(argv)
                 ids[plan.stage or "all"] = out.split(";")[0].splitlines()[-1]
                 previous = plan.stage or "all"
         except CommandFailed:
@@ -330,6 +333,21 @@ class SlurmBackend(ScriptBackend):
             tasks = {stage: f"{sid}_{index}" for stage, sid in ids.items()}
             out[member] = {"id": ",".join(tasks.values()), "info": {"native": tasks}}
         return out
+
+    def _sbatch(self, argv: Sequence[str]) -> str:
+        """sbatch's answer. One killed by SIGPIPE before it said anything (munged or the
+        controller closed the socket under a client that a loaded machine had not run in
+        time) never got its request through whole, so nothing was queued: it is asked
+        again."""
+        for attempt in range(SUBMIT_ATTEMPTS):
+            try:
+                return self.runner.run(argv, timeout=120).stdout.strip()
+            except CommandFailed as exc:
+                cut_off = exc.returncode in (-signal.SIGPIPE, 128 + signal.SIGPIPE)
+                if not cut_off or exc.stderr.strip() or attempt == SUBMIT_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5 * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     # -- state ----------------------------------------------------------------------------
 
