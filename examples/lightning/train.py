@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import hpcrun.track as track  # hpcrun
 from hpcrun.track.lightning import HpcrunCallback, last_checkpoint  # hpcrun
 
 VOCAB = 8  # token 0 is "A", token 1 is "B"
@@ -100,6 +101,7 @@ def main() -> None:
     trainer.fit(model, DataLoader(train, shuffle=True, **loader), DataLoader(val, **loader),
                 ckpt_path=last_checkpoint())  # hpcrun: resume after a requeue
     trainer.test(model, DataLoader(test, **loader), verbose=False)
+    track.shutdown()  # hpcrun: flush, end the process group, exit without gloo's teardown
 
 
 if __name__ == "__main__":

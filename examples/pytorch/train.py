@@ -127,8 +127,7 @@ def main() -> None:
     _, probs = predict(model, test_x, test_y)
     run.evaluate("test", probs, test_y)  # hpcrun
     run.finish()  # hpcrun
-    if world > 1:
-        dist.destroy_process_group()
+    track.shutdown()  # hpcrun: flush, end the process group, exit without gloo's teardown
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .run import Run
 
-__all__ = ["Run", "init", "active"]
+__all__ = ["Run", "init", "active", "shutdown"]
 
 
 def init(model: Any = None, *, name: str | None = None, config: dict[str, Any] | None = None,
@@ -60,3 +60,29 @@ def active() -> Run | None:
     from . import run
 
     return run.ACTIVE
+
+
+def shutdown(code: int = 0) -> None:
+    """End a distributed program without the teardown crash: flush stdout, stderr and
+    logging, destroy the default process group, then leave with ``code`` through
+    ``os._exit``. gloo's worker threads can abort the process (SIGABRT, "terminate called
+    without an active exception") during normal interpreter shutdown after training
+    finished; hpcrun's own trainer leaves the same way. Call it last, on every rank."""
+    import logging
+    import os
+    import sys
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    torch_distributed = sys.modules.get("torch.distributed")
+    if torch_distributed is not None and torch_distributed.is_available() and \
+            torch_distributed.is_initialized():
+        try:
+            torch_distributed.destroy_process_group()
+        except Exception:  # noqa: BLE001 - teardown must not turn success into failure
+            pass
+    os._exit(code)
