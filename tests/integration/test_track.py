@@ -130,6 +130,21 @@ def test_resume_continues_after_the_checkpoint_without_repeating_an_epoch(tmp_pa
     assert [r["state"] for r in meta["runs"]] == ["PREEMPTED", "SUCCEEDED"]
 
 
+def test_rows_written_after_the_last_checkpoint_are_dropped_on_resume(tmp_path):
+    run_dir = tmp_path / "runs" / "job" / "r1" / "train"
+    first = loop(tmp_path, "--epochs", "4", "--die-after", "3", HPCRUN_RUN_DIR=str(run_dir))
+    assert first.returncode == 9
+    epochs = [r["Epoch"] for r in rundir.read_rows(run_dir / rundir.TRAINING)]
+    assert epochs == ["1", "2", "3"]  # epoch 3's row, but no checkpoint of it
+    second = loop(tmp_path, "--epochs", "4", HPCRUN_RUN_DIR=str(run_dir))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "start 3" in second.stdout
+    for name, each in ((rundir.TRAINING, 1), (rundir.GRADIENT_STATS, 1),
+                       (rundir.LOSS_COMPONENTS, 2)):  # train and val rows
+        epochs = [r[next(iter(r))] for r in rundir.read_rows(run_dir / name)]
+        assert epochs == [str(e) for e in range(1, 5) for _ in range(each)], (name, epochs)
+
+
 def test_an_uncaught_exception_leaves_failure_json(tmp_path):
     proc = loop(tmp_path, "--epochs", "3", "--raise-at", "2")
     assert proc.returncode == 1
