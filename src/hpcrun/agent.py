@@ -10,12 +10,12 @@ and speaks JSON on stdin/stdout. No torch, no pandas.
               -> {path: {identity, reset, data}}  the watched files' bytes added since
                                         ``known`` (rundir.read_since): one round trip per
                                         refresh of a live view
-    snapshot  {"code": dir, "target": dir, "files": {name: text}}
+    snapshot  {"code": dir, "target": dir, "files": {name: text}, "links": {path: target}}
               -> {"created": bool, "verified": int, "mismatched": [path]}
                                         write the bundle manifest into the synced tree, check
                                         every file against it, then freeze it as a
                                         content-addressed copy (nothing is frozen on a
-                                        mismatch)
+                                        mismatch) that links to the declared data
 """
 
 from __future__ import annotations
@@ -89,6 +89,9 @@ def snapshot(request: dict[str, Any]) -> dict[str, Any]:
     if mismatched:  # an interrupted or concurrent sync: the next one completes it
         shutil.rmtree(staging, ignore_errors=True)
         return {"created": False, "verified": 0, "mismatched": mismatched}
+    from .bundle import add_links
+
+    add_links(staging, request.get("links") or {})
     os.replace(staging, target)
     return {"created": True, "verified": checked, "mismatched": []}
 

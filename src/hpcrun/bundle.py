@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -53,6 +54,17 @@ class Bundle:
     path: Path | None = None  # the snapshot, once taken
     size: int = 0
     extra: dict[str, object] = field(default_factory=dict)
+    #: symlinks a snapshot carries to data outside it ({relative path: target}): a job
+    #: opens its declared data at the same relative paths as in the project
+    links: dict[str, str] = field(default_factory=dict)
+
+    def link_data(self, links: dict[str, str]) -> None:
+        """Add data links; they are part of what the snapshot is, so of its hash."""
+        if not links:
+            return
+        self.links = dict(sorted({**self.links, **links}.items()))
+        mixed = self.hash + json.dumps(self.links, sort_keys=True)
+        self.hash = hashlib.sha256(mixed.encode()).hexdigest()
 
 
 def git_state(path: Path, runner: LocalRunner | None = None) -> GitState:
@@ -160,6 +172,15 @@ def cache_dir() -> Path:
     return Path(base) / "hpcrun" / "bundles"
 
 
+def add_links(root: Path, links: dict[str, str]) -> None:
+    """Create the data links of a snapshot being built under ``root``."""
+    for rel, target in links.items():
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not os.path.lexists(dest):
+            os.symlink(target, dest)
+
+
 def snapshot(bundle: Bundle, root: Path | None = None) -> Path:
     """Copy the bundle into ``root/<hash>`` (once: an existing snapshot is reused)."""
     root = root or cache_dir()
@@ -177,6 +198,7 @@ def snapshot(bundle: Bundle, root: Path | None = None) -> Path:
             if sha256_file(dest) != bundle.digests[rel]:  # edited while we copied
                 raise OSError(f"{rel} changed while the bundle was being taken; submit again")
         (staging / MANIFEST_NAME).write_text(manifest_text(bundle))
+        add_links(staging, bundle.links)
         try:
             os.rename(staging, target)
         except OSError:

@@ -172,7 +172,11 @@ def submit(
                                 "directory with the same scripts and bundle; finished stages "
                                 "are skipped, the others continue from last.pt."),
     remote: str | None = typer.Option(None, "--remote", "-r", help="Remote from "
-                                      "configs/remotes.yaml (for --backend pod)."),
+                                      "configs/remotes.yaml where the job runs: the pod itself "
+                                      "(--backend pod), or the login node of a SLURM or PBS "
+                                      "cluster (--backend slurm|pbs; auto picks the scheduler "
+                                      "that works there). hpcrun sets itself up there first "
+                                      "when needed; not for --backend local."),
 ) -> None:
     """Render and start an experiment or your own script (a pipeline, or one job per sweep
     point): `hpcrun submit v3`, `hpcrun submit train.py -- --lr 0.01`."""
@@ -211,6 +215,8 @@ def submit(
             sys.stdout.write(plan.script)
             sys.stdout.write("\n")
     else:
+        if result.setup is not None and result.setup.action == "installed":
+            out.print(result.setup.line(), markup=False)
         bundle = result.bundle
         git = bundle.git.commit[:10] if bundle.git.commit else "not in git"
         dirty = " (dirty)" if bundle.git.dirty else ""
@@ -242,7 +248,8 @@ def sync(
     ctx: typer.Context,
     remote: str = typer.Option(..., "--remote", "-r", help="Remote from configs/remotes.yaml."),
     experiment: str | None = typer.Option(None, "--config", "-c", help="Take the bundle rules "
-                                          "(bundle:) from this experiment."),
+                                          "(bundle:) and the data to ship (data.path, "
+                                          "sync.data) from this experiment."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would change; send "
                                  "nothing."),
     delete: bool = typer.Option(False, "--delete", help="Also delete remote files that are "
@@ -250,13 +257,21 @@ def sync(
     allow: list[str] = typer.Option([], "--allow", help="Ship files the secret filter would "
                                     "hold back (glob, repeatable)."),
 ) -> None:
-    """Ship this project's code and data bundle to a remote with rsync over ssh."""
+    """Ship this project's code bundle and its declared data to a remote with rsync over ssh
+    (code into a frozen snapshot per content, data into <workdir>/data once and
+    incrementally), setting hpcrun up there first when it is missing or of another build."""
     from . import ops
 
     out = _out(ctx)
+
+    def notice(line: str) -> None:
+        if not out.json:
+            out.console.print(line, markup=False, highlight=False)
+
     if out.json or not out.console.is_terminal:
         result = run_op(lambda: ops.sync(remote, name=experiment, dry_run=dry_run,
-                                         delete=delete, allow=allow, project_dir=_cwd()))
+                                         delete=delete, allow=allow, project_dir=_cwd(),
+                                         notice=notice))
     else:
         from rich.progress import Progress
 
@@ -270,10 +285,12 @@ def sync(
 
             result = run_op(lambda: ops.sync(remote, name=experiment, dry_run=dry_run,
                                              delete=delete, allow=allow, project_dir=_cwd(),
-                                             progress=progress))
+                                             progress=progress, notice=notice))
     if out.json:
         out.emit(result.to_dict())
         return
+    if result.setup is not None and result.setup.action == "installed":
+        out.print(result.setup.line(), markup=False)
     bundle = result.bundle
     verb = "would send" if dry_run else "sent"
     out.print(f"bundle {bundle.hash[:12]}: {len(bundle.files)} files "
@@ -287,6 +304,49 @@ def sync(
                   f"bundle already frozen as {result.remote_bundle}")
     if bundle.held_back:
         out.print(f"held back (secret filter): {', '.join(bundle.held_back)}")
+    data = result.data
+    if data is not None and data.paths:
+        out.print(f"data {', '.join(data.paths)}: {verb} {data.bytes_sent:,} bytes, "
+                  f"{data.files_transferred} file(s) changed -> {data.remote_dir}",
+                  markup=False)
+        for line in data.changed:
+            out.print(f"  {line}", markup=False)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+@app.command()
+def setup(
+    ctx: typer.Context,
+    remote: str = typer.Option(..., "--remote", "-r", help="Remote from configs/remotes.yaml."),
+    offline: bool = typer.Option(False, "--offline", help="The remote has no package index: "
+                                 "download every wheel it lacks here, for its platform, and "
+                                 "ship them."),
+    force: bool = typer.Option(False, "--force", help="Install again even when the remote "
+                               "already runs this build."),
+) -> None:
+    """Install this hpcrun on a remote: a wheel of it, in a venv under the remote's workdir
+    made with --system-site-packages (the remote's own torch is used), with the train extra.
+    sync and submit do this by themselves when the remote's hpcrun is missing or another
+    build."""
+    from . import ops
+
+    out = _out(ctx)
+
+    def notice(line: str) -> None:
+        if not out.json:
+            out.console.print(line, markup=False, highlight=False)
+
+    result = run_op(lambda: ops.setup(remote, offline=offline, force=force, project_dir=_cwd(),
+                                      notice=notice))
+    if out.json:
+        out.emit(result.to_dict())
+        return
+    out.print(result.line(), markup=False)
+    if result.torch:
+        out.print(f"torch {result.torch}" + (f", CUDA {result.cuda}" if result.cuda else
+                                              ", no CUDA"), markup=False)
 
 
 # --------------------------------------------------------------------------- status, list
@@ -834,18 +894,26 @@ def compare(
 
 
 @app.command()
-def doctor(ctx: typer.Context) -> None:
+def doctor(
+    ctx: typer.Context,
+    remote: str | None = typer.Option(None, "--remote", "-r", help="Check a remote from "
+                                      "configs/remotes.yaml instead: its python, hpcrun "
+                                      "build, torch, CUDA, GPUs, NVML, scheduler commands "
+                                      "and free disk in the workdir."),
+) -> None:
     """Check which tools hpcrun can use here: ssh, rsync, sbatch, qsub, torch, CUDA, NVML."""
     from . import ops
 
     out = _out(ctx)
-    checks = run_op(ops.doctor)
+    checks = run_op(lambda: ops.doctor(remote=remote, project_dir=_cwd()))
     if out.json:
         out.emit([{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks])
         return
+    from rich.markup import escape
+
     for check in checks:
         mark = "[green]ok[/]  " if check.ok else "[yellow]--[/]  "
-        out.print(f"{mark}{check.name:<7} {check.detail}")
+        out.print(f"{mark}{check.name:<10} {escape(check.detail)}")
 
 
 def _global_json_first(args: list[str]) -> list[str]:

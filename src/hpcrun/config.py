@@ -15,6 +15,7 @@ import copy
 import difflib
 import functools
 import os
+import posixpath
 import re
 import types
 import typing
@@ -521,6 +522,18 @@ class BundleConfig(_Section):
     allow: list[str] = Field(default_factory=list)
 
 
+class SyncConfig(_Section):
+    #: data paths (files or folders, relative to the project, or absolute) the job reads:
+    #: ``hpcrun sync`` ships the relative ones to a remote's ``<workdir>/data/``, outside the
+    #: code bundle, whether or not git ignores them; submit checks they are there
+    data: list[str] = Field(default_factory=list)
+
+    @field_validator("data")
+    @classmethod
+    def _paths(cls, value: list[str]) -> list[str]:
+        return [_plain_path(path) for path in value]
+
+
 class MonitorConfig(_Section):
     refresh_s: float = Field(2.0, gt=0)
     grad_norm_max: float = Field(1e3, gt=0)
@@ -563,6 +576,7 @@ class ExperimentConfig(_Section):
     distributed: DistributedConfig = DistributedConfig()
     resources: ResourcesConfig = ResourcesConfig()
     bundle: BundleConfig = BundleConfig()
+    sync: SyncConfig = SyncConfig()
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
     monitor: MonitorConfig = MonitorConfig()
     #: your own program as the job (instead of hpcrun's trainer), and its free-form params
@@ -653,6 +667,17 @@ class ExperimentConfig(_Section):
         merged = deep_merge(self.model_dump(mode="json"), stage.overrides)
         return ExperimentConfig.model_validate(merged)
 
+    def data_paths(self) -> list[str]:
+        """The data this experiment's jobs read: ``sync.data`` and every stage's
+        ``data.path`` (when it reads files), in order, without repeats."""
+        paths = list(self.sync.data)
+        if self.run is None:
+            for stage in self.pipeline:
+                data = self.for_stage(stage.name).data
+                if data.source == "files" and data.path:
+                    paths.append(data.path)
+        return list(dict.fromkeys(paths))
+
     def to_yaml(self) -> str:
         # your own program has no use for the built-in trainer's sections
         unused = {"data", "model", "training"} if self.run is not None else set()
@@ -668,7 +693,14 @@ class RemoteConfig(_Section):
     user: str | None = None
     identity_file: str | None = None
     workdir: str = "hpcrun"
-    python: str = "python3"
+    #: the python that runs hpcrun and the jobs there; unset: the venv hpcrun sets up and keeps
+    #: under the workdir (``hpcrun setup --remote NAME``)
+    python: str | None = None
+    #: the python that venv is made from (with --system-site-packages: its torch is used)
+    base_python: str = "python3"
+    #: pip arguments that install torch into that venv when the remote has none, e.g.
+    #: "torch==2.4.1 --index-url https://download.pytorch.org/whl/cu121"
+    torch: str | None = None
     #: names of local environment variables to forward (passed by name with SendEnv)
     env: list[str] = Field(default_factory=list)
     ssh_options: list[str] = Field(default_factory=list)
@@ -696,6 +728,39 @@ class RemoteConfig(_Section):
         if not value or value.startswith("-"):
             raise ValueError(f"workdir {value!r} is not a usable directory")
         return _plain_path(value)
+
+    @field_validator("python", "base_python")
+    @classmethod
+    def _python(cls, value: str | None) -> str | None:
+        if value is not None and (not value or value.startswith("-")):
+            raise ValueError(f"{value!r} is not a python interpreter (a name on PATH or a path)")
+        return _plain_path(value) if value else None
+
+    @field_validator("torch")
+    @classmethod
+    def _torch(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None
+        return _one_shell_line(value) if value is not None else None
+
+    @property
+    def managed(self) -> bool:
+        """hpcrun installs and upgrades its own venv there (``python`` is not named)."""
+        return self.python is None
+
+    @property
+    def venv(self) -> str:
+        return posixpath.join(self.workdir, "venv")
+
+    @property
+    def interpreter(self) -> str:
+        """The python that runs hpcrun's agent and the jobs on this remote."""
+        return self.python or posixpath.join(self.venv, "bin", "python")
+
+    @property
+    def data_dir(self) -> str:
+        """Where ``hpcrun sync`` puts a project's declared data paths on this remote."""
+        return posixpath.join(self.workdir, "data")
 
     @field_validator("env")
     @classmethod
@@ -740,8 +805,10 @@ def load_remote(name: str, project_dir: Path | None = None,
     origins = _Origins()
     origins.record({"remotes": {name: raw}}, str(path))
     data = _interpolate(raw or {}, origins, env, f"remotes.{name}")
-    if isinstance(data, dict) and data.get("identity_file") == "":
-        data["identity_file"] = None
+    if isinstance(data, dict):  # ${VAR:-} left empty: not set
+        for key in ("identity_file", "python", "torch"):
+            if data.get(key) == "":
+                data[key] = None
     _check_text({"remotes": {name: data}}, origins, str(path))
     try:
         return RemoteConfig.model_validate(data)

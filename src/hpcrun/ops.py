@@ -50,10 +50,13 @@ class SubmitResult:
     dry_run: bool
     bundle: Bundle
     group: JobRecord | None = None
+    #: what making the remote run this hpcrun did (provision.SetupResult), for remote jobs
+    setup: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "dry_run": self.dry_run,
+            "setup": self.setup.to_dict() if self.setup else None,
             "jobs": [j.to_dict() for j in self.jobs],
             "group": self.group.to_dict() if self.group else None,
             "plans": [{"job_id": p.job_id, "stage": p.stage, "kind": p.kind,
@@ -106,15 +109,96 @@ def _new_id() -> str:
     return secrets.token_hex(4)
 
 
-def _resolve_backend(name: str | None, cfg: ExperimentConfig, runner: LocalRunner) -> str:
+#: the scheduler clients backend ``auto`` looks for, in order of preference
+SCHEDULERS = (("sbatch", "slurm"), ("qsub", "pbs"))
+
+
+def _usable(runner: LocalRunner, tool: str) -> bool:
+    """``tool`` is on PATH and answers ``--version`` (sbatch without a SLURM configuration
+    is installed but cannot submit anything)."""
+    if runner.which(tool) is None:
+        return False
+    result = runner.run([tool, "--version"], check=False, timeout=20)
+    return result.returncode == 0 and bool(re.search(r"\d+\.\d+", result.stdout + result.stderr))
+
+
+def _resolve_backend(name: str | None, cfg: ExperimentConfig, runner: LocalRunner,
+                     remote: str | None = None, project_dir: Path | None = None) -> str:
+    """``auto``: with a remote, the scheduler whose client works there (else pod); here,
+    slurm if sbatch works, pbs if qsub does, else local."""
     choice = name or cfg.backend
-    if choice == "auto":
-        if runner.which("sbatch"):
-            return "slurm"
-        if runner.which("qsub"):
-            return "pbs"
-        return "local"
-    return choice
+    if choice != "auto":
+        return choice
+    if remote:
+        return _remote_scheduler(remote, project_dir)
+    return next((backend for tool, backend in SCHEDULERS if _usable(runner, tool)), "local")
+
+
+def _remote_scheduler(name: str, project_dir: Path | None) -> str:
+    from .config import load_remote
+    from .provision import run_probe
+    from .shell import SshRunner
+
+    ssh = SshRunner(load_remote(name, project_dir))
+    try:
+        found, error = run_probe(ssh, "python3", {"tools": [t for t, _ in SCHEDULERS]})
+        if found is None:  # no python3 on PATH there: ask the shell
+            return next((backend for tool, backend in SCHEDULERS
+                         if ssh.run(["sh", "-c", f"{tool} --version"], check=False)
+                         .returncode == 0), "pod")
+        tools = found.get("tools") or {}
+        return next((backend for tool, backend in SCHEDULERS
+                     if (tools.get(tool) or {}).get("usable")), "pod")
+    finally:
+        ssh.close()
+
+
+def _data_paths(configs: Sequence[ExperimentConfig], project_dir: Path) -> list[str]:
+    """Every data path the jobs read, each relative to the project (normalised) or
+    absolute; one that climbs out of the project is refused."""
+    paths: list[str] = []
+    for cfg in configs:
+        for path in cfg.data_paths():
+            if posixpath.isabs(path) or path.startswith("~"):
+                paths.append(path)
+                continue
+            clean = posixpath.normpath(path)
+            if clean == ".." or clean.startswith("../") or clean == ".":
+                raise BadInput(f"data path {path!r} is not inside the project {project_dir}",
+                               hint="give an absolute path (read as is on every machine), "
+                               "or put the data (or a link to it) inside the project")
+            paths.append(clean)
+    return list(dict.fromkeys(paths))
+
+
+def _check_data(paths: Sequence[str], project_dir: Path, remote: Any, remote_name: str | None,
+                ssh: Any, config: str) -> None:
+    """The data is where the job will read it: here, or (one round trip) on the remote."""
+    if remote is None:
+        for path in paths:
+            where = Path(path).expanduser()
+            where = where if where.is_absolute() else project_dir / path
+            if not where.exists():
+                raise BadInput(f"data path {path!r} does not exist (looked for {where})",
+                               hint="fix data.path or sync.data in the config")
+        return
+    from .sync import missing_remote_paths
+
+    placed = {(p if posixpath.isabs(p) else posixpath.join(remote.data_dir, p)): p
+              for p in paths if not p.startswith("~")}
+    missing = missing_remote_paths(ssh, list(placed))
+    if missing:
+        path = placed.get(missing[0], missing[0])
+        synced = not posixpath.isabs(path)
+        raise BadInput(f"data path {path!r} is not on remote {remote_name} (looked for "
+                       f"{missing[0]})",
+                       hint=f"hpcrun sync --remote {remote_name} --config {config} ships it"
+                       if synced else "put it there, or fix the config")
+
+
+def _in_bundle(bundle: Bundle, path: str) -> bool:
+    """``path`` is one of the bundle's files or a folder holding some of them."""
+    return path in bundle.digests or any(f.startswith(path + "/") for f in bundle.files)
 
 
 def _check_program(cfg: ExperimentConfig, bundle: Bundle) -> None:
@@ -159,12 +243,20 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
         sets = [*overrides, *(f"{k}={v}" for k, v in point.items())]
         configs.append(load_config(name, sets, project_dir=project_dir, script_args=script_args)
                        if point else base)
-    backend_name = _resolve_backend(backend, base, runner)
-    impl = get_backend(backend_name, remote=remote or base.remote, project_dir=project_dir)
+    remote_name = remote or base.remote
+    backend_name = _resolve_backend(backend, base, runner, remote_name, project_dir)
+    impl = get_backend(backend_name, remote=remote_name, project_dir=project_dir)
+    ssh = getattr(impl.files, "ssh", None)  # a remote's connection (pod, cluster login node)
+    remote_cfg = ssh.remote if ssh is not None else None
 
     bundle = describe(project_dir, base.bundle, allow, runner)
     for cfg in configs:
         _check_program(cfg, bundle)
+    data_paths = _data_paths(configs, project_dir)
+    data_dir = remote_cfg.data_dir if remote_cfg is not None else str(project_dir)
+    bundle.link_data({path: posixpath.join(data_dir, path) for path in data_paths
+                      if not posixpath.isabs(path) and not path.startswith("~")
+                      and not _in_bundle(bundle, path)})
     bundle.path = Path(impl.bundle_dir(bundle))
     run_id = rundir.new_run_id(time.time(), secrets.token_hex(2))
     runs_root = (project_dir / base.runs_dir / base.experiment).resolve()
@@ -175,6 +267,7 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
         "HPCRUN_BUNDLE_HASH": bundle.hash,
         "HPCRUN_EXPERIMENT": base.experiment,
         "HPCRUN_SYSTEM_INTERVAL": f"{base.monitor.system_interval_s:g}",
+        "HPCRUN_DATA_DIR": data_dir,
     }
     jobs: list[JobRecord] = []
     specs: list[JobSpec] = []
@@ -231,6 +324,11 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
     result = SubmitResult(jobs, plans, dry_run, bundle, group)
     if dry_run:
         return result
+    if remote_cfg is not None:  # the remote runs this hpcrun (installed once per build)
+        from .provision import ensure
+
+        result.setup = ensure(remote_cfg, ssh, remote_name or "", runner=runner)
+    _check_data(data_paths, project_dir, remote_cfg, remote_name, ssh, name)
     impl.preflight(plans)  # the scheduler's own check; raises BadInput, queues nothing
 
     impl.ship(bundle)
@@ -363,20 +461,48 @@ def resubmit_failed(ref: str, project_dir: Path, store: JobStore | None = None) 
 
 def sync(remote: str, *, name: str | None = None, dry_run: bool = False, delete: bool = False,
          allow: Sequence[str] = (), project_dir: Path,
-         progress: Any = None) -> Any:
-    """Ship this project's bundle to a remote (rsync over its ssh connection)."""
+         progress: Any = None, notice: Any = None) -> Any:
+    """Set the remote up to run this hpcrun (when it does not yet), ship this project's code
+    bundle, then the data the experiment ``name`` declares (rsync over one ssh connection)."""
     from .config import BundleConfig, load_remote
+    from .provision import ensure
     from .shell import SshRunner
-    from .sync import push
+    from .sync import push, push_data
 
     project_dir = project_dir.resolve()
-    bundle_cfg = load_config(name, project_dir=project_dir).bundle if name else BundleConfig()
+    cfg = load_config(name, project_dir=project_dir) if name else None
+    data = _data_paths([cfg], project_dir) if cfg else []
+    shipped = [p for p in data if not posixpath.isabs(p) and not p.startswith("~")]
+    for path in shipped:
+        if not (project_dir / path).exists():
+            raise BadInput(f"data path {path!r} does not exist (looked for "
+                           f"{project_dir / path})", hint="fix sync.data or data.path")
     remote_cfg = load_remote(remote, project_dir)
     ssh = SshRunner(remote_cfg)
     try:
-        bundle = describe(project_dir, bundle_cfg, allow)
-        return push(bundle, ssh, remote_cfg.workdir, dry_run=dry_run, delete=delete,
-                    progress=progress)
+        setup = None if dry_run else ensure(remote_cfg, ssh, remote, progress=notice)
+        bundle = describe(project_dir, cfg.bundle if cfg else BundleConfig(), allow)
+        result = push(bundle, ssh, remote_cfg.workdir, dry_run=dry_run, delete=delete,
+                      progress=progress)
+        result.setup = setup
+        result.data = push_data(shipped, project_dir, ssh, remote_cfg.data_dir,
+                                dry_run=dry_run, delete=delete, progress=progress)
+        return result
+    finally:
+        ssh.close()
+
+
+def setup(remote: str, *, offline: bool = False, force: bool = False, project_dir: Path,
+          notice: Any = None) -> Any:
+    """Install this hpcrun on a remote (its own venv there), or find it already there."""
+    from .config import load_remote
+    from .provision import ensure
+    from .shell import SshRunner
+
+    remote_cfg = load_remote(remote, project_dir)
+    ssh = SshRunner(remote_cfg)
+    try:
+        return ensure(remote_cfg, ssh, remote, offline=offline, force=force, progress=notice)
     finally:
         ssh.close()
 
@@ -807,28 +933,33 @@ class Check:
     detail: str
 
 
-_PROBE = """
-import json
-out = {}
-try:
-    import torch
-    out["torch"] = torch.__version__
-    out["cuda"] = torch.cuda.is_available()
-    out["cuda_version"] = torch.version.cuda
-    out["gpus"] = torch.cuda.device_count()
-except Exception as exc:
-    out["torch_error"] = str(exc)
-try:
-    import pynvml
-    pynvml.nvmlInit()
-    out["nvml"] = pynvml.nvmlSystemGetDriverVersion()
-except Exception as exc:
-    out["nvml_error"] = type(exc).__name__
-print(json.dumps(out))
-"""
+def _python_checks(found: dict) -> list[Check]:
+    """torch, CUDA and NVML as ``hpcrun.probe`` found them."""
+    checks = []
+    if "torch" in found:
+        checks.append(Check("torch", True, found["torch"]))
+        names = ", ".join(found.get("gpu_names") or [])
+        checks.append(Check("CUDA", bool(found.get("cuda")),
+                            f"CUDA {found['cuda_version']}, {found['gpus']} GPU(s)"
+                            + (f": {names}" if names else "") if found.get("cuda")
+                            else "no CUDA device (training runs on CPU, gloo)"))
+    else:
+        checks.append(Check("torch", False, found.get("torch_error", "not importable")))
+        checks.append(Check("CUDA", False, "needs torch"))
+    checks.append(Check("NVML", "nvml" in found,
+                        f"driver {found['nvml']}" if "nvml" in found
+                        else f"unavailable ({found.get('nvml_error', 'pynvml missing')}): GPU "
+                        "memory columns stay empty"))
+    return checks
 
 
-def doctor(runner: LocalRunner | None = None) -> list[Check]:
+def doctor(runner: LocalRunner | None = None, remote: str | None = None,
+           project_dir: Path | None = None) -> list[Check]:
+    """What hpcrun can use here, or on ``remote`` (one round trip there)."""
+    if remote is not None:
+        return _remote_doctor(remote, project_dir)
+    from .provision import probe_source
+
     runner = runner or LocalRunner()
     checks = []
     for tool, argv in (("ssh", ["ssh", "-V"]), ("rsync", ["rsync", "--version"]),
@@ -847,22 +978,54 @@ def doctor(runner: LocalRunner | None = None) -> list[Check]:
             checks.append(Check(tool, False, f"found at {path} but not usable: {problem}"))
         else:
             checks.append(Check(tool, True, f"{version} ({path})"))
-    probe = runner.run([sys.executable, "-c", _PROBE], check=False, timeout=120)
+    probe = runner.run([sys.executable, "-c", probe_source(), json.dumps({"torch": True})],
+                       check=False, timeout=120)
     try:
         found = json.loads(probe.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         found = {"torch_error": probe.stderr.strip()[-200:] or "probe failed"}
-    if "torch" in found:
-        checks.append(Check("torch", True, found["torch"]))
-        checks.append(Check("CUDA", bool(found.get("cuda")),
-                            f"CUDA {found['cuda_version']}, {found['gpus']} GPU(s)"
-                            if found.get("cuda")
-                            else "no CUDA device (training runs on CPU, gloo)"))
-    else:
-        checks.append(Check("torch", False, found.get("torch_error", "not importable")))
-        checks.append(Check("CUDA", False, "needs torch"))
-    checks.append(Check("NVML", "nvml" in found,
-                        f"driver {found['nvml']}" if "nvml" in found
-                        else f"unavailable ({found.get('nvml_error', 'pynvml missing')}): GPU "
-                        "memory columns stay empty"))
-    return checks
+    return checks + _python_checks(found)
+
+
+def _remote_doctor(name: str, project_dir: Path | None) -> list[Check]:
+    from .config import load_remote
+    from .provision import judge, local_build, run_probe
+    from .shell import SshRunner
+
+    remote = load_remote(name, project_dir)
+    ssh = SshRunner(remote)
+    request = {"torch": True, "disk": remote.workdir,
+               "tools": ["sbatch", "squeue", "qsub", "rsync", "nvidia-smi"]}
+    try:
+        found, error = run_probe(ssh, remote.interpreter, request)
+        checks = [Check("ssh", True, f"{ssh.target}:{remote.port}")]
+        if found is None:
+            checks.append(Check("python", False, f"{remote.interpreter}: {error}"))
+            if not remote.managed:
+                return checks
+            found, error = run_probe(ssh, remote.base_python, request)
+            if found is None:
+                checks.append(Check("base", False, f"{remote.base_python}: {error}"))
+                return checks
+            checks.append(Check("base", True, f"{found['python']} (Python {found['version']}"
+                                f"); the venv is not there yet: hpcrun setup --remote {name}"))
+        else:
+            checks.append(Check("python", True, f"{found['python']} (Python "
+                                f"{found['version']})"))
+        want = local_build()
+        problem = judge(found, want)
+        checks.append(Check("hpcrun", problem is None, f"{want.version}, this build"
+                            if problem is None else f"{problem}: hpcrun setup --remote {name}"))
+        checks += _python_checks(found)
+        for tool, seen in (found.get("tools") or {}).items():
+            checks.append(Check(tool, bool(seen.get("usable")),
+                                f"{seen['detail']} ({seen['path']})" if seen.get("usable")
+                                else seen.get("detail") or "not usable"))
+        disk = found.get("disk") or {}
+        if disk:
+            free = disk["free_bytes"] / 2**30
+            checks.append(Check("disk", free >= 10, f"{free:,.1f} GiB free in {disk['path']} "
+                                f"(filesystem of {disk['checked']})"))
+        return checks
+    finally:
+        ssh.close()

@@ -3,6 +3,10 @@
 ``rsync_options`` is pure; ``push`` runs rsync with them and writes the bundle's manifest
 (sha256 per file, git commit, dirty flag) beside the files on the remote, then freezes the
 synced tree as ``bundles/<hash>`` so a job runs what was synced for it.
+
+Data is not code: ``push_data`` ships a project's declared data paths into the remote's
+``<workdir>/data/`` with rsync, incrementally and outside the bundle and its snapshots, so a
+code change never copies a dataset again.
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .bundle import MANIFEST_NAME, Bundle, manifest_text
 from .errors import OperationFailed
@@ -29,14 +34,33 @@ class SyncResult:
     changed: list[str] = field(default_factory=list)
     #: files checked against the manifest on the remote (0: the bundle was frozen before)
     verified: int = 0
+    data: DataResult | None = None
+    #: what setting hpcrun up on the remote did (provision.SetupResult), if it was checked
+    setup: object | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {"hash": self.bundle.hash, "files": len(self.bundle.files),
+        return {"data": self.data.to_dict() if self.data else None,
+                "setup": self.setup.to_dict() if self.setup else None,  # type: ignore[attr-defined]
+                "hash": self.bundle.hash, "files": len(self.bundle.files),
                 "bytes": self.bundle.size, "held_back": self.bundle.held_back,
                 "git": self.bundle.git.as_dict(), "remote_code": self.remote_code,
                 "remote_bundle": self.remote_bundle, "dry_run": self.dry_run,
                 "bytes_sent": self.bytes_sent, "files_transferred": self.files_transferred,
                 "changed": self.changed, "verified": self.verified}
+
+
+@dataclass
+class DataResult:
+    paths: list[str]
+    remote_dir: str
+    bytes_sent: int = 0
+    files_transferred: int = 0
+    changed: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"paths": self.paths, "remote_dir": self.remote_dir,
+                "bytes_sent": self.bytes_sent, "files_transferred": self.files_transferred,
+                "changed": self.changed}
 
 
 def remote_paths(workdir: str, bundle_hash: str) -> tuple[str, str]:
@@ -80,7 +104,7 @@ def push(bundle: Bundle, ssh: SshRunner, workdir: str, *, dry_run: bool = False,
     verified = 0
     if not dry_run:
         meta = {"hash": bundle.hash, "git": bundle.git.as_dict(), "files": len(bundle.files)}
-        request = {"code": code, "target": frozen,
+        request = {"code": code, "target": frozen, "links": bundle.links,
                    "files": {MANIFEST_NAME: manifest_text(bundle),
                              "bundle.json": json.dumps(meta, indent=2) + "\n"}}
         answer = agent(ssh, "snapshot", request)
@@ -95,9 +119,48 @@ def push(bundle: Bundle, ssh: SshRunner, workdir: str, *, dry_run: bool = False,
     return SyncResult(bundle, code, frozen, dry_run, sent, transferred, changed, verified)
 
 
+def push_data(paths: Sequence[str], project_dir: Path, ssh: SshRunner, data_dir: str, *,
+              dry_run: bool = False, delete: bool = False,
+              progress: Callable[[str], None] | None = None) -> DataResult:
+    """rsync each declared data path (relative to the project) to ``data_dir/<path>`` on the
+    remote. A path that is a symlink here is followed: naming it is the opt-in."""
+    result = DataResult(list(paths), data_dir)
+    if not paths:
+        return result
+    if not dry_run:
+        parents = sorted({posixpath.dirname(posixpath.join(data_dir, p)) for p in paths})
+        ssh.run(["mkdir", "-p", *parents])
+    for rel in paths:
+        source = (project_dir / rel).resolve()
+        target = posixpath.join(data_dir, rel)
+        options = ["--stats", "--info=progress2"]
+        if dry_run:
+            options += ["--dry-run", "--itemize-changes"]
+        if source.is_dir():
+            options += ["--delete"] if delete else []
+            pair = [f"{source}/", f"{ssh.target}:{target}/"]
+        else:
+            pair = [str(source), f"{ssh.target}:{target}"]
+        done = ssh.rsync([*ssh.rsync_argv(*options), *pair],
+                         on_line=progress or (lambda line: None))
+        sent, transferred, changed = parse_stats(done.stdout)
+        result.bytes_sent += sent
+        result.files_transferred += transferred
+        result.changed += [f"{rel}: {line}" for line in changed]
+    return result
+
+
+def missing_remote_paths(ssh: SshRunner, paths: Sequence[str]) -> list[str]:
+    """Those of ``paths`` that do not exist on the remote (one round trip)."""
+    if not paths:
+        return []
+    check = 'for p do [ -e "$p" ] || printf "%s\\n" "$p"; done'
+    return ssh.run(["sh", "-c", check, "sh", *paths]).stdout.splitlines()
+
+
 def agent(ssh: SshRunner, command: str, request: dict, python: str | None = None) -> dict:
     """One call of ``python -m hpcrun.agent COMMAND`` on the remote, JSON in and out."""
-    python = python or ssh.remote.python
+    python = python or ssh.remote.interpreter
     result = ssh.run([python, "-m", "hpcrun.agent", command], input=json.dumps(request),
                      timeout=300)
     lines = [line for line in result.stdout.splitlines() if line.strip()]

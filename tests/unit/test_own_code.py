@@ -299,8 +299,9 @@ def test_report_draws_the_system_plot(tmp_path):
 def test_sbatch_without_a_slurm_configuration_is_one_line_naming_the_way_out(project,
                                                                             tmp_path,
                                                                             monkeypatch):
-    """An auto backend picks SLURM where sbatch is installed; with no configuration there
-    the answer names the cause and --backend local, not a resource."""
+    """Backend auto never picks a scheduler whose client cannot work here (it runs
+    locally); asked for SLURM anyway, the answer names the cause and --backend local, not a
+    resource."""
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "sbatch").write_text("#!/bin/sh\necho 'sbatch: fatal: Could not establish a "
@@ -308,7 +309,9 @@ def test_sbatch_without_a_slurm_configuration_is_one_line_naming_the_way_out(pro
     (fake / "sbatch").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
     monkeypatch.delenv("SLURM_CONF", raising=False)
-    answer = invoke("submit", "scripts/train.py")
+    answer = invoke("--json", "submit", "--dry-run", "scripts/train.py")
+    assert answer.code == 0 and json.loads(answer.out)["jobs"][0]["backend"] == "local"
+    answer = invoke("submit", "--backend", "slurm", "scripts/train.py")
     assert answer.code == 2 and "SLURM is not configured" in answer.err
     assert "--backend local" in answer.err and "resources" not in answer.err
     assert not (project / "runs").exists()

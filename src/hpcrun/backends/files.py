@@ -123,4 +123,4 @@ def files_for(remote, remote_name: str | None):
     """LocalFiles, or RemoteFiles over a new ssh connection to ``remote``."""
     if remote is None:
         return LocalFiles()
-    return RemoteFiles(SshRunner(remote), remote.workdir, remote.python, remote_name or "")
+    return RemoteFiles(SshRunner(remote), remote.workdir, remote.interpreter, remote_name or "")

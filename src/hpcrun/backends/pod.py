@@ -16,7 +16,6 @@ from pathlib import Path
 
 from .. import rundir
 from ..config import RemoteConfig
-from ..errors import OperationFailed
 from ..job import JobRecord, JobStatus
 from ..render import JobSpec, SubmitPlan, job_files, render_template, steps
 from ..shell import SshRunner
@@ -31,7 +30,7 @@ class PodBackend(ScriptBackend):
 
     def __init__(self, remote: RemoteConfig, remote_name: str = "pod"):
         self.remote = remote
-        self.files = RemoteFiles(SshRunner(remote), remote.workdir, remote.python, remote_name)
+        self.files = RemoteFiles(SshRunner(remote), remote.workdir, remote.interpreter, remote_name)
         self.runner = self.files.ssh
 
     # -- rendering ------------------------------------------------------------------------
@@ -44,9 +43,9 @@ class PodBackend(ScriptBackend):
             run = self.place(spec.run_dir)
             files = job_files(run)
             remote_spec = replace(spec, run_dir=run, config_path=posixpath.join(run, rundir.CONFIG),
-                                  python=self.remote.python)
+                                  python=self.remote.interpreter)
             bundle = spec.bundle_dir
-            env = {"HPCRUN_PYTHON": self.remote.python, "HPCRUN_NPROC": spec.nproc,
+            env = {"HPCRUN_PYTHON": self.remote.interpreter, "HPCRUN_NPROC": spec.nproc,
                    "HPCRUN_RUN_ROOT": run, **spec.env}
             if spec.cpus:
                 env["HPCRUN_CPUS"] = str(spec.cpus)
@@ -72,14 +71,8 @@ class PodBackend(ScriptBackend):
     # -- submission -----------------------------------------------------------------------
 
     def preflight(self, plans: Sequence[SubmitPlan]) -> None:
-        """Reach the pod and find hpcrun there before anything is written or shipped."""
-        result = self.runner.run([self.remote.python, "-c", "import hpcrun"], check=False,
-                                 timeout=120)
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise OperationFailed(
-                f"hpcrun is not importable with {self.remote.python} on the pod ({last})",
-                hint="pip install hpcrun[train] there, or set the remote's python")
+        """Nothing to ask: a pod has no scheduler. (Submit has already reached it and made
+        sure it runs this hpcrun: ``provision.ensure``.)"""
 
     def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
         """Write every script and start the driver (a sweep) or the job, detached."""
@@ -94,7 +87,7 @@ class PodBackend(ScriptBackend):
     def status(self, records: Sequence[JobRecord]) -> dict[str, JobStatus]:
         runs = {r.id: self.files.run_dir(r) for r in records}
         answer = agent(self.runner, "status", {"run_dirs": list(runs.values())},
-                       python=self.remote.python)
+                       python=self.remote.interpreter)
         return {record.id: JobStatus(**answer[runs[record.id]]) if runs[record.id] in answer
                 else JobStatus("UNKNOWN", reason="the pod does not know this run directory")
                 for record in records}
@@ -105,5 +98,5 @@ class PodBackend(ScriptBackend):
 
     def cancel(self, record: JobRecord) -> JobStatus:
         answer = agent(self.runner, "cancel", {"run_dir": self.files.run_dir(record)},
-                       python=self.remote.python)
+                       python=self.remote.interpreter)
         return JobStatus(**answer)

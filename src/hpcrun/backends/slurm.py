@@ -256,7 +256,7 @@ class SlurmBackend(ScriptBackend):
             return spec
         run = self.place(spec.run_dir)
         return replace(spec, run_dir=run, config_path=posixpath.join(run, rundir.CONFIG),
-                       python=self.remote.python)
+                       python=self.remote.interpreter)
 
     # -- submission -----------------------------------------------------------------------
 

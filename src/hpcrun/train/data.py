@@ -7,6 +7,7 @@ data this is ~1.6x faster per epoch than a row-by-row DataLoader collate).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,8 @@ def _find_split_file(folder: Path, split: str, fmt: str) -> Path | None:
 
 def from_files(cfg: DataConfig) -> Dataset:
     path = Path(str(cfg.path)).expanduser()
+    if not path.is_absolute():  # relative to the project (or its synced data on a remote)
+        path = Path(os.environ.get("HPCRUN_DATA_DIR", ".")) / path
     if not path.exists():
         raise DataError(f"data.path {str(path)!r} does not exist")
     frames: dict[str, Any] = {}
