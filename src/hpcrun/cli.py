@@ -59,6 +59,14 @@ def _out(ctx: typer.Context) -> Output:
     return ctx.obj if isinstance(ctx.obj, Output) else Output(False)
 
 
+def _notices(out: Output) -> Callable[[str], None]:
+    """Progress lines of a long operation as plain text (none under --json)."""
+    def notice(line: str) -> None:
+        if not out.json:
+            out.console.print(line, markup=False, highlight=False)
+    return notice
+
+
 def run_op(fn: Callable[[], Any]) -> Any:
     """Run a use case; expected errors become one line on stderr and the exit code."""
     try:
@@ -203,10 +211,11 @@ def submit(
         return
     if name.startswith("-"):
         run_op(lambda: _no_script(name))
+    notice = _notices(out)  # setting hpcrun up on a remote takes a while: say what it does
     result = run_op(lambda: ops.submit(name, overrides=overrides, sweeps=sweeps,
                                        parallel=parallel, backend=backend, dry_run=dry_run,
                                        allow=allow, remote=remote, project_dir=_cwd(),
-                                       script_args=script_args or ()))
+                                       script_args=script_args or (), notice=notice))
     if out.json:
         out.emit(result.to_dict())
     elif dry_run:
@@ -263,11 +272,7 @@ def sync(
     from . import ops
 
     out = _out(ctx)
-
-    def notice(line: str) -> None:
-        if not out.json:
-            out.console.print(line, markup=False, highlight=False)
-
+    notice = _notices(out)
     if out.json or not out.console.is_terminal:
         result = run_op(lambda: ops.sync(remote, name=experiment, dry_run=dry_run,
                                          delete=delete, allow=allow, project_dir=_cwd(),
@@ -333,11 +338,7 @@ def setup(
     from . import ops
 
     out = _out(ctx)
-
-    def notice(line: str) -> None:
-        if not out.json:
-            out.console.print(line, markup=False, highlight=False)
-
+    notice = _notices(out)
     result = run_op(lambda: ops.setup(remote, offline=offline, force=force, project_dir=_cwd(),
                                       notice=notice))
     if out.json:

@@ -225,7 +225,7 @@ def _check_program(cfg: ExperimentConfig, bundle: Bundle) -> None:
 def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = (),
            parallel: int | None = None, backend: str | None = None, dry_run: bool = False,
            allow: Sequence[str] = (), remote: str | None = None, project_dir: Path,
-           script_args: Sequence[str] = (),
+           script_args: Sequence[str] = (), notice: Any = None,
            store: JobStore | None = None, runner: LocalRunner | None = None) -> SubmitResult:
     """Submit an experiment config, or a script with ``script_args`` (``submit train.py --
     ARGS``): one job, or one per sweep point."""
@@ -327,7 +327,8 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
     if remote_cfg is not None:  # the remote runs this hpcrun (installed once per build)
         from .provision import ensure
 
-        result.setup = ensure(remote_cfg, ssh, remote_name or "", runner=runner)
+        result.setup = ensure(remote_cfg, ssh, remote_name or "", runner=runner,
+                              progress=notice)
     _check_data(data_paths, project_dir, remote_cfg, remote_name, ssh, name)
     impl.preflight(plans)  # the scheduler's own check; raises BadInput, queues nothing
 
