@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -260,32 +259,50 @@ def login_node(slurm_env, tmp_path_factory):
     env = {**os.environ, "HPCRUN_POD_DIR": str(state), "HPCRUN_POD_PORT": "22023",
            "HPCRUN_POD_SETENV": f"SLURM_CONF={slurm_env['SLURM_CONF']}"}
     found = start_sandbox("pod/up.sh", env)
-    yield {"LOGIN_PORT": found["RUNPOD_PORT"], "LOGIN_KEY": found["RUNPOD_SSH_KEY"],
-           "LOGIN_PYTHON": sys.executable}
+    yield {"LOGIN_PORT": found["RUNPOD_PORT"], "LOGIN_KEY": found["RUNPOD_SSH_KEY"]}
     stop_sandbox("pod/down.sh", env)
 
 
 def test_the_same_backend_works_through_a_login_node_over_ssh(project, login_node, monkeypatch,
                                                               tmp_path):
+    """A cluster reached only through its login node: `setup --offline` ships every wheel
+    from here into a venv on the shared workdir (from the system python, which has neither
+    hpcrun nor torch); backend auto picks the login node's scheduler; v3 and the plain
+    example run on the compute node with that venv."""
     for key, value in login_node.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("LOGIN_WORKDIR", str(tmp_path / "cluster-home"))
+    home = tmp_path / "cluster-home"
+    monkeypatch.setenv("LOGIN_WORKDIR", str(home))
     monkeypatch.delenv("SLURM_CONF")  # only the login node knows the cluster
     (project / "configs" / "remotes.yaml").write_text(
         "remotes:\n  login:\n    host: 127.0.0.1\n    port: ${LOGIN_PORT}\n    user: root\n"
         "    identity_file: ${LOGIN_KEY}\n    workdir: ${LOGIN_WORKDIR}\n"
-        "    python: ${LOGIN_PYTHON}\n")
+        "    base_python: /usr/bin/python3\n    torch: torch==2.13.0\n")
+    setup = hpj(project, "setup", "--remote", "login", "--offline", timeout=1200)
+    assert setup["action"] == "installed" and setup["offline"], setup
+    assert setup["python"] == f"{home}/venv/bin/python" and setup["torch"].startswith("2.13")
+    assert any(p.name.startswith("torch-") for p in (home / "setup" / "wheelhouse").iterdir())
     name = tiny(project, "remote")
-    proc = hp(project, "--json", "submit", "--backend", "slurm", "--remote", "login", name)
+    proc = hp(project, "--json", "submit", "--remote", "login", name)  # backend auto
     assert proc.returncode == 0, proc.stderr
-    job = json.loads(proc.stdout)["jobs"][0]
-    assert job["info"]["remote_run_dir"].startswith(str(tmp_path / "cluster-home"))
+    data = json.loads(proc.stdout)
+    job = data["jobs"][0]
+    assert job["backend"] == "slurm" and data["setup"]["action"] == "up to date"
+    assert job["info"]["remote_run_dir"].startswith(str(home))
+    with_examples(project)
+    example = hpj(project, "submit", "--remote", "login", "examples/pytorch/train.py", "--",
+                  "--epochs", "1", "--samples", "512")["jobs"][0]
     view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED"})
-    assert view["state"] == "SUCCEEDED", hp(project, "logs").stdout[-3000:]
-    assert "Final evaluation" in hp(project, "logs").stdout
-    fetched = hp(project, "fetch")
+    assert view["state"] == "SUCCEEDED", hp(project, "logs", job["id"]).stdout[-3000:]
+    assert "Final evaluation" in hp(project, "logs", job["id"]).stdout
+    assert f"HPCRUN_PYTHON={home}/venv/bin/python" in data["plans"][0]["script"]
+    fetched = hp(project, "fetch", job["id"])
     assert fetched.returncode == 0 and "verified" in fetched.stdout, fetched.stderr
     assert (Path(job["run_dir"]) / "train" / "training.csv").is_file()
+    view = wait_job(project, example["id"], {"SUCCEEDED", "FAILED"})
+    assert view["state"] == "SUCCEEDED", hp(project, "logs", example["id"]).stdout[-3000:]
+    meta = json.loads(hp(project, "fetch", "--json", example["id"]).stdout or "{}")
+    assert meta and (Path(example["run_dir"]) / "train" / "training.csv").is_file()
     bad = hp(project, "submit", "--backend", "slurm", "--remote", "login", name,
              "--set", "resources.partition=nosuch")
     assert bad.returncode == 2 and "Invalid partition" in bad.stderr
