@@ -1,6 +1,7 @@
 # The README's commands. Each target bootstraps .venv idempotently: torch first (the CPU
-# build that lies on this machine's disk, or whatever build is already installed), then
-# hpcrun with its extras (train, lightning, dev).
+# build that lies on this machine's disk, or whatever build is already installed; TORCH holds
+# pip arguments, e.g. TORCH="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu124"),
+# then hpcrun with its extras (train, lightning, dev).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -11,7 +12,7 @@ TORCH  ?= torch==2.13.0
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[train,lightning,dev]'
 	touch $(STAMP)
 
