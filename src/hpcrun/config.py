@@ -34,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import formats
 from .errors import ConfigError
 from .resources import configs_dir
 
@@ -47,12 +48,6 @@ RUN_MODES = ("full_pipeline", "train_only", "eval_only")
 SPLITS = ("train", "val", "test")
 #: the C implementation of the safe loader where available (5-10x faster), else PyYAML's
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_]\w*$")
-_MEM_RE = re.compile(r"^\d+(\.\d+)?[KMGT]?B?$", re.IGNORECASE)
-_TIME_RE = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")
-_DIRECTIVE_RE = re.compile(r"^-[-A-Za-z0-9][^\n\r]*$")
-_CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9_&|\[\]*:,.()!-]+$")
 
 #: Caps that keep hostile YAML (huge files, alias bombs, deep nesting) from eating the machine.
 MAX_CONFIG_BYTES = 1 << 20
@@ -63,7 +58,7 @@ MAX_CONFIG_DEPTH = 40
 MAX_EXTENDS_CHAIN = 16
 
 
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_RE = formats.CONTROL
 
 
 def _printable(text: str) -> str:
@@ -93,12 +88,7 @@ class _Section(BaseModel):
 
 
 def _check_name(value: str, what: str) -> str:
-    if not _NAME_RE.match(value):
-        raise ValueError(
-            f"{what} {value!r} must be 1-64 letters, digits, '_', '-' or '.', starting with a "
-            "letter or digit"
-        )
-    return value
+    return formats.NAME.check(value, what)
 
 
 class DataConfig(_Section):
@@ -144,7 +134,7 @@ class ModelConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        if value == "mlp" or _FACTORY_RE.match(value):
+        if value == "mlp" or formats.FACTORY.matches(value):
             return value
         raise ValueError(f"unknown model {value!r}: use 'mlp' or 'package.module:factory'")
 
@@ -252,7 +242,6 @@ class TrainingConfig(_Section):
 #: ``{params.lr}``, ``{stages.pretrain.dir}``, ``{run_dir}`` in a ``run.args`` entry; ``{{`` and
 #: ``}}`` are literal braces
 _PLACEHOLDER_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
-_MODULE_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 #: which process starts the program on each node
 LAUNCHERS = ("torchrun", "python")
 
@@ -303,7 +292,7 @@ class RunConfig(_Section):
     @field_validator("module")
     @classmethod
     def _module_name(cls, value: str | None) -> str | None:
-        if value is not None and not _MODULE_RE.fullmatch(value):
+        if value is not None and not formats.MODULE.matches(value):
             raise ValueError(f"module {value!r} must be a dotted Python module name "
                              "(e.g. mypkg.train)")
         return value
@@ -393,7 +382,12 @@ class StageConfig(_Section):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        return _check_name(value, "stage name")
+        from .rundir import RESERVED_STAGE_NAMES
+
+        if value.lower() in RESERVED_STAGE_NAMES:
+            raise ValueError(f"stage name {value!r} is reserved: the run directory uses "
+                             f"{', '.join(RESERVED_STAGE_NAMES)} itself")
+        return formats.STAGE.check(value, "stage name")
 
     @field_validator("mode")
     @classmethod
@@ -462,9 +456,7 @@ class SchedulerExtras(_Section):
     @classmethod
     def _one_line_options(cls, value: list[str]) -> list[str]:
         for line in value:
-            if not _DIRECTIVE_RE.match(line):
-                raise ValueError(f"directive {line!r} must be one option starting with '-' "
-                                 "(e.g. --exclusive, -l place=scatter) on one line")
+            formats.DIRECTIVE.check(line, "directive")
         return value
 
 
@@ -489,23 +481,17 @@ class ResourcesConfig(_Section):
     @field_validator("mem")
     @classmethod
     def _mem(cls, value: str | None) -> str | None:
-        if value is not None and not _MEM_RE.match(value):
-            raise ValueError(f"memory {value!r} must look like 16G, 4000M or 512000K")
-        return value
+        return None if value is None else formats.MEMORY.check(value, "memory")
 
     @field_validator("time")
     @classmethod
     def _time(cls, value: str | None) -> str | None:
-        if value is not None and not _TIME_RE.match(value):
-            raise ValueError(f"time {value!r} must look like MM, HH:MM:SS or D-HH:MM:SS")
-        return value
+        return None if value is None else formats.TIME.check(value, "time")
 
     @field_validator("constraint")
     @classmethod
     def _constraint(cls, value: str | None) -> str | None:
-        if value is not None and not _CONSTRAINT_RE.match(value):
-            raise ValueError(f"constraint {value!r} may use letters, digits and & | [ ] * : , ( )")
-        return value
+        return None if value is None else formats.CONSTRAINT.check(value, "constraint")
 
     @field_validator("partition", "queue", "account", "qos")
     @classmethod
@@ -711,16 +697,12 @@ class RemoteConfig(_Section):
     def _host(cls, value: str) -> str:
         if not value:
             raise ValueError("host is empty (set it, e.g. export RUNPOD_HOST=...)")
-        if not re.match(r"^[A-Za-z0-9_.:\[\]-]+$", value) or value.startswith("-"):
-            raise ValueError(f"host {value!r} is not a host name, address or ssh alias")
-        return value
+        return formats.HOST.check(value, "host")
 
     @field_validator("user")
     @classmethod
     def _user(cls, value: str | None) -> str | None:
-        if value and not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]*$", value):
-            raise ValueError(f"user {value!r} is not a user name")
-        return value or None
+        return formats.USER.check(value, "user") if value else None
 
     @field_validator("workdir")
     @classmethod
@@ -766,17 +748,14 @@ class RemoteConfig(_Section):
     @classmethod
     def _env_names(cls, value: list[str]) -> list[str]:
         for name in value:  # ssh's SendEnv takes patterns: '*' would forward everything
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
-                raise ValueError(f"env {name!r} must be one environment variable's name "
-                                 "(letters, digits, '_'; no patterns)")
+            formats.ENV_NAME.check(name, "env")
         return value
 
     @field_validator("ssh_options")
     @classmethod
     def _options(cls, value: list[str]) -> list[str]:
         for option in value:
-            if not re.match(r"^[A-Za-z]+=[^\n]*$", option):
-                raise ValueError(f"ssh option {option!r} must look like Name=value")
+            formats.SSH_OPTION.check(option, "ssh option")
             name, _, setting = option.partition("=")
             # ssh reads no, off and false alike, ignoring case, blanks and quotes
             if name.lower() == "stricthostkeychecking" and \
@@ -1120,7 +1099,7 @@ def parse_set(expression: str) -> tuple[list[str], Any]:
     key, sep, raw = expression.partition("=")
     key = key.strip()
     parts = key.split(".") if key else []
-    if not sep or not parts or any(not p or not re.match(r"^[A-Za-z0-9_-]+$", p) for p in parts):
+    if not sep or not parts or not all(formats.KEY_PART.matches(p) for p in parts):
         raise ConfigError(
             f"--set {expression!r}: expected KEY=VALUE with a dotted key, e.g. "
             "training.lr=0.001"

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from . import formats
 from .errors import BadInput
 from .rundir import STATES, TERMINAL_STATES
 
 __all__ = ["STATES", "TERMINAL_STATES", "JobRecord", "JobStatus", "parse_handle", "is_terminal"]
 
-_HANDLE_RE = re.compile(r"^(?P<backend>[a-z]+)://(?P<host>[^/]+)/(?P<id>[0-9a-f]+)$")
+HANDLE = formats.Format(r"(?P<backend>[a-z]+)://(?P<host>[^/]+)/(?P<id>[0-9a-f]+)",
+                        "look like BACKEND://HOST/ID")
 
 
 def is_terminal(state: str) -> bool:
@@ -55,7 +56,7 @@ class JobStatus:
 
 def parse_handle(text: str) -> tuple[str, str, str] | None:
     """``local://HOST/ID`` -> (backend, host, id); None when ``text`` is not a handle."""
-    match = _HANDLE_RE.match(text)
+    match = HANDLE.parse(text)
     if not match:
         if "://" in text:
             raise BadInput(f"not a job handle: {text!r} (expected BACKEND://HOST/ID)")

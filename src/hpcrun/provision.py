@@ -169,7 +169,7 @@ def platforms(found: dict) -> list[str]:
     machine = found.get("machine") or "x86_64"
     libc, version = (found.get("libc") or ["", ""])[:2]
     tags = []
-    if libc == "glibc" and re.match(r"^2\.\d+$", version or ""):
+    if libc == "glibc" and re.fullmatch(r"2\.\d+", version or ""):
         top = int(version.split(".")[1])
         tags += [f"manylinux_2_{minor}_{machine}" for minor in range(top, 16, -1)]
         tags += [f"manylinux2014_{machine}"]

@@ -8,7 +8,6 @@ reaches a shell line goes through the ``q`` filter (``shlex.quote``).
 from __future__ import annotations
 
 import posixpath
-import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 
 import jinja2
 
-from . import rundir
+from . import formats, rundir
 from .config import fill_args
 from .resources import templates_dir
 
@@ -65,7 +64,6 @@ class SubmitPlan:
         return shlex.join(self.argv)
 
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _quote(value: Any) -> str:
@@ -129,6 +127,12 @@ def steps(spec: JobSpec) -> list[tuple[str, list[str]]]:
     return [(stage, program(spec, stage)) for stage, _ in spec.runs]
 
 
+def _check_env_names(env: dict[str, str]) -> None:
+    bad = [name for name in env if not formats.ENV_NAME.matches(name)]
+    if bad:
+        raise ValueError(f"not an environment variable name: {bad[0]!r}")
+
+
 def render_local(spec: JobSpec, launcher: str, project_dir: Path | None = None) -> SubmitPlan:
     files = job_files(spec.run_dir)
     bundle = Path(spec.bundle_dir)
@@ -137,9 +141,7 @@ def render_local(spec: JobSpec, launcher: str, project_dir: Path | None = None) 
            "HPCRUN_RUN_ROOT": spec.run_dir, **spec.env}
     if spec.cpus:
         env["HPCRUN_CPUS"] = str(spec.cpus)
-    bad = [name for name in env if not _ENV_NAME.match(name)]
-    if bad:
-        raise ValueError(f"not an environment variable name: {bad[0]!r}")
+    _check_env_names(env)
     script = render_template("local.sh.j2", {
         "job": spec, "files": files, "bundle_dir": spec.bundle_dir, "pythonpath": pythonpath,
         "env": dict(sorted(env.items())), "setup": list(spec.setup), "launcher": launcher,
@@ -161,9 +163,7 @@ def scheduler_context(specs: Sequence[JobSpec]) -> dict[str, Any]:
            **{k: v for k, v in first.env.items() if k not in per_task}}
     if first.cpus:
         env["HPCRUN_CPUS"] = str(first.cpus)
-    bad = [name for name in env if not _ENV_NAME.match(name)]
-    if bad:
-        raise ValueError(f"not an environment variable name: {bad[0]!r}")
+    _check_env_names(env)
     return {
         "experiment": first.experiment, "r": first.resources,
         "run_dirs": [s.run_dir for s in specs], "job_ids": [s.id for s in specs],

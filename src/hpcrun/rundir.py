@@ -43,6 +43,8 @@ JOB_EXIT = "job.exit"
 JOB_CANCELLED = "job.cancelled"
 JOB_OUTPUT = f"{LOGS}/job.out"
 REPORT = "report"
+#: folders of the run directory that are not stages: a stage may not take their names
+RESERVED_STAGE_NAMES = (LOGS, REPORT, CHECKPOINTS)
 #: written after the trainer's MANIFEST (by the wrapper, the scheduler or `hpcrun report`),
 #: so the manifest cannot cover them
 _UNMANIFESTED = (JOB_SCRIPT, JOB_PID, JOB_EXIT, JOB_CANCELLED, "system.csv")

@@ -55,7 +55,7 @@ def pbs_mem(value: str | None) -> str | None:
     """``16G`` / ``4000M`` / ``512000K`` -> ``16gb`` / ``4000mb`` / ``512000kb``."""
     if not value:
         return None
-    match = re.match(r"^(\d+(?:\.\d+)?)([KMGT]?)B?$", value, re.IGNORECASE)
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)B?", value, re.IGNORECASE | re.ASCII)
     if not match:
         return value
     number, unit = match.groups()

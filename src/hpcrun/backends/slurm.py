@@ -73,7 +73,7 @@ def parse_squeue(text: str) -> dict[str, NativeState]:
             continue
         job_id, _, state, reason = parts[:4]
         reason = None if reason in ("None", "(null)", "") else reason
-        match = re.match(r"^(\d+)_\[(.+)\]$", job_id)
+        match = re.fullmatch(r"(\d+)_\[(.+)\]", job_id)
         ids = [job_id]
         if match:
             ids = [f"{match.group(1)}_{i}" for i in _expand_range(match.group(2))]

@@ -588,9 +588,9 @@ class Run:
 
 
 def rundir_name_ok(name: str) -> bool:
-    import re
+    from ..formats import NAME
 
-    return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name))
+    return NAME.matches(name)
 
 
 def _pipeline(root: Path) -> list[str]:
