@@ -670,6 +670,11 @@ class ExperimentConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json", exclude=unused), sort_keys=False)
 
 
+#: ssh options that decide which host key is expected, or whether it is checked (lower case)
+_HOST_KEY_OPTIONS = frozenset({"stricthostkeychecking", "userknownhostsfile",
+                               "globalknownhostsfile", "knownhostscommand", "hostkeyalias"})
+
+
 class RemoteConfig(_Section):
     """A machine reached by ssh: a pod, or a cluster's login node. Values normally come from
     the environment (``${RUNPOD_HOST}``), never from committed files."""
@@ -678,7 +683,8 @@ class RemoteConfig(_Section):
     port: int = Field(22, ge=1, le=65535)
     user: str | None = None
     identity_file: str | None = None
-    workdir: str = "hpcrun"
+    #: an absolute path on the remote (on a cluster: a filesystem the nodes share)
+    workdir: str
     #: the python that runs hpcrun and the jobs there; unset: the venv hpcrun sets up and keeps
     #: under the workdir (``hpcrun setup --remote NAME``)
     python: str | None = None
@@ -707,8 +713,12 @@ class RemoteConfig(_Section):
     @field_validator("workdir")
     @classmethod
     def _workdir(cls, value: str) -> str:
-        if not value or value.startswith("-"):
-            raise ValueError(f"workdir {value!r} is not a usable directory")
+        if value.startswith("~"):  # a path on the remote: this machine's home is not its home
+            raise ValueError(f"workdir {value!r} must be an absolute path on the remote: '~' "
+                             "is not expanded there (write /home/USER/...)")
+        if not value.startswith("/"):
+            raise ValueError(f"workdir {value!r} must be an absolute path on the remote "
+                             "(jobs change folders: a relative one would not be found)")
         return _plain_path(value)
 
     @field_validator("python", "base_python")
@@ -755,12 +765,13 @@ class RemoteConfig(_Section):
     @classmethod
     def _options(cls, value: list[str]) -> list[str]:
         for option in value:
+            name = option.partition("=")[0]
+            if name.strip().lower() in _HOST_KEY_OPTIONS:
+                raise ValueError(f"{option!r} is refused: host keys are checked against "
+                                 "hpcrun's own known_hosts, and no option may change which "
+                                 "key is expected (" + ", ".join(sorted(_HOST_KEY_OPTIONS))
+                                 + ")")
             formats.SSH_OPTION.check(option, "ssh option")
-            name, _, setting = option.partition("=")
-            # ssh reads no, off and false alike, ignoring case, blanks and quotes
-            if name.lower() == "stricthostkeychecking" and \
-                    re.sub(r'[\s"]', "", setting).lower() in ("no", "off", "false"):
-                raise ValueError(f"{option!r} is refused: host keys are checked")
         return value
 
 

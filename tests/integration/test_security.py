@@ -306,7 +306,9 @@ def test_nothing_in_hpcrun_turns_host_key_checking_off() -> None:
 @pytest.mark.parametrize("option", [
     "StrictHostKeyChecking=no", "stricthostkeychecking=NO", "StrictHostKeyChecking= no",
     "StrictHostKeyChecking=\tno", "StrictHostKeyChecking=off", "StrictHostKeyChecking=false",
-    'StrictHostKeyChecking="no"',
+    'StrictHostKeyChecking="no"', "StrictHostKeyChecking=ask",
+    "HostKeyAlias=trusted.example.org", "hostkeyalias=x", "UserKnownHostsFile=/dev/null",
+    "GlobalKnownHostsFile=/tmp/mine", "KnownHostsCommand=/bin/echo x",
 ])
 def test_remotes_cannot_turn_host_key_checking_off(project: Path, option: str) -> None:
     (project / "configs" / "remotes.yaml").write_text(
@@ -318,11 +320,11 @@ def test_remotes_cannot_turn_host_key_checking_off(project: Path, option: str) -
 def test_ssh_resolves_hpcrun_s_host_key_settings_over_a_remote_s_options(project: Path,
                                                                            tmp_path: Path
                                                                            ) -> None:
-    """ssh takes the first value of each option: hpcrun's own come first, so a remote's
-    ssh_options cannot swap the known_hosts file or the checking mode."""
-    (project / "configs" / "remotes.yaml").write_text(
-        REMOTES + "    ssh_options: [UserKnownHostsFile=/dev/null, StrictHostKeyChecking=ask]\n")
-    ssh = SshRunner(load_remote("gpu", project))
+    """ssh takes the first value of each option: hpcrun's own come first, so even options
+    that got past the check could not swap the known_hosts file or the checking mode."""
+    remote = load_remote("gpu", project).model_copy(update={"ssh_options": [
+        "UserKnownHostsFile=/dev/null", "StrictHostKeyChecking=ask"]})  # unvalidated
+    ssh = SshRunner(remote)
     resolved = subprocess.run([*ssh.ssh_argv(), "-G", ssh.target], capture_output=True,
                               text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert resolved.returncode == 0, resolved.stderr

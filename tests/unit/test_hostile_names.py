@@ -64,9 +64,9 @@ def test_every_format_matches_the_whole_value_only():
     with pytest.raises(BadInput, match="not a job handle"):
         parse_handle("local://vm/abc\n")
     with pytest.raises(ValueError, match="host"):
-        RemoteConfig(host="pod\n")
+        RemoteConfig(host="pod\n", workdir="/w")
     with pytest.raises(ValueError, match="ssh option"):
-        RemoteConfig(host="pod", ssh_options=["Compression=yes\n"])
+        RemoteConfig(host="pod", workdir="/w", ssh_options=["Compression=yes\n"])
     with pytest.raises(ConfigError):
         parse_set("training\n.lr=1")
 
@@ -117,3 +117,22 @@ def test_the_launcher_signals_only_positive_pids_of_the_jobs_own_processes(tmp_p
         for proc in (mine, stranger):
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("workdir, needle", [
+    ("~/hpcrun", "'~' is not expanded there"), ("hpcrun", "must be an absolute path"),
+    ("-rf", "must be an absolute path"), ("/w\n", "control characters"),
+])
+def test_a_remote_workdir_is_an_absolute_path_on_the_remote(workdir, needle):
+    with pytest.raises(ValueError, match=needle):
+        RemoteConfig(host="pod", workdir=workdir)
+    assert RemoteConfig(host="pod", workdir="/workspace/hpcrun").workdir == "/workspace/hpcrun"
+
+
+@pytest.mark.parametrize("option", ["HostKeyAlias=trusted", "KnownHostsCommand=/bin/true",
+                                    "GlobalKnownHostsFile=/tmp/k", "userknownhostsfile=/dev/null",
+                                    "StrictHostKeyChecking=yes"])
+def test_ssh_options_that_choose_the_expected_host_key_are_refused(option):
+    with pytest.raises(ValueError, match="host keys are checked"):
+        RemoteConfig(host="pod", workdir="/w", ssh_options=[option])
+    assert RemoteConfig(host="pod", workdir="/w", ssh_options=["ProxyJump=bastion"])

@@ -112,7 +112,7 @@ def test_a_remote_without_python_runs_the_venv_hpcrun_keeps():
     named = RemoteConfig(host="pod", workdir="/w", python="/opt/py/bin/python")
     assert not named.managed and named.interpreter == "/opt/py/bin/python"
     with pytest.raises(ValueError, match="one shell line"):
-        RemoteConfig(host="pod", torch="torch\n--index-url x")
+        RemoteConfig(host="pod", workdir="/w", torch="torch\n--index-url x")
 
 
 def test_data_paths_come_from_the_config_and_stay_in_the_project(tmp_path):
