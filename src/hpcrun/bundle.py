@@ -6,31 +6,43 @@ queue runs the code as it was at submit time, whatever is edited afterwards.
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pathspec
+
 from .config import BundleConfig
 from .rundir import sha256_file
 from .shell import CommandFailed, LocalRunner
 
 #: never shipped unless a pattern in ``bundle.allow`` or ``--allow`` lets them through; matched
-#: ignoring case (``ID_RSA`` and ``SERVER.PEM`` are the same keys)
+#: as .gitignore lines (pathspec), ignoring case (``ID_RSA`` and ``SERVER.PEM`` are the same
+#: keys); an editor's or backup copy of a match (``.env~``, ``.id_rsa.swp``, ``#.env#``,
+#: ``key.pem.bak``) is held back as the file itself
 SECRET_PATTERNS = (
     ".env*", "*.env", "*.pem", "*.key", "*.p12", "*.pfx", "*.keystore", "*.jks", "*.ppk",
     "*.kdbx", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".netrc", "_netrc", ".pgpass",
-    "*credentials*", "*secret*", "*token", "*token.json", "*.token", ".git-credentials",
+    "*credentials*", "*secret*", "*token", "*token.json", "*.token", "*token.txt",
+    "*token.yaml", "*token.yml", ".git-credentials",
     ".npmrc", ".pypirc", ".htpasswd", "kubeconfig*", "*service-account*.json",
     "*serviceaccount*.json", "*.tfstate", "*.tfstate.*", "*.tfvars", "rclone.conf",
-    ".aws/", ".ssh/", ".gnupg/", ".azure/", ".kube/", "**/.config/gcloud/",
+    "*.keytab", "*.gpg", "*.asc", ".s3cfg", ".boto", ".my.cnf", "deploy_key*",
+    ".aws/", ".ssh/", ".gnupg/", ".azure/", ".kube/", ".kaggle/", "secrets/", "credentials/",
+    "keys/", "**/.config/gcloud/", "**/.config/gh/",
     "**/.docker/config.json", "**/.cache/huggingface/token",
 )
+#: a text file this small holding a private key's header is held back whatever its name
+CONTENT_CHECK_BYTES = 1 << 20
+PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
+_BACKUP_SUFFIXES = ("~", ".swp", ".swo", ".swx", ".bak", ".orig", ".save", ".old", ".tmp")
 MANIFEST_NAME = "BUNDLE.sha256"
 
 
@@ -81,32 +93,61 @@ def git_state(path: Path, runner: LocalRunner | None = None) -> GitState:
     return GitState(commit.strip() or None, bool(status.strip()))
 
 
-def _matches(rel: str, pattern: str) -> bool:
-    """gitignore-like: ``dir/`` matches a directory at any depth, a pattern without ``/``
-    matches a file name at any depth, ``**/rest`` matches ``rest`` in every directory, anything
-    else matches the whole relative path."""
-    parts = rel.split("/")
-    if pattern in ("**", "*"):
-        return True
-    if pattern.startswith("**/"):
-        return any(_matches("/".join(parts[i:]), pattern[3:]) for i in range(len(parts)))
-    if pattern.endswith("/"):
-        name = pattern.rstrip("/")
-        if "/" in name:
-            return rel.startswith(name + "/")
-        return any(fnmatch.fnmatch(part, name) for part in parts[:-1])
-    if "/" in pattern:
-        return fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(rel, pattern.rstrip("*") + "*")
-    return fnmatch.fnmatch(parts[-1], pattern)
+@functools.lru_cache(maxsize=64)
+def _spec(patterns: tuple[str, ...]) -> pathspec.GitIgnoreSpec:
+    return pathspec.GitIgnoreSpec.from_lines(patterns)
 
 
 def _any(rel: str, patterns: Iterable[str]) -> bool:
-    return any(_matches(rel, p) for p in patterns)
+    """Whether ``rel`` matches ``patterns`` read as the lines of a .gitignore file."""
+    return _spec(tuple(patterns)).match_file(rel)
+
+
+def _original(rel: str) -> str:
+    """The file an editor's swap file or a backup copy stands for: ``dir/.env`` for
+    ``dir/.env.swp``, ``dir/#.env#``, ``dir/.env~`` or ``dir/.env.bak``."""
+    folder, _, name = rel.rpartition("/")
+    swap = False
+    while True:
+        if len(name) > 2 and name.startswith("#") and name.endswith("#"):
+            name = name[1:-1]
+            continue
+        suffix = next((s for s in _BACKUP_SUFFIXES if name.endswith(s) and len(name) > len(s)),
+                      None)
+        if suffix is None:
+            break
+        swap = swap or suffix.startswith(".sw")
+        name = name[:-len(suffix)]
+    if swap and name.startswith(".") and len(name) > 1:  # vim's .NAME.swp for NAME
+        name = name[1:]
+    return f"{folder}/{name}" if folder else name
 
 
 def is_secret(rel: str) -> bool:
-    """Whether the secret filter holds ``rel`` (a project-relative path) back."""
-    return _any(rel.lower(), SECRET_PATTERNS)
+    """Whether the secret filter holds ``rel`` (a project-relative path) back by its name."""
+    lowered = rel.lower()
+    return _any(lowered, SECRET_PATTERNS) or _any(_original(lowered), SECRET_PATTERNS)
+
+
+def holds_private_key(path: Path) -> bool:
+    """A small file whose text holds a PEM or OpenSSH private key's header."""
+    try:
+        if path.stat().st_size > CONTENT_CHECK_BYTES:
+            return False
+        return PRIVATE_KEY.search(path.read_bytes()) is not None
+    except OSError:
+        return False
+
+
+def _through_symlink(project_dir: Path, rel: str) -> bool:
+    """Whether any component of ``rel`` (a folder on the way, or the file) is a symbolic
+    link: what lies behind one may be outside the project, so it is never shipped."""
+    path = project_dir
+    for part in rel.split("/"):
+        path = path / part
+        if path.is_symlink():
+            return True
+    return False
 
 
 def candidate_files(project_dir: Path, runner: LocalRunner | None = None) -> list[str]:
@@ -116,13 +157,12 @@ def candidate_files(project_dir: Path, runner: LocalRunner | None = None) -> lis
         try:
             out = runner.run(["git", "-C", str(project_dir), "ls-files", "-z", "--cached",
                               "--others", "--exclude-standard"], timeout=60).stdout
-            top = runner.run(["git", "-C", str(project_dir), "rev-parse", "--show-prefix"],
-                             timeout=10).stdout.strip()
-            if top == "":
-                files = sorted({f for f in out.split("\0") if f})
-                return [f for f in files if (project_dir / f).is_file()
-                        and not (project_dir / f).is_symlink()]
-        except CommandFailed:
+            # paths come relative to the project, also when it is a subfolder of the
+            # repository: the repository's .gitignore files apply to it as well
+            files = sorted({f for f in out.split("\0") if f})
+            return [f for f in files if not _through_symlink(project_dir, f)
+                    and (project_dir / f).is_file()]
+        except CommandFailed:  # not in a git work tree
             pass
     found = []
     for folder, dirs, names in os.walk(project_dir):
@@ -142,7 +182,8 @@ def select(project_dir: Path, cfg: BundleConfig, allow: Iterable[str] = (),
     for rel in candidate_files(project_dir, runner):
         if not _any(rel, cfg.include) or _any(rel, cfg.exclude):
             continue
-        if is_secret(rel) and not _any(rel, allowed):
+        if (is_secret(rel) or holds_private_key(project_dir / rel)) \
+                and not _any(rel, allowed):
             held.append(rel)
             continue
         files.append(rel)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -136,6 +137,76 @@ def test_secrets_tracked_by_git_are_held_back_and_links_are_not_followed(
                if p.is_file()}
     assert shipped == {"train.py", "configs/tiny.yaml", "configs/remotes.yaml", "BUNDLE.sha256"}
     assert not any(SECRET in (taken.path / rel).read_text() for rel in shipped)
+
+
+BACKUPS_AND_FOLDERS = [
+    ".env~", ".env.swp", "..env.swp", ".id_rsa.swp", "#.env#", "id_rsa.bak", ".env.orig",
+    "tls/server.pem.save", "secrets/db.yaml", "x/credentials/a.txt", "keys/prod.txt",
+    "ops/krb5.keytab", "backup.gpg", "signing.asc", ".s3cfg", ".boto", ".my.cnf",
+    ".kaggle/kaggle.json", "home/.config/gh/hosts.yml", "deploy_key", "hf_token.txt",
+]
+
+
+def test_backup_copies_and_secret_folders_are_held_back(project: Path) -> None:
+    for rel in [*BACKUPS_AND_FOLDERS, "train.py", "train.py~", "notes.swp", "keyboard.py"]:
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text(f"{SECRET}\n")
+    bundle = dry_run("--backend", "local")["bundle"]
+    assert sorted(bundle["held_back"]) == sorted(BACKUPS_AND_FOLDERS)
+
+
+def test_a_private_key_is_held_back_by_its_content(project: Path) -> None:
+    (project / "notes.txt").write_text("see below\n-----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl\n")
+    (project / "server.crt").write_text("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n")
+    (project / "public.txt").write_text("-----BEGIN PUBLIC KEY-----\nMIIB\n")
+    big = project / "big.txt"  # over the 1 MiB the content check reads
+    big.write_bytes(b"x" * (1 << 20) + b"-----BEGIN PRIVATE KEY-----\n")
+    bundle = dry_run("--backend", "local")["bundle"]
+    assert sorted(bundle["held_back"]) == ["notes.txt", "server.crt"]
+    allowed = dry_run("--backend", "local", "--allow", "notes.txt")["bundle"]
+    assert allowed["held_back"] == ["server.crt"]
+
+
+def test_a_project_in_a_repository_subfolder_honours_its_gitignore(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    repo = tmp_path / "mono"
+    project = repo / "teams" / "ml"
+    (project / "configs").mkdir(parents=True)
+    write_config(project / "configs" / "tiny.yaml", TINY)
+    (repo / ".gitignore").write_text("local_settings.py\n*.log\n")
+    (project / ".gitignore").write_text("scratch/\n")
+    for rel in ("train.py", "local_settings.py", "run.log", "scratch/big.bin"):
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text("x\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(project)
+    data = dry_run("--backend", "local")
+    assert data["bundle"]["files"] == 3  # train.py, .gitignore, configs/tiny.yaml
+    from hpcrun.bundle import describe
+    from hpcrun.config import BundleConfig
+
+    assert describe(project, BundleConfig()).files == [".gitignore", "configs/tiny.yaml",
+                                                       "train.py"]
+
+
+def test_a_tracked_folder_replaced_by_a_link_ships_nothing_from_behind_it(
+        project: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "model.py").write_text(f"{SECRET}\n")
+    (project / "lib").mkdir()
+    (project / "lib" / "model.py").write_text("print('mine')\n")
+    git = ["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    shutil.rmtree(project / "lib")
+    (project / "lib").symlink_to(outside, target_is_directory=True)  # still in git's index
+    from hpcrun.bundle import describe
+    from hpcrun.config import BundleConfig
+
+    assert "lib/model.py" not in describe(project, BundleConfig()).files
 
 
 # --------------------------------------------------------------------------- secrets in the env
