@@ -149,6 +149,7 @@ def normalise(text: str, run_dir: str, bundle: str, job_id: str) -> str:
     text = text.replace(job_id, "<JOB_ID>")
     text = re.sub(r"HPCRUN_PYTHON=\S+", "HPCRUN_PYTHON=<PYTHON>", text)
     text = re.sub(r"HPCRUN_BUNDLE_HASH=\w+", "HPCRUN_BUNDLE_HASH=<HASH>", text)
+    text = re.sub(r"HPCRUN_DATA_DIR=\S+", "HPCRUN_DATA_DIR=<PROJECT>", text)
     text = re.sub(r"HPCRUN_GIT_(COMMIT|DIRTY)=\S*", r"HPCRUN_GIT_\1=<GIT>", text)
     return re.sub(r"\S+/launchers/torchrun.sh", "<LAUNCHERS>/torchrun.sh", text)
 
