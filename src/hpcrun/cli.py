@@ -17,6 +17,7 @@ from typing import Any
 import typer
 
 from .errors import EXIT_FAILED, HpcrunError
+from .formats import escape_controls
 
 app = typer.Typer(
     name="hpcrun",
@@ -31,9 +32,28 @@ config_app = typer.Typer(help="Inspect experiment configs.", no_args_is_help=Tru
 app.add_typer(config_app, name="config")
 
 
+class Escaped:
+    """A rich renderable whose text reaches the terminal as text: what rich renders from it
+    (values from run directories, logs, configs, file names) has its control characters
+    shown escaped; rich's own cursor controls and line breaks pass."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        from rich.segment import Segment
+
+        for segment in console.render(self.inner, options):
+            if segment.control:
+                yield segment
+            else:
+                yield Segment(escape_controls(segment.text, "\n"), segment.style)
+
+
 class Output:
     """Where results go: JSON on stdout, or human text through rich (which honours NO_COLOR
-    and drops colour and live redraws when stdout is not a terminal)."""
+    and drops colour and live redraws when stdout is not a terminal). Human text is never
+    read as markup, and its control characters are shown escaped."""
 
     def __init__(self, as_json: bool):
         self.json = as_json
@@ -44,15 +64,31 @@ class Output:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(highlight=False, soft_wrap=False)
+            self._console = Console(highlight=False, soft_wrap=False, markup=False,
+                                    emoji=False)
         return self._console
 
     def emit(self, data: Any) -> None:
         sys.stdout.write(json.dumps(data, default=str, indent=None) + "\n")
         sys.stdout.flush()
 
-    def print(self, *args: Any, **kwargs: Any) -> None:
-        self.console.print(*args, **kwargs)
+    def print(self, *parts: Any, **kwargs: Any) -> None:
+        """One line (or renderable) of strings and rich Texts, joined with no separator."""
+        from rich.text import Text
+
+        if all(isinstance(p, str | Text) for p in parts):
+            parts = (Text.assemble(*parts),)
+        kwargs.pop("markup", None)
+        self.console.print(*(Escaped(p) for p in parts), **kwargs)
+
+    def write(self, text: str) -> None:
+        _write(text)
+
+
+def _write(text: str) -> None:
+    """A block of plain text (summaries, triage, scripts), control characters escaped."""
+    sys.stdout.write(escape_controls(text, "\n\t"))
+    sys.stdout.flush()
 
 
 def _out(ctx: typer.Context) -> Output:
@@ -63,7 +99,7 @@ def _notices(out: Output) -> Callable[[str], None]:
     """Progress lines of a long operation as plain text (none under --json)."""
     def notice(line: str) -> None:
         if not out.json:
-            out.console.print(line, markup=False, highlight=False)
+            out.print(line)
     return notice
 
 
@@ -75,7 +111,7 @@ def run_op(fn: Callable[[], Any]) -> Any:
         text = f"hpcrun: error: {exc.message}"
         if exc.hint:
             text += f" (hint: {exc.hint})"
-        typer.echo(text, err=True)
+        typer.echo(escape_controls(text), err=True)  # one line, whatever it quotes
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("hpcrun: interrupted", err=True)
@@ -97,8 +133,10 @@ STATE_STYLE = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow",
                "PREEMPTED": "magenta", "RUNNING": "cyan", "PENDING": "blue", "UNKNOWN": "dim"}
 
 
-def _state(state: str) -> str:
-    return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
+def _state(state: str) -> Any:
+    from rich.text import Text
+
+    return Text(state, style=STATE_STYLE.get(state, "white"))
 
 
 def _ago(seconds: float | None) -> str:
@@ -145,7 +183,7 @@ def config_show(
 
         out.emit(yaml.safe_load(text))
     else:
-        sys.stdout.write(text)
+        _write(text)
 
 
 # --------------------------------------------------------------------------- submit
@@ -196,8 +234,8 @@ def submit(
         if out.json:
             out.emit(view.to_dict())
         else:
-            out.print(f"resumed {view.record.handle}  {_state(view.status.state)}  "
-                      f"{view.record.run_dir}")
+            out.print(f"resumed {view.record.handle}  ", _state(view.status.state),
+                      f"  {view.record.run_dir}")
         if follow:
             raise typer.Exit(_watch(out, view.record.id, once=False, interval=1.0))
         return
@@ -207,7 +245,7 @@ def submit(
             out.emit([v.to_dict() for v in views])
         else:
             for child in views[0].children:
-                out.print(f"  point {child.record.id}  {_state(child.status.state)}")
+                out.print(f"  point {child.record.id}  ", _state(child.status.state))
         return
     if name.startswith("-"):
         run_op(lambda: _no_script(name))
@@ -220,12 +258,12 @@ def submit(
         out.emit(result.to_dict())
     elif dry_run:
         for plan in result.plans:
-            sys.stdout.write(f"# {plan.script_path}\n# command: {plan.command()}\n")
-            sys.stdout.write(plan.script)
-            sys.stdout.write("\n")
+            _write(f"# {plan.script_path}\n# command: {plan.command()}\n")
+            _write(plan.script)
+            _write("\n")
     else:
         if result.setup is not None and result.setup.action == "installed":
-            out.print(result.setup.line(), markup=False)
+            out.print(result.setup.line())
         bundle = result.bundle
         git = bundle.git.commit[:10] if bundle.git.commit else "not in git"
         dirty = " (dirty)" if bundle.git.dirty else ""
@@ -295,7 +333,7 @@ def sync(
         out.emit(result.to_dict())
         return
     if result.setup is not None and result.setup.action == "installed":
-        out.print(result.setup.line(), markup=False)
+        out.print(result.setup.line())
     bundle = result.bundle
     verb = "would send" if dry_run else "sent"
     out.print(f"bundle {bundle.hash[:12]}: {len(bundle.files)} files "
@@ -312,10 +350,9 @@ def sync(
     data = result.data
     if data is not None and data.paths:
         out.print(f"data {', '.join(data.paths)}: {verb} {data.bytes_sent:,} bytes, "
-                  f"{data.files_transferred} file(s) changed -> {data.remote_dir}",
-                  markup=False)
+                  f"{data.files_transferred} file(s) changed -> {data.remote_dir}")
         for line in data.changed:
-            out.print(f"  {line}", markup=False)
+            out.print(f"  {line}")
 
 
 # --------------------------------------------------------------------------- setup
@@ -344,10 +381,10 @@ def setup(
     if out.json:
         out.emit(result.to_dict())
         return
-    out.print(result.line(), markup=False)
+    out.print(result.line())
     if result.torch:
         out.print(f"torch {result.torch}" + (f", CUDA {result.cuda}" if result.cuda else
-                                              ", no CUDA"), markup=False)
+                                              ", no CUDA"))
 
 
 # --------------------------------------------------------------------------- status, list
@@ -396,7 +433,7 @@ def status(
         return
     for view in views:
         record, st = view.record, view.status
-        out.print(f"{record.handle}  {_state(st.state)}  {record.experiment}")
+        out.print(f"{record.handle}  ", _state(st.state), f"  {record.experiment}")
         if st.reason:
             out.print(f"  reason: {st.reason}")
         if st.detail.get("note"):
@@ -406,10 +443,10 @@ def status(
             mark = ""
             if stage == st.detail.get("stage") and state == "RUNNING":
                 mark = f"  epoch {st.detail.get('epoch', 0)}/{st.detail.get('epochs') or '-'}"
-            out.print(f"  stage {stage}: {_state(state)}{mark}")
+            out.print(f"  stage {stage}: ", _state(state), mark)
         for child in view.children:
-            out.print(f"  point {child.record.id}  {_state(child.status.state)}  "
-                      f"{child.record.info.get('sweep_point')}")
+            out.print(f"  point {child.record.id}  ", _state(child.status.state),
+                      f"  {child.record.info.get('sweep_point')}")
         out.print(f"  run dir: {record.run_dir}")
         if view.triage is not None:
             _print_triage(view.triage)
@@ -429,7 +466,7 @@ def _print_triage(triage: Any) -> None:
     if triage.log_tail:
         lines.append("  last log lines:")
         lines.extend(f"    {line}" for line in triage.log_tail)
-    sys.stdout.write("\n".join(lines) + "\n")
+    _write("\n".join(lines) + "\n")
     sys.stdout.flush()
 
 
@@ -464,21 +501,29 @@ def logs(
     rank: int | None = typer.Option(None, "--rank", "-r", help="Show one rank's trainer log "
                                     "instead of the job's output."),
     tail: int = typer.Option(0, "--tail", "-n", help="Only the last N lines (0: all)."),
+    raw: bool = typer.Option(False, "--raw", help="Write the log as it is, escape sequences "
+                             "included (the default when the output is not a terminal)."),
 ) -> None:
-    """Print a job's output (or one rank's log)."""
+    """Print a job's output (or one rank's log). On a terminal its control characters (escape
+    sequences that could clear the screen or write the clipboard) are shown escaped."""
     from . import ops
 
     record, text = run_op(lambda: ops.log_file(job, rank, _cwd()))
+    as_is = raw or not sys.stdout.isatty()
+
+    def show(block: str) -> None:
+        sys.stdout.write(block if as_is else escape_controls(block, "\n\t"))
+        sys.stdout.flush()
+
     if follow:
         for line in run_op(lambda: ops.follow_logs(record, rank)):
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            show(line + "\n")
         return
     if text is None:
         typer.echo(f"(no output yet for job {record.id})", err=True)
         return
     lines = text.splitlines()
-    sys.stdout.write("\n".join(lines[-tail:] if tail else lines) + ("\n" if lines else ""))
+    show("\n".join(lines[-tail:] if tail else lines) + ("\n" if lines else ""))
 
 
 @app.command()
@@ -495,7 +540,7 @@ def cancel(
         out.emit([v.to_dict() for v in views])
         return
     for view in views:
-        out.print(f"{view.record.handle}  {_state(view.status.state)}")
+        out.print(f"{view.record.handle}  ", _state(view.status.state))
 
 
 # --------------------------------------------------------------------------- monitor
@@ -581,7 +626,6 @@ def _render_snapshot(snap: Any) -> Any:
     import math
 
     from rich.console import Group
-    from rich.markup import escape
     from rich.progress_bar import ProgressBar
     from rich.table import Table
     from rich.text import Text
@@ -590,14 +634,16 @@ def _render_snapshot(snap: Any) -> Any:
     from .monitor import sparkline
 
     record, st = snap.view.record, snap.view.status
-    parts: list[Any] = [Text.from_markup(
-        f"[bold]{record.handle}[/]  {_state(st.state)}{escape(_reason(snap))}  "
-        f"{escape(record.experiment)}  elapsed {_ago(snap.elapsed_s)}")]
+    parts: list[Any] = [Text.assemble(
+        (record.handle, "bold"), "  ", _state(st.state), _reason(snap),
+        f"  {record.experiment}  elapsed {_ago(snap.elapsed_s)}")]
     if snap.connection:
         parts.append(Text(f"connection lost, retrying: {snap.connection}", style="bold yellow"))
     if snap.stages:
-        parts.append(Text.from_markup("stages: " + "  ".join(
-            f"{escape(k)} {_state(v)}" for k, v in snap.stages.items())))
+        stages: list[Any] = ["stages:"]
+        for name, state in snap.stages.items():
+            stages += [f"  {name} ", _state(state)]
+        parts.append(Text.assemble(*stages))
     if snap.stage:
         grid = Table.grid(padding=(0, 1))
         done = snap.epoch if snap.epochs else int(is_terminal(snap.state))
@@ -648,8 +694,8 @@ def _finish(out: Output, monitor: Any, snap: Any) -> None:
         summary = monitor.summary()
     except Exception:  # noqa: BLE001 - a run with nothing readable still ends cleanly
         return
-    sys.stdout.write("\n".join(format_summary(summary)) + "\n")
-    sys.stdout.write("\n".join(_flag_lines(snap.flags)) + "\n")
+    _write("\n".join(format_summary(summary)) + "\n")
+    _write("\n".join(_flag_lines(snap.flags)) + "\n")
     sys.stdout.flush()
     triage = _triage_of(snap)
     if triage is not None:
@@ -713,7 +759,7 @@ def _watch(out: Output, job: str | None, once: bool, interval: float | None,
             lines = _snapshot_lines(snap)
             key = (snap.state, lines[1:])  # not every tick of the elapsed time
             if key != last:
-                sys.stdout.write("\n".join(lines) + "\n")
+                _write("\n".join(lines) + "\n")
                 sys.stdout.flush()
                 last = key
             if done(snap):
@@ -725,11 +771,12 @@ def _watch(out: Output, job: str | None, once: bool, interval: float | None,
     else:
         from rich.live import Live
 
-        with Live(_render_snapshot(snap), console=out.console, refresh_per_second=4) as live:
+        with Live(Escaped(_render_snapshot(snap)), console=out.console,
+                  refresh_per_second=4) as live:
             while not done(snap):
                 pause()
                 snap = refresh()
-                live.update(_render_snapshot(snap))
+                live.update(Escaped(_render_snapshot(snap)))
         _finish(out, monitor, snap)
     if once and not is_terminal(snap.state):
         return 0  # still on its way
@@ -816,11 +863,11 @@ def fetch(
         verified = ("verified against MANIFEST.sha256" if result.verified
                     else f"job is {result.view.status.state}: not verified yet"
                     if not partial else "partial: not verified")
-        sys.stdout.write(f"{result.run_dir}  ({verified})\n")
-        sys.stdout.write(_summary_text(result.summary, result.flags, result.report))
+        _write(f"{result.run_dir}  ({verified})\n")
+        _write(_summary_text(result.summary, result.flags, result.report))
         sys.stdout.flush()
     if result.report_error:
-        typer.echo(f"hpcrun: error: {result.report_error}", err=True)
+        typer.echo(escape_controls(f"hpcrun: error: {result.report_error}"), err=True)
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -842,7 +889,7 @@ def report(
         out.emit(result.to_dict())
         return
     files = result.files
-    sys.stdout.write(_summary_text(files.summary, files.flags, files))
+    _write(_summary_text(files.summary, files.flags, files))
 
 
 @app.command()
@@ -871,8 +918,9 @@ def compare(
     output = _out(ctx)
     result = run_op(lambda: ops.compare(runs, _cwd(), metric, mode, out))
     if result.skipped:  # on stderr: the table on stdout stays the same either way
-        typer.echo(f"hpcrun: note: skipped {len(result.skipped)} path(s) that are not run "
-                   f"directories: {', '.join(result.skipped)}", err=True)
+        typer.echo(escape_controls(f"hpcrun: note: skipped {len(result.skipped)} path(s) "
+                                   f"that are not run directories: "
+                                   f"{', '.join(result.skipped)}"), err=True)
     if output.json:
         output.emit(result.to_dict())
         return
@@ -888,7 +936,7 @@ def compare(
         lines.append("(the runs' configs do not differ)")
     if result.png:
         lines.append(f"overlay: {result.png}")
-    sys.stdout.write("\n".join(lines) + "\n")
+    _write("\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------- doctor
@@ -910,11 +958,11 @@ def doctor(
     if out.json:
         out.emit([{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks])
         return
-    from rich.markup import escape
+    from rich.text import Text
 
     for check in checks:
-        mark = "[green]ok[/]  " if check.ok else "[yellow]--[/]  "
-        out.print(f"{mark}{check.name:<10} {escape(check.detail)}")
+        mark = Text("ok  ", style="green") if check.ok else Text("--  ", style="yellow")
+        out.print(mark, f"{check.name:<10} {check.detail}")
 
 
 def _global_json_first(args: list[str]) -> list[str]:

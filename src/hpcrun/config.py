@@ -59,12 +59,9 @@ MAX_EXTENDS_CHAIN = 16
 
 
 _CONTROL_RE = formats.CONTROL
-
-
-def _printable(text: str) -> str:
-    """One line: control characters (newlines, terminal escapes) from keys, values and file
-    names are shown escaped."""
-    return _CONTROL_RE.sub(lambda match: repr(match.group())[1:-1], text)
+#: one line: control characters (newlines, terminal escapes) from keys, values and file
+#: names are shown escaped
+_printable = formats.escape_controls
 
 
 def _one_line_errors(function: typing.Callable[..., _T]) -> typing.Callable[..., _T]:

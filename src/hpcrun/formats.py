@@ -13,6 +13,14 @@ from dataclasses import dataclass, field
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+def escape_controls(text: str, keep: str = "") -> str:
+    """``text`` with its control characters (escape sequences, carriage returns, ...) shown
+    as Python escapes (``\\x1b``), except those in ``keep`` (e.g. newlines of a text block):
+    text from files, logs and users reaches a terminal as text, never as commands to it."""
+    return CONTROL.sub(lambda m: m.group() if m.group() in keep else repr(m.group())[1:-1],
+                       text)
+
+
 @dataclass(frozen=True)
 class Format:
     pattern: str

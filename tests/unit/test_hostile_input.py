@@ -504,7 +504,7 @@ def test_forwarded_environment_names_are_single_names_not_patterns(project: Path
                                                                   names: str) -> None:
     """ssh's SendEnv takes patterns: '*' would send the whole environment to the remote."""
     (project / "configs" / "remotes.yaml").write_text(
-        f"remotes:\n  box:\n    host: 127.0.0.1\n    env: {names}\n")
+        f"remotes:\n  box:\n    host: 127.0.0.1\n    workdir: /w\n    env: {names}\n")
     argv = ("submit", "v3", "--dry-run", "--backend", "pod", "--remote", "box")
     answer = invoke(*argv)
     assert_clean(answer, argv)
