@@ -106,7 +106,20 @@ def sweep_points(cfg: ExperimentConfig, sweeps: Sequence[str]) -> list[dict[str,
 
 
 def _new_id() -> str:
-    return secrets.token_hex(4)
+    """48 random bits: a 100,000-point sweep collides with odds of about 1 in 60,000 (and a
+    collision is drawn again, see ``_new_ids``)."""
+    return secrets.token_hex(6)
+
+
+def _new_ids(count: int, store: JobStore | None) -> list[str]:
+    """``count`` ids, distinct from each other and from every job in the store."""
+    ids: list[str] = []
+    while len(ids) < count:
+        fresh = [i for i in dict.fromkeys(_new_id() for _ in range(count - len(ids)))
+                 if i not in ids]
+        taken = store.taken(fresh) if store is not None else set()
+        ids += [i for i in fresh if i not in taken]
+    return ids
 
 
 #: the scheduler clients backend ``auto`` looks for, in order of preference
@@ -272,9 +285,15 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
     jobs: list[JobRecord] = []
     specs: list[JobSpec] = []
     configs_text: list[str] = []
-    group_id = _new_id() if len(points) > 1 else None
+    if store is None:  # ids are drawn against it (a dry run creates no store)
+        from .store import default_path
+
+        if not dry_run or default_path().exists():
+            store = JobStore()
+    ids = _new_ids(len(points) + (len(points) > 1), store)
+    group_id = ids.pop() if len(points) > 1 else None
     for index, (point, cfg) in enumerate(zip(points, configs, strict=True)):
-        job_id = _new_id()
+        job_id = ids[index]
         run_dir = runs_root / (run_id if len(points) == 1 else f"{run_id}-p{index:03d}")
         env = {**env_common, "HPCRUN_JOB_ID": job_id}
         if point:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInput
+from .errors import BadInput, OperationFailed
 from .job import JobRecord, parse_handle
 
 _COLUMNS = ("id", "backend", "host", "experiment", "run_dir", "project_dir", "native_id",
@@ -61,13 +61,35 @@ class JobStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._unreadable(exc) from None
         try:
             db.execute("PRAGMA busy_timeout = 60000")
             db.execute("PRAGMA journal_mode = WAL")
             yield db
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:  # not a database, truncated, malformed
+            raise self._unreadable(exc) from None
         finally:
             db.close()
+
+    def _unreadable(self, exc: Exception) -> OperationFailed:
+        return OperationFailed(
+            f"the job store {self.path} cannot be read: {exc}",
+            hint=f"move it aside (mv {self.path} {self.path}.broken) and run the command "
+                 "again; run directories are not in it and stay as they are")
+
+    def taken(self, ids: list[str]) -> set[str]:
+        """Those of ``ids`` that jobs in the store already have."""
+        if not ids:
+            return set()
+        with self._connect() as db:
+            marks = ",".join("?" * len(ids))
+            rows = db.execute(f"SELECT id FROM jobs WHERE id IN ({marks})", ids).fetchall()
+        return {row[0] for row in rows}
 
     @staticmethod
     def _row(record: JobRecord) -> tuple[Any, ...]:

@@ -136,3 +136,32 @@ def test_ssh_options_that_choose_the_expected_host_key_are_refused(option):
     with pytest.raises(ValueError, match="host keys are checked"):
         RemoteConfig(host="pod", workdir="/w", ssh_options=[option])
     assert RemoteConfig(host="pod", workdir="/w", ssh_options=["ProxyJump=bastion"])
+
+
+def test_job_ids_are_drawn_again_on_a_collision(tmp_path, monkeypatch):
+    from hpcrun import ops
+    from hpcrun.job import JobRecord
+    from hpcrun.store import JobStore
+
+    store = JobStore(tmp_path / "jobs.sqlite")
+    store.add([JobRecord(id="d4d4", backend="local", host="h", experiment="e",
+                         run_dir="/r", project_dir="/p")])
+    drawn = iter(["a1a1", "a1a1", "d4d4", "b2b2", "c3c3"])
+    monkeypatch.setattr(ops, "_new_id", lambda: next(drawn))
+    assert ops._new_ids(3, store) == ["a1a1", "b2b2", "c3c3"]
+    monkeypatch.undo()
+    assert len(ops._new_id()) == 12
+
+
+@pytest.mark.parametrize("content", [b"this is not a database\n" * 100, b"SQLite format 3\0"])
+def test_a_broken_job_store_is_one_line_naming_it(tmp_path, monkeypatch, content):
+    from conftest import invoke
+
+    store = tmp_path / "state" / "hpcrun" / "jobs.sqlite"
+    store.parent.mkdir(parents=True)
+    store.write_bytes(content)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+    answer = invoke("list")
+    assert answer.code == 1 and answer.err.count("\n") == 1, answer.err
+    assert f"the job store {store} cannot be read" in answer.err and "mv " in answer.err
