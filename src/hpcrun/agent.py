@@ -77,21 +77,25 @@ def cancel(request: dict[str, Any]) -> dict[str, Any]:
 def snapshot(request: dict[str, Any]) -> dict[str, Any]:
     """Hard-link copy of the synced tree: rsync replaces files by renaming new ones into
     place, so the copy keeps the content of this sync whatever later syncs do."""
+    from . import snapshots
+
     target = Path(request["target"])
     for path, text in request.get("files", {}).items():
         rundir.write_atomic(Path(request["code"]) / path, text.encode())
-    if (target / "BUNDLE.sha256").exists():
-        return {"created": False, "verified": 0, "mismatched": []}  # checked when frozen
+    manifest = request.get("files", {}).get(snapshots.MANIFEST_NAME, "")
+    links = request.get("links") or {}
+    if target.is_dir():  # used again only as it was frozen: a job may have written into it
+        if not snapshots.problems(target, manifest, links):
+            return {"created": False, "verified": 0, "mismatched": []}
+        snapshots.set_aside(target)
     staging = target.with_name(f".{target.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(request["code"], staging, copy_function=os.link)
-    checked, mismatched = _verify(staging, request.get("files", {}).get("BUNDLE.sha256", ""))
+    snapshots.link_tree(Path(request["code"]), staging, manifest)
+    checked, mismatched = _verify(staging, manifest)
     if mismatched:  # an interrupted or concurrent sync: the next one completes it
         shutil.rmtree(staging, ignore_errors=True)
         return {"created": False, "verified": 0, "mismatched": mismatched}
-    from .bundle import add_links
-
-    add_links(staging, request.get("links") or {})
+    snapshots.add_links(staging, links)
     os.replace(staging, target)
     return {"created": True, "verified": checked, "mismatched": []}
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pathspec
 
+from . import snapshots
 from .config import BundleConfig
 from .rundir import sha256_file
 from .shell import CommandFailed, LocalRunner
@@ -43,7 +44,7 @@ SECRET_PATTERNS = (
 CONTENT_CHECK_BYTES = 1 << 20
 PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
 _BACKUP_SUFFIXES = ("~", ".swp", ".swo", ".swx", ".bak", ".orig", ".save", ".old", ".tmp")
-MANIFEST_NAME = "BUNDLE.sha256"
+MANIFEST_NAME = snapshots.MANIFEST_NAME
 
 
 @dataclass(frozen=True)
@@ -213,22 +214,15 @@ def cache_dir() -> Path:
     return Path(base) / "hpcrun" / "bundles"
 
 
-def add_links(root: Path, links: dict[str, str]) -> None:
-    """Create the data links of a snapshot being built under ``root``."""
-    for rel, target in links.items():
-        dest = root / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if not os.path.lexists(dest):
-            os.symlink(target, dest)
-
-
 def snapshot(bundle: Bundle, root: Path | None = None) -> Path:
     """Copy the bundle into ``root/<hash>`` (once: an existing snapshot is reused)."""
     root = root or cache_dir()
     target = root / bundle.hash[:24]
-    if (target / MANIFEST_NAME).is_file():
-        bundle.path = target
-        return target
+    if target.is_dir():  # used again only as it was made: a job may have written into it
+        if not snapshots.problems(target, manifest_text(bundle), bundle.links):
+            bundle.path = target
+            return target
+        snapshots.set_aside(target)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     try:
@@ -239,7 +233,8 @@ def snapshot(bundle: Bundle, root: Path | None = None) -> Path:
             if sha256_file(dest) != bundle.digests[rel]:  # edited while we copied
                 raise OSError(f"{rel} changed while the bundle was being taken; submit again")
         (staging / MANIFEST_NAME).write_text(manifest_text(bundle))
-        add_links(staging, bundle.links)
+        snapshots.add_links(staging, bundle.links)
+        snapshots.read_only(staging)
         try:
             os.rename(staging, target)
         except OSError:

@@ -165,3 +165,43 @@ def test_a_broken_job_store_is_one_line_naming_it(tmp_path, monkeypatch, content
     answer = invoke("list")
     assert answer.code == 1 and answer.err.count("\n") == 1, answer.err
     assert f"the job store {store} cannot be read" in answer.err and "mv " in answer.err
+
+
+class _Runner:
+    """A scheduler client that queues the first stage, then loses the connection."""
+
+    def __init__(self, fail_with: Exception):
+        self.calls: list[list[str]] = []
+        self.fail_with = fail_with
+
+    def run(self, argv, **kwargs):
+        from hpcrun.shell import Result
+
+        self.calls.append(list(argv))
+        if argv[0] in ("sbatch", "qsub"):
+            if sum(c[0] == argv[0] for c in self.calls) > 1:
+                raise self.fail_with
+            return Result(list(argv), 0, "101\n" if argv[0] == "sbatch" else "101.pbs\n", "")
+        return Result(list(argv), 0, "", "")
+
+
+@pytest.mark.parametrize("backend", ["slurm", "pbs"])
+def test_any_failure_after_a_stage_was_queued_cancels_what_was_queued(tmp_path, backend):
+    from hpcrun.backends.pbs import PbsBackend
+    from hpcrun.backends.slurm import SlurmBackend
+    from hpcrun.errors import OperationFailed
+    from hpcrun.render import SubmitPlan
+
+    runner = _Runner(OperationFailed("ssh: connection to the login node lost"))
+    impl = (SlurmBackend if backend == "slurm" else PbsBackend)(runner=runner)
+    plans = []
+    for stage in ("pretrain", "finetune"):
+        script = tmp_path / f"job-{stage}.sh"
+        tool = "sbatch" if backend == "slurm" else "qsub"
+        plans.append(SubmitPlan(job_id="j1", script="#!/bin/bash\n", script_path=str(script),
+                                argv=(tool, str(script)), files={"output": str(script)},
+                                stage=stage))
+    with pytest.raises(OperationFailed):
+        impl.submit(plans)
+    cancel = "scancel" if backend == "slurm" else "qdel"
+    assert [cancel, "101" if backend == "slurm" else "101.pbs"] in runner.calls

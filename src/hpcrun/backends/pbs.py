@@ -20,7 +20,7 @@ from ..config import RemoteConfig
 from ..errors import BadInput, OperationFailed
 from ..job import JobRecord, JobStatus, is_terminal
 from ..render import JobSpec, SubmitPlan, render_template, scheduler_context
-from ..shell import CommandFailed, LocalRunner
+from ..shell import LocalRunner
 from .base import ScriptBackend, fill_dependencies
 
 #: PBS job_state letter -> hpcrun state (F/X, finished, are decided by Exit_status)
@@ -182,7 +182,7 @@ class PbsBackend(ScriptBackend):
                 if indices is not None:
                     argv.insert(-1, "-J" + _array_range(indices, len(plan.members)))
                 ids[plan.stage or "all"] = self.runner.run(argv, timeout=120).stdout.strip()
-        except CommandFailed:
+        except BaseException:  # whatever failed, nothing stays half-submitted
             if ids:
                 self.runner.run(["qdel", *ids.values()], check=False, timeout=60)
             raise

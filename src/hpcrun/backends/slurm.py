@@ -321,7 +321,7 @@ class SlurmBackend(ScriptBackend):
                 out = self._sbatch(argv)
                 ids[plan.stage or "all"] = out.split(";")[0].splitlines()[-1]
                 previous = plan.stage or "all"
-        except CommandFailed:
+        except BaseException:  # whatever failed, nothing stays half-submitted
             if ids:
                 self.runner.run(["scancel", *ids.values()], check=False, timeout=60)
             raise
