@@ -17,6 +17,8 @@ from pathlib import Path
 MANIFEST_NAME = "BUNDLE.sha256"
 #: files hpcrun itself writes into a frozen snapshot beside the project's
 OWN_FILES = frozenset({MANIFEST_NAME, "bundle.json"})
+#: what python writes beside the modules a job imports from the snapshot
+BYTECODE = "__pycache__"
 
 
 def _sha256(path: Path) -> str:
@@ -52,6 +54,7 @@ def problems(root: Path, manifest: str, links: dict[str, str] | None = None) -> 
     folders = {str(Path(rel).parent) for rel in [*expected, *links]}
     folders = {p for f in folders for p in [f, *map(str, Path(f).parents)]}
     for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != BYTECODE]
         here = Path(folder).relative_to(root)
         for name in files + [d for d in dirs if (Path(folder) / d).is_symlink()]:
             rel = (here / name).as_posix()

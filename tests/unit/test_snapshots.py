@@ -26,6 +26,10 @@ def test_a_local_snapshot_a_job_wrote_into_is_taken_again(tmp_path):
     first = snapshot(bundle, tmp_path / "cache")
     assert (first / "train.py").stat().st_mode & 0o222 == 0  # read-only files
     assert snapshot(bundle, tmp_path / "cache") == first  # unchanged: used as it is
+    (first / "pkg" / "__pycache__").mkdir()  # python's bytecode of what a job imported
+    (first / "pkg" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"\0")
+    assert snapshot(bundle, tmp_path / "cache") == first
+    assert not [p for p in (tmp_path / "cache").iterdir() if ".stale-" in p.name]
     (first / "wandb").mkdir()
     (first / "wandb" / "run.log").write_text("a job's output\n")
     again = snapshot(bundle, tmp_path / "cache")
