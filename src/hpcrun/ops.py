@@ -890,7 +890,11 @@ def report(ref: str | None, project_dir: Path, out_dir: Path | None = None,
     flags = None
     if record is not None and store is not None:
         flags = flags_of(views([record], store)[0])
-    return ReportResult(run, write_report(run, out_dir, flags=flags))
+    try:
+        return ReportResult(run, write_report(run, out_dir, flags=flags))
+    except OSError as exc:
+        raise OperationFailed(f"cannot write the report of {run}: "
+                              f"{exc.filename or ''} {exc.strerror or exc}".strip()) from None
 
 
 def _not_a_run(path: Path) -> str | None:

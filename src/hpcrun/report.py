@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import csv
 import difflib
+import errno
 import functools
 import hashlib
 import html
@@ -531,11 +532,14 @@ class _Canvas:
         the file bigger and slower to compress; zlib level 3 is most of level 6's size at
         about half the time."""
         import PIL.Image
+        from matplotlib.text import Text
 
         handles = self.ax.get_legend_handles_labels()[0]
         if handles:
             self.ax.legend(fontsize=7, loc="best", ncols=2 if len(handles) > 4 else 1,
                            framealpha=0.7)
+        for text in self.fig.findobj(Text):  # names from CSVs are text: `$x$` is no math
+            text.set_parse_math(False)
         self.agg.draw()
         width, height = self.agg.get_width_height()
         image = PIL.Image.frombuffer("RGBA", (width, height), self.agg.buffer_rgba(), "raw",
@@ -984,6 +988,9 @@ def write_report(run_dir: Path, out_dir: Path | None = None,
     and flags the page shows."""
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise OSError(errno.EEXIST, "is a symbolic link or not a folder: the report is "
+                      "written only into a real folder", str(out_dir))
     if flags is None:
         from hpcrun.diagnose import diagnose
 

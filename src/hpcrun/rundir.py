@@ -15,11 +15,13 @@ the end of each epoch, so a reader never sees a torn row. Pure Python: no torch,
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
 import math
 import os
+import stat as stat_module
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -234,10 +236,32 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, (text + "\n").encode())
 
 
+def open_regular(path: Path | str) -> BinaryIO:
+    """A file of a run directory (or a bundle) opened for reading: a regular file only, not
+    through a symbolic link, and never blocking: a FIFO or a device in a CSV's place (which
+    would hang every reader), or a link to a file outside the run, is an OSError, which every
+    reader takes as "not there"."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    try:
+        if not stat_module.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_text(path: Path | str) -> str:
+    """A run-directory file's text (``open_regular``), undecodable bytes replaced."""
+    with open_regular(path) as handle:
+        return handle.read().decode("utf-8", errors="replace")
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        return json.loads(read_text(path))
+    except (OSError, ValueError, RecursionError):  # deeply nested: not a record of ours
         return None
 
 
@@ -477,7 +501,7 @@ def filter_rows(path: Path, keep: Callable[[list[str]], bool]) -> int:
     path = Path(path)
     if not path.exists():
         return 0
-    raw = path.read_text(encoding="utf-8")
+    raw = read_text(path)
     lines = raw.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -503,8 +527,9 @@ def filter_rows(path: Path, keep: Callable[[list[str]], bool]) -> int:
 
 
 def read_header(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return next(csv.reader(handle), [])
+    with open_regular(path) as handle:
+        first = handle.readline().decode("utf-8", errors="replace")
+    return next(csv.reader([first]), [])
 
 
 def _complete_rows(path: Path) -> tuple[list[str] | None, list[list[str]]]:
@@ -512,7 +537,10 @@ def _complete_rows(path: Path) -> tuple[list[str] | None, list[list[str]]]:
     path = Path(path)
     if not path.exists():
         return None, []
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = read_text(path)
+    except OSError:
+        return None, []
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
     rows = csv.reader(io.StringIO(text))
@@ -607,7 +635,7 @@ class CsvTail:
         if stat.st_size == self._offset:
             return []
         try:
-            with open(self.path, "rb") as handle:
+            with open_regular(self.path) as handle:
                 handle.seek(self._offset)
                 chunk = handle.read()
         except OSError:
@@ -741,7 +769,7 @@ def read_since(root: str | os.PathLike[str], known: Mapping[str, Sequence[Any]]
     out: dict[str, dict[str, Any]] = {}
     for rel in names:
         try:
-            with open(root / rel, "rb") as handle:
+            with open_regular(root / rel) as handle:
                 stat = os.fstat(handle.fileno())
                 # CSVs only grow in place (a rewrite is a new file); the small files may be
                 # rewritten in place, so any change of theirs sends them whole
@@ -801,7 +829,7 @@ def to_int(text: Any) -> int | None:
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -843,14 +871,19 @@ def verify_manifest(root: Path) -> list[str]:
     if not path.exists():
         return [f"{MANIFEST} is missing"]
     problems = []
-    for line in path.read_text().splitlines():
+    try:
+        listed = read_text(path).splitlines()
+    except OSError as exc:
+        return [f"{MANIFEST} cannot be read: {exc.strerror or exc}"]
+    for line in listed:
         digest, _, rel = line.partition("  ")
         target = (root / rel).resolve()
         if not rel or root.resolve() not in target.parents:
             problems.append(f"{rel!r}: path outside the run directory")
             continue
-        if not target.is_file():
-            problems.append(f"{rel}: missing")
-        elif sha256_file(target) != digest:
-            problems.append(f"{rel}: checksum mismatch")
+        try:
+            if sha256_file(target) != digest:
+                problems.append(f"{rel}: checksum mismatch")
+        except OSError:
+            problems.append(f"{rel}: missing (or not a regular file)")
     return problems

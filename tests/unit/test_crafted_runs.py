@@ -1,0 +1,65 @@
+"""Run directories crafted to hurt the tools that read them: a FIFO where a CSV should be (it
+hung every reader), a CSV that links to a file outside the run, a report/ folder that links
+elsewhere (the report was written there), matplotlib math in a metric's name, status.json
+that is not an object or is nested past the recursion limit. Each is one line or a skipped
+item: never a traceback, a hang, or a read or write outside the run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from conftest import hp
+from test_report import make_run
+
+from hpcrun import rundir
+
+
+def _report(run: Path, cwd: Path):
+    return hp(cwd, "report", str(run), timeout=120)  # a hang fails here, it does not wait
+
+
+def test_a_fifo_or_a_link_out_of_the_run_is_skipped_not_read(tmp_path):
+    run = make_run(tmp_path)
+    os.unlink(run / "finetune" / rundir.TRAINING)
+    os.mkfifo(run / "finetune" / rundir.TRAINING)
+    secret = tmp_path / "outside.csv"
+    secret.write_text("epoch,phase,pos_mean,pos_std,neg_mean,neg_std,separation\n"
+                      "1,val,0.9,0.1,0.1,0.1,0.8123456\n")
+    os.unlink(run / "pretrain" / rundir.PROBABILITY_STATS)
+    os.symlink(secret, run / "pretrain" / rundir.PROBABILITY_STATS)
+    proc = _report(run, tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "0.8123" not in proc.stdout
+    assert "0.8123" not in (run / "report" / "report.html").read_text()
+    assert rundir.read_json(run / rundir.STATUS)["state"] == "SUCCEEDED"
+
+
+def test_a_report_folder_that_links_elsewhere_is_not_written_through(tmp_path):
+    run = make_run(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (run / "report").symlink_to(elsewhere, target_is_directory=True)
+    proc = _report(run, tmp_path)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "symbolic link" in proc.stderr and list(elsewhere.iterdir()) == []
+
+
+def test_math_text_in_a_metric_name_is_drawn_as_text(tmp_path):
+    run = make_run(tmp_path)
+    stage = run / "finetune" / rundir.TRAINING
+    lines = stage.read_text().splitlines()
+    lines[0] = lines[0].replace("Val MCC", "Val $\\frac{broken$")
+    stage.write_text("\n".join(lines) + "\n")
+    proc = _report(run, tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert (run / "report" / "finetune_metrics.png").stat().st_size > 1000
+
+
+def test_a_status_that_is_not_an_object_or_nested_too_deep_is_not_a_traceback(tmp_path):
+    run = make_run(tmp_path)
+    for text in ("[1, 2, 3]", "[" * 100_000 + "]" * 100_000, '"SUCCEEDED"', "null"):
+        (run / rundir.STATUS).write_text(text)
+        proc = _report(run, tmp_path)
+        assert "Traceback" not in proc.stderr and proc.returncode in (0, 1, 2), proc.stderr
+        assert proc.stderr.count("\n") <= 1, proc.stderr
