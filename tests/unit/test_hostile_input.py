@@ -528,3 +528,43 @@ def test_an_extends_chain_is_held_to_the_caps_of_one_config(project: Path) -> No
         answer = invoke("config", "show", name)
         assert_clean(answer, ("config", "show", name))
         assert answer.code == 2 and expected in answer.err, answer.err
+
+
+# --------------------------------------------------------------------------- run directories
+
+
+@pytest.mark.slow
+@fuzz(30)
+@given(header=text, cell=text, message=text, exception=text)
+def test_generated_run_directories_print_as_text_through_report(project: Path, header: str,
+                                                                cell: str, message: str,
+                                                                exception: str) -> None:
+    """Hostile metric names, CSV cells, status messages and failure exceptions reach the
+    terminal through `report` as text: no traceback, no markup read, no raw escape."""
+    import csv
+    import io
+    import tempfile
+
+    from test_report import make_run
+
+    from hpcrun import rundir
+
+    run = make_run(Path(tempfile.mkdtemp(dir=project)), state="FAILED")
+    training = run / "finetune" / rundir.TRAINING
+    lines = training.read_text().splitlines()
+    clean = "".join(c for c in header if c not in ',"\n\r\x00') or "x"
+    lines[0] = lines[0].replace("Val MCC", f"Val {clean}")
+    cells = next(csv.reader([lines[1]]))
+    cells[-2] = cell
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(cells)
+    lines[1] = out.getvalue()
+    training.write_text("\n".join(lines) + "\n", errors="surrogatepass")
+    status = rundir.read_json(run / rundir.STATUS) or {}
+    rundir.write_json(run / rundir.STATUS, {**status, "message": message, "stage": message})
+    rundir.write_json(run / rundir.FAILURE, {"exception": exception, "rank": 0,
+                                             "stage": "finetune", "traceback": [exception]})
+    argv = ("report", str(run))
+    answer = invoke(*argv)
+    assert answer.code in (0, 1), (argv, answer.err)
+    assert "Traceback" not in answer.out + answer.err and "\x1b" not in answer.out, answer.err
