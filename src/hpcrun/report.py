@@ -655,9 +655,41 @@ def _plot_memory(summary: StageSummary, data: _StageData, canvas: _Canvas) -> by
     if not curves:
         return None
     ax = canvas.axes(f"{summary.name}: memory", "MB")
+    if len(ranks) > BAND_RANKS:  # a line per rank would hide the chart under its legend
+        _memory_bands(ax, table, values, len(ranks))
+        return canvas.png()
     for label, epochs, ys, gpu in curves:
         ax.plot(epochs, ys, marker=".", linestyle="--" if gpu else "-", label=label)
     return canvas.png()
+
+
+#: above this many ranks the memory plot draws a band over the ranks instead of one line each
+BAND_RANKS = 8
+
+
+def _memory_bands(ax: Any, table: Any, values: dict[str, list[float]], count: int) -> None:
+    """Per epoch the min-max band and the median over the ranks, and the rank that holds the
+    most memory at the last epoch, named."""
+    import statistics
+
+    epochs, ranks = table.column("epoch"), table.column("rank")
+    for column, label, style in (("host_rss_mb", "host RSS", "-"), ("peak_mb", "GPU peak", "--")):
+        seen: dict[int, list[tuple[float, str]]] = {}
+        for epoch, rank, value in zip(epochs, ranks, values[column], strict=True):
+            x = _epoch(epoch)
+            if x is not None and math.isfinite(value):
+                seen.setdefault(x, []).append((value, rank or "?"))
+        if not seen:
+            continue
+        xs = sorted(seen)
+        low = [min(v for v, _ in seen[x]) for x in xs]
+        high = [max(v for v, _ in seen[x]) for x in xs]
+        middle = [statistics.median(v for v, _ in seen[x]) for x in xs]
+        ax.fill_between(xs, low, high, alpha=0.2, label=f"{label}: min-max of {count} ranks")
+        ax.plot(xs, middle, marker=".", linestyle=style, label=f"{label}: median")
+        value, rank = max(seen[xs[-1]])
+        ax.plot([xs[-1]], [value], marker="o", linestyle="none",
+                label=f"{label}: most, rank {rank} ({value:,.0f} MB)")
 
 
 def system_series(path: Path) -> dict[str, tuple[list[float], list[float]]]:

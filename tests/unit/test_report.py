@@ -686,3 +686,20 @@ def test_only_the_plots_whose_data_changed_are_drawn_again(run):
                        "pretrain_memory.png"}
     assert (run / "report" / "pretrain_gradients.png").read_bytes()[:8] == PNG_SIGNATURE
     assert report.summarize(run).stage("finetune").epochs == 6
+
+
+def test_memory_of_many_ranks_is_a_band_naming_the_rank_that_holds_most(tmp_path):
+    """512 ranks: one legend line per rank covered the chart (and took a minute to draw)."""
+    run = make_run(tmp_path)
+    values = {"Train Loss": [1.0, 0.8, 0.7], "Val Loss": [1.1, 0.9, 0.8], "Epoch Time": [1] * 3,
+              "Val AUROC": [0.6, 0.7, 0.8], "separation": [0.1, 0.2, 0.3]}
+    write_training_stage(run / "pretrain", values, ranks=512)
+    summary, data = report._load(run)
+    stage = next(s for s in summary.stages if s.name == "pretrain")
+    canvas = report._Canvas()
+    png = report._plot_memory(stage, data["pretrain"], canvas)
+    assert png and png.startswith(b"\x89PNG")
+    labels = canvas.ax.get_legend_handles_labels()[1]
+    assert len(labels) == 6, labels
+    assert "GPU peak: min-max of 512 ranks" in labels
+    assert "GPU peak: most, rank 511 (831 MB)" in labels  # 300 + 10 * epoch 2 + rank 511
