@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import re
 import stat as stat_module
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -258,9 +259,24 @@ def read_text(path: Path | str) -> str:
         return handle.read().decode("utf-8", errors="replace")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_surrogates(value: Any) -> Any:
+    """JSON's ``\\ud800`` escapes decode to lone surrogates, which no UTF-8 output (a
+    terminal, the HTML report) can carry: each becomes U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_no_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_no_surrogates(k): _no_surrogates(v) for k, v in value.items()}
+    return value
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(read_text(path))
+        return _no_surrogates(json.loads(read_text(path)))
     except (OSError, ValueError, RecursionError):  # deeply nested: not a record of ours
         return None
 

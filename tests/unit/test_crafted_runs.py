@@ -63,3 +63,14 @@ def test_a_status_that_is_not_an_object_or_nested_too_deep_is_not_a_traceback(tm
         proc = _report(run, tmp_path)
         assert "Traceback" not in proc.stderr and proc.returncode in (0, 1, 2), proc.stderr
         assert proc.stderr.count("\n") <= 1, proc.stderr
+
+
+def test_a_lone_surrogate_in_a_record_is_shown_as_a_replacement_character(tmp_path):
+    """JSON may spell a lone surrogate (\\ud800): no UTF-8 output can carry it (the HTML
+    report raised UnicodeEncodeError); it reads as U+FFFD."""
+    run = make_run(tmp_path, state="FAILED")
+    (run / rundir.FAILURE).write_text('{"exception": "boom \\ud800", "rank": 0, '
+                                      '"stage": "finetune"}')
+    proc = _report(run, tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "boom \ufffd" in (run / "report" / "report.html").read_text()

@@ -533,9 +533,17 @@ def test_an_extends_chain_is_held_to_the_caps_of_one_config(project: Path) -> No
 # --------------------------------------------------------------------------- run directories
 
 
+#: text aimed at a terminal and at rich: markup tags, escape sequences, and the fuzzers' payloads
+terminal_text = st.one_of(text, st.sampled_from([
+    "[/x]", "[bold red]x[/]", "a[link=file:///etc]b", "\x1b]52;c;cHduZWQ=\x07",
+    "a\x1b[2Jb", "\r\x1b[1A", ":smile:", "[/]"]),
+    st.builds(lambda a, b: a + b, st.sampled_from(["[/", "\x1b[", "["]), text))
+
+
 @pytest.mark.slow
-@fuzz(30)
-@given(header=text, cell=text, message=text, exception=text)
+@fuzz(8)  # each example draws a report's plots
+@given(header=terminal_text, cell=terminal_text, message=terminal_text,
+       exception=terminal_text)
 def test_generated_run_directories_print_as_text_through_report(project: Path, header: str,
                                                                 cell: str, message: str,
                                                                 exception: str) -> None:
@@ -568,3 +576,39 @@ def test_generated_run_directories_print_as_text_through_report(project: Path, h
     answer = invoke(*argv)
     assert answer.code in (0, 1), (argv, answer.err)
     assert "Traceback" not in answer.out + answer.err and "\x1b" not in answer.out, answer.err
+
+
+@pytest.mark.slow
+@fuzz(60)
+@given(experiment=terminal_text, folder=terminal_text, message=terminal_text, point=value)
+def test_generated_job_records_print_as_text_through_list_and_status(
+        project: Path, experiment: str, folder: str, message: str, point: Any) -> None:
+    """A job store and run directories holding hostile text (what another hpcrun version, a
+    crafted state directory or a job's own writes could leave) reach the terminal through
+    rich's tables and lines as text: no traceback, no markup read, no raw escape."""
+    import secrets
+    import tempfile
+
+    from hpcrun import rundir
+    from hpcrun.job import JobRecord
+    from hpcrun.store import JobStore
+
+    safe = "".join(c for c in folder if c not in "/\0") or "x"
+    run = Path(tempfile.mkdtemp(dir=project)) / safe.encode("utf-8", "replace").decode()[:60]
+    try:
+        run.mkdir()
+    except (OSError, ValueError):
+        return
+    rundir.write_json(run / rundir.STATUS, {"state": "FAILED", "message": message,
+                                            "stage": message, "stages": {message: "FAILED"}})
+    rundir.write_json(run / rundir.FAILURE, {"exception": message, "rank": 0})
+    job = secrets.token_hex(6)
+    JobStore().add([JobRecord(id=job, backend="local", host="h", experiment=experiment,
+                              run_dir=str(run), project_dir=str(project),
+                              info={"sweep_point": point, "stages": [message]})])
+    for argv in (("list",), ("status", job), ("--json", "status", job)):
+        answer = invoke(*argv)
+        assert answer.code in (0, 1), (argv, answer.err)
+        assert "Traceback" not in answer.out + answer.err, (argv, answer.err)
+        if "--json" not in argv:
+            assert "\x1b" not in answer.out and "\x07" not in answer.out, (argv, answer.out)
