@@ -603,6 +603,9 @@ def test_generated_job_records_print_as_text_through_list_and_status(
                                             "stage": message, "stages": {message: "FAILED"}})
     rundir.write_json(run / rundir.FAILURE, {"exception": message, "rank": 0})
     job = secrets.token_hex(6)
+    experiment = experiment.encode("utf-8", "replace").decode()  # what SQLite can store
+    point = json.loads(json.dumps(point).encode("utf-8", "replace").decode())
+    message = message.encode("utf-8", "replace").decode()
     JobStore().add([JobRecord(id=job, backend="local", host="h", experiment=experiment,
                               run_dir=str(run), project_dir=str(project),
                               info={"sweep_point": point, "stages": [message]})])
