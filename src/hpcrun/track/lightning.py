@@ -22,7 +22,8 @@ What it writes, from Lightning's hooks (every rank runs them; rank 0 writes):
   across ranks, then exit code 75); ``last_checkpoint()`` gives it to ``fit(ckpt_path=...)``;
 - failure.json when the Trainer raises.
 
-Needs the ``lightning`` package (``pip install 'hpcrun[lightning]'``).
+Needs the ``lightning`` package: hpcrun's ``lightning`` extra (``pip install -e
+'.[lightning]'`` in hpcrun's checkout), or ``pip install lightning``.
 """
 
 from __future__ import annotations
