@@ -857,7 +857,11 @@ def fetch(ref: str | None, project_dir: Path, partial: bool = False,
 
 
 def _is_path(ref: str | None) -> bool:
-    return bool(ref) and ("/" in ref or ref.startswith(".")) and Path(ref).is_dir()
+    """``ref`` names a folder: a path, or a run directory in the current folder (``run``,
+    which could also pass for a job id, is the run directory that is there)."""
+    if not ref or not Path(ref).is_dir():
+        return False
+    return "/" in ref or ref.startswith(".") or (Path(ref) / rundir.STATUS).is_file()
 
 
 def _run_of(ref: str | None, project_dir: Path,

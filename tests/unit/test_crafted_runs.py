@@ -74,3 +74,14 @@ def test_a_lone_surrogate_in_a_record_is_shown_as_a_replacement_character(tmp_pa
     proc = _report(run, tmp_path)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "boom \ufffd" in (run / "report" / "report.html").read_text()
+
+
+def test_a_run_directory_in_the_current_folder_is_named_without_a_slash(tmp_path, monkeypatch):
+    """`hpcrun report run` was read as a job id and refused."""
+    import shutil
+
+    run = make_run(tmp_path)
+    shutil.move(str(run), str(tmp_path / "abc"))  # a name that could be a job id prefix too
+    proc = hp(tmp_path, "report", "abc", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "abc" / "report" / "report.html").is_file()
