@@ -103,11 +103,10 @@ def snapshot(request: dict[str, Any]) -> dict[str, Any]:
 def _verify(root: Path, manifest: str) -> tuple[int, list[str]]:
     """(files checked, those missing under ``root`` or differing from the manifest's
     digest). The frozen copy is hard links: what is checked is what jobs run."""
+    from .snapshots import parse_manifest
+
     checked, bad = 0, []
-    for line in manifest.splitlines():
-        digest, _, rel = line.partition("  ")
-        if not rel:
-            continue
+    for rel, digest in parse_manifest(manifest).items():
         checked += 1
         try:
             if rundir.sha256_file(root / rel) != digest:

@@ -78,7 +78,6 @@ class Output:
 
         if all(isinstance(p, str | Text) for p in parts):
             parts = (Text.assemble(*parts),)
-        kwargs.pop("markup", None)
         self.console.print(*(Escaped(p) for p in parts), **kwargs)
 
     def write(self, text: str) -> None:

@@ -8,25 +8,18 @@ again. Standard library only: the remote's agent uses it too.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import time
 from pathlib import Path
+
+from .rundir import sha256_file
 
 MANIFEST_NAME = "BUNDLE.sha256"
 #: files hpcrun itself writes into a frozen snapshot beside the project's
 OWN_FILES = frozenset({MANIFEST_NAME, "bundle.json"})
 #: what python writes beside the modules a job imports from the snapshot
 BYTECODE = "__pycache__"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def parse_manifest(text: str) -> dict[str, str]:
@@ -47,7 +40,7 @@ def problems(root: Path, manifest: str, links: dict[str, str] | None = None) -> 
     for rel, digest in expected.items():
         path = root / rel
         try:
-            if path.is_symlink() or _sha256(path) != digest:
+            if sha256_file(path) != digest:  # a link is an OSError: not ours
                 bad.append(rel)
         except OSError:
             bad.append(rel)
