@@ -16,6 +16,8 @@
 # Beside it, `python -m hpcrun.sampler` writes system.csv in HPCRUN_RUN_ROOT every
 # HPCRUN_SYSTEM_INTERVAL seconds (default 10; 0 turns it off) until the launch ends.
 set -euo pipefail
+# the job's working folder (a mirror of its code snapshot); pbsdsh starts elsewhere
+if [[ -n ${HPCRUN_WORK_DIR-} ]]; then cd "$HPCRUN_WORK_DIR"; fi
 
 python_bin=${HPCRUN_PYTHON:-python3}
 launcher=torchrun

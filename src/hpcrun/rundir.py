@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .formats import STAGE
+
 CONFIG = "config.yaml"
 METADATA = "metadata.json"
 STATUS = "status.json"
@@ -46,12 +48,15 @@ JOB_EXIT = "job.exit"
 JOB_CANCELLED = "job.cancelled"
 JOB_OUTPUT = f"{LOGS}/job.out"
 REPORT = "report"
+#: the job's working folder: a mirror of its code snapshot (links), plus what the job writes
+#: into its current folder (``./wandb/``, ``./lightning_logs/``), any time
+WORK = "work"
 #: folders of the run directory that are not stages: a stage may not take their names
-RESERVED_STAGE_NAMES = (LOGS, REPORT, CHECKPOINTS)
+RESERVED_STAGE_NAMES = (LOGS, REPORT, CHECKPOINTS, WORK)
 #: written after the trainer's MANIFEST (by the wrapper, the scheduler or `hpcrun report`),
 #: so the manifest cannot cover them
 _UNMANIFESTED = (JOB_SCRIPT, JOB_PID, JOB_EXIT, JOB_CANCELLED, "system.csv")
-_UNMANIFESTED_DIRS = (f"{REPORT}/",)
+_UNMANIFESTED_DIRS = (f"{REPORT}/", f"{WORK}/")
 #: logs grow until the last process of a job has ended, after the manifest was written; so
 #: does system.csv, which the sampler beside the launcher appends to
 _UNMANIFESTED_LOGS = ("job.", "slurm-", "pbs-", "scheduler.", "rank", "train.rank")
@@ -324,7 +329,9 @@ class Status:
     def of(cls, data: Any) -> Status:
         data = data if isinstance(data, dict) else {}
         stages = data.get("stages")
-        return cls(state=_text(data.get("state")), stage=_text(data.get("stage")),
+        stage = _text(data.get("stage"))
+        # the stage names a folder here: a name no stage can have (a '/', a NUL) is no stage
+        return cls(state=_text(data.get("state")), stage=stage if STAGE.matches(stage) else None,
                    epoch=_whole(data.get("epoch")), epochs=_whole(data.get("epochs")),
                    stages={str(k): v for k, v in stages.items() if isinstance(v, str)}
                    if isinstance(stages, dict) else {},
@@ -862,14 +869,17 @@ def manifested(rel: str) -> bool:
 def manifest_entries(root: Path) -> list[tuple[str, str]]:
     root = Path(root)
     entries = []
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or path.name == MANIFEST or path.name.startswith("."):
-            continue
-        rel = path.relative_to(root).as_posix()
-        if not manifested(rel):
-            continue
-        entries.append((sha256_file(path), rel))
-    return entries
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        dirs[:] = [d for d in dirs if manifested((here / d).relative_to(root).as_posix() + "/")]
+        for name in files:
+            path = here / name
+            rel = path.relative_to(root).as_posix()
+            if name == MANIFEST or name.startswith(".") or not manifested(rel) \
+                    or not stat_module.S_ISREG(path.lstat().st_mode):
+                continue
+            entries.append((sha256_file(path), rel))
+    return sorted(entries, key=lambda entry: Path(entry[1]).parts)
 
 
 def write_manifest(root: Path) -> Path:

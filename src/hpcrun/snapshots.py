@@ -1,19 +1,26 @@
 """A frozen bundle (``<cache>/<hash>`` here, ``<workdir>/bundles/<hash>`` on a remote) is what
-jobs run, and their working folder. Before one is used again it is checked against the
-bundle's manifest: every file with its digest, and nothing else (a job that wrote
-``./wandb/`` into it would otherwise leak those files into every later identical submit).
-A snapshot that fails is moved aside, never deleted (jobs may still run in it), and taken
-again. Standard library only: the remote's agent uses it too.
+jobs run. A job does not work in it: its working folder is ``work/`` in its run directory, a
+mirror of the snapshot (real folders, a link per file), so what a job writes there (a
+tracker's ``./wandb/``, Lightning's ``./lightning_logs/``) stays with its run and comes back
+with ``fetch``. Before a snapshot is used again it is checked against the bundle's manifest:
+every file with its digest, and nothing else (a file a job changed through its link, or
+wrote into the snapshot by its absolute path, would otherwise leak into every later
+identical submit). A snapshot that fails is moved aside, never deleted (jobs may still run
+in it), and taken again. Standard library only: the remote's agent uses it too.
+
+``python -m hpcrun.snapshots SNAPSHOT RUN_ROOT`` (the job script's first step) makes or
+completes the working folder and prints its path.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import sys
 import time
 from pathlib import Path
 
-from .rundir import sha256_file
+from .rundir import WORK, sha256_file
 
 MANIFEST_NAME = "BUNDLE.sha256"
 #: files hpcrun itself writes into a frozen snapshot beside the project's
@@ -103,3 +110,57 @@ def read_only(root: Path) -> None:
             if not path.is_symlink():
                 mode = path.stat().st_mode
                 path.chmod(stat.S_IMODE(mode) & ~0o222)
+
+
+def work_tree(snapshot: Path, run_root: Path) -> Path:
+    """Make ``<run_root>/work`` a mirror of ``snapshot``: its folders as real folders, each of
+    its files as an absolute link to the snapshot's file, its data links as the same links.
+    Idempotent (a requeued job, the next stage): what is there and right is left; a file or
+    folder the job made in place of a link is left too (it is the job's)."""
+    snapshot = Path(snapshot).resolve()
+    work = Path(run_root) / WORK
+    work.mkdir(parents=True, exist_ok=True)
+    for folder, dirs, files in os.walk(snapshot):
+        dirs[:] = sorted(d for d in dirs if d != BYTECODE)
+        here = Path(folder)
+        dest = work / here.relative_to(snapshot)
+        for name in dirs:
+            source = here / name
+            if source.is_symlink():  # a data link: the same link, never a copy
+                _link(dest / name, os.readlink(source))
+            else:
+                (dest / name).mkdir(exist_ok=True)
+        dirs[:] = [d for d in dirs if not (here / d).is_symlink()]
+        for name in sorted(files):
+            if here == snapshot and name in OWN_FILES:
+                continue
+            source = here / name
+            _link(dest / name, os.readlink(source) if source.is_symlink() else str(source))
+    return work
+
+
+def _link(dest: Path, target: str) -> None:
+    if dest.is_symlink():
+        if os.readlink(dest) == target:
+            return
+        dest.unlink()
+    elif os.path.lexists(dest):
+        return  # the job's own file or folder
+    os.symlink(target, dest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m hpcrun.snapshots SNAPSHOT RUN_ROOT", file=sys.stderr)
+        return 2
+    try:
+        print(work_tree(Path(args[0]), Path(args[1])))
+    except OSError as exc:
+        print(f"hpcrun: cannot make the job's working folder: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

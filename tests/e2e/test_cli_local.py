@@ -154,6 +154,17 @@ def normalise(text: str, run_dir: str, bundle: str, job_id: str) -> str:
     return re.sub(r"\S+/launchers/torchrun.sh", "<LAUNCHERS>/torchrun.sh", text)
 
 
+def check_golden(path: Path, text: str) -> None:
+    """UPDATE_GOLDEN=1 rewrites a golden file that differs, and the test still fails: review
+    the diff, then run again without it."""
+    if text == path.read_text():
+        return
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+        pytest.fail(f"{path.name} rewritten: review `git diff {path}`, rerun without UPDATE_GOLDEN")
+    assert text == path.read_text(), path.name
+
+
 def test_dry_run_prints_the_golden_script_and_touches_nothing(project, tmp_path):
     proc, data = hpj(project, "submit", "--backend", "local", "v3", "--dry-run")
     assert proc.returncode == 0, proc.stderr
@@ -161,9 +172,7 @@ def test_dry_run_prints_the_golden_script_and_touches_nothing(project, tmp_path)
     job = data["jobs"][0]
     got = normalise(plan["script"], job["run_dir"], data["bundle"]["path"], job["id"])
     golden = GOLDEN / "local_v3.sh"
-    if os.environ.get("UPDATE_GOLDEN"):
-        golden.write_text(got)
-    assert got == golden.read_text()
+    check_golden(golden, got)
     text = hp(project, "submit", "--backend", "local", "v3", "--dry-run", check=True).stdout
     assert "# command: bash " in text and "torchrun.sh -m hpcrun.train --config" in text
     assert not (project / "runs").exists()
@@ -441,9 +450,7 @@ def test_scheduler_scripts_match_golden_files(project, backend, args, golden):
             text = text.replace(data["group"]["run_dir"], "<SWEEP_DIR>")
         text = re.sub(r"\S+/launchers/signal-trainer.sh", "<LAUNCHERS>/signal-trainer.sh", text)
         path = GOLDEN / golden.format(stage=plan["stage"])
-        if os.environ.get("UPDATE_GOLDEN"):
-            path.write_text(text)
-        assert text == path.read_text(), path.name
+        check_golden(path, text)
 
 
 def test_resubmit_failed_reruns_only_the_failed_local_points(project):

@@ -5,6 +5,7 @@ import hpcrun."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,12 @@ pytestmark = pytest.mark.slow
 
 OK = "import sys\nprint('bare script ran with', sys.argv[1:], flush=True)\n"
 BAD = "def load():\n    raise FileNotFoundError('data/train.bin is missing')\nload()\n"
+WRITES = (
+    "import os\nfrom pathlib import Path\n"
+    "assert Path('scripts/ok.py').read_text().startswith('import sys')  # the code is there\n"
+    "Path('wandb').mkdir()\nPath('wandb/run.log').write_text('a tracker wrote this')\n"
+    "Path('scripts/out.txt').write_text('beside the code')\n"
+    "print('cwd', os.getcwd(), os.environ['HPCRUN_WORK_DIR'], flush=True)\n")
 SPIN = "import time\nt = time.time()\nwhile time.time() - t < 2.5:\n    pass\n"
 
 
@@ -26,7 +33,8 @@ def project(tmp_path, monkeypatch):
     root = tmp_path / "project"
     shutil.copytree(REPO / "examples", root / "examples")
     (root / "scripts").mkdir()
-    for name, text in (("ok.py", OK), ("bad.py", BAD), ("spin.py", SPIN)):
+    for name, text in (("ok.py", OK), ("bad.py", BAD), ("spin.py", SPIN),
+                       ("writes.py", WRITES)):
         (root / "scripts" / name).write_text(text)
     for key, value in {"XDG_STATE_HOME": str(tmp_path / "state"),
                        "XDG_CACHE_HOME": str(tmp_path / "cache"), "NO_COLOR": "1",
@@ -110,6 +118,35 @@ def test_bare_scripts_get_state_logs_triage_and_system_samples(project):
     assert len(rows) >= 3 and max(float(r["cpu_pct"]) for r in rows) > 30
     fetched = hp(project, "fetch", spin["id"])
     assert fetched.returncode == 0 and "verified against MANIFEST.sha256" in fetched.stdout
+
+
+def test_what_a_job_writes_into_its_folder_stays_with_its_run(project, tmp_path):
+    """The job works in <run>/work, a mirror of the snapshot: a tracker's ./wandb/ and a file
+    beside the code land there, the snapshot stays as it was and the next identical submit
+    uses it again."""
+    runs = []
+    for _ in range(2):
+        job = submitted(project, "scripts/writes.py")["jobs"][0]
+        view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED"})
+        run = Path(job["run_dir"])
+        assert view["state"] == "SUCCEEDED", (run / "logs" / "job.out").read_text()[-3000:]
+        work = run / rundir.WORK
+        assert f"cwd {work} {work}" in (run / "logs" / "job.out").read_text()
+        assert (work / "wandb" / "run.log").read_text() == "a tracker wrote this"
+        assert (work / "scripts" / "out.txt").is_file()
+        assert (work / "scripts" / "ok.py").is_symlink()
+        runs.append((run, job["id"]))
+    bundles = tmp_path / "cache" / "hpcrun" / "bundles"
+    snapshots = [p.name for p in bundles.iterdir()]
+    assert len(snapshots) == 1 and ".stale-" not in snapshots[0], snapshots
+    snap = bundles / snapshots[0]
+    assert not (snap / "wandb").exists() and not (snap / "scripts" / "out.txt").exists()
+    assert os.path.realpath(runs[1][0] / rundir.WORK / "scripts" / "ok.py") == str(
+        snap / "scripts" / "ok.py")
+    fetched = hp(project, "fetch", runs[0][1])
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    assert "verified against MANIFEST.sha256" in fetched.stdout
+    assert f" {rundir.WORK}/" not in (runs[0][0] / rundir.MANIFEST).read_text()
 
 
 def test_a_planted_nan_raises_the_nan_flag(project):

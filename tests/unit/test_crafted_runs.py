@@ -65,6 +65,14 @@ def test_a_status_that_is_not_an_object_or_nested_too_deep_is_not_a_traceback(tm
         assert proc.stderr.count("\n") <= 1, proc.stderr
 
 
+def test_a_stage_no_folder_can_be_named_is_read_as_no_stage(tmp_path):
+    """status.json's stage names a folder that monitor and report open: a NUL (a ValueError
+    from every path call), a '/' or '..' reads as no stage at all."""
+    for bad in ("\x00", "a/b", "..", "../../etc", "", 7):
+        assert rundir.Status.of({"state": "RUNNING", "stage": bad}).stage is None, bad
+    assert rundir.Status.of({"stage": "finetune"}).stage == "finetune"
+
+
 def test_a_lone_surrogate_in_a_record_is_shown_as_a_replacement_character(tmp_path):
     """JSON may spell a lone surrogate (\\ud800): no UTF-8 output can carry it (the HTML
     report raised UnicodeEncodeError); it reads as U+FFFD."""

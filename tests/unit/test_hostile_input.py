@@ -602,6 +602,11 @@ def test_generated_job_records_print_as_text_through_list_and_status(
     rundir.write_json(run / rundir.STATUS, {"state": "FAILED", "message": message,
                                             "stage": message, "stages": {message: "FAILED"}})
     rundir.write_json(run / rundir.FAILURE, {"exception": message, "rank": 0})
+    name = "".join(c for c in message if c not in ',"\n\r\0\x85\u2028\u2029') or "x"
+    (run / "train").mkdir()
+    (run / "train" / rundir.TRAINING).write_text(
+        f"Epoch,Epoch Time,Train Loss,Val Loss,Val {name},Learning Rate\n1,1,0.5,0.6,0.7,0.1\n",
+        errors="surrogatepass")
     job = secrets.token_hex(6)
     experiment = experiment.encode("utf-8", "replace").decode()  # what SQLite can store
     point = json.loads(json.dumps(point).encode("utf-8", "replace").decode())
@@ -609,9 +614,24 @@ def test_generated_job_records_print_as_text_through_list_and_status(
     JobStore().add([JobRecord(id=job, backend="local", host="h", experiment=experiment,
                               run_dir=str(run), project_dir=str(project),
                               info={"sweep_point": point, "stages": [message]})])
-    for argv in (("list",), ("status", job), ("--json", "status", job)):
+    for argv in (("list",), ("status", job), ("--json", "status", job),
+                 ("monitor", "--once", job)):
         answer = invoke(*argv)
         assert answer.code in (0, 1), (argv, answer.err)
         assert "Traceback" not in answer.out + answer.err, (argv, answer.err)
         if "--json" not in argv:
             assert "\x1b" not in answer.out and "\x07" not in answer.out, (argv, answer.out)
+    # the live dashboard, as a terminal gets it: rich's own colours and nothing else
+    import io
+    import re
+
+    from rich.console import Console
+
+    from hpcrun import cli, ops
+
+    terminal = io.StringIO()
+    snap = ops.open_monitor(job, project).refresh()
+    Console(file=terminal, force_terminal=True, width=100).print(
+        cli.Escaped(cli._render_snapshot(snap)))
+    raw = re.sub(r"\x1b\[[0-9;]*m", "", terminal.getvalue())
+    assert "\x1b" not in raw and "\x07" not in raw, raw

@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from hpcrun import agent
+from hpcrun import agent, rundir, snapshots
 from hpcrun.bundle import describe, manifest_text, snapshot
 from hpcrun.config import BundleConfig
 
@@ -65,3 +65,28 @@ def test_a_remote_snapshot_holds_the_bundle_only_and_is_checked_before_reuse(tmp
     assert agent.snapshot(request)["created"] is True
     assert not (target / "outputs").exists()
     assert any(".stale-" in p.name for p in target.parent.iterdir())
+
+
+def test_a_jobs_working_folder_mirrors_the_snapshot_and_keeps_what_the_job_wrote(tmp_path):
+    project = _project(tmp_path)
+    bundle = describe(project, BundleConfig())
+    bundle.links = {"data": "/w/data/data"}
+    snap = snapshot(bundle, tmp_path / "cache")
+    (snap / "pkg" / "__pycache__").mkdir()
+    run = tmp_path / "run"
+    work = snapshots.work_tree(snap, run)
+    assert work == run / rundir.WORK
+    assert os.readlink(work / "pkg" / "model.py") == str(snap / "pkg" / "model.py")
+    assert (work / "pkg").is_dir() and not (work / "pkg").is_symlink()
+    assert os.readlink(work / "data") == "/w/data/data"  # a data link stays a link
+    assert not (work / "BUNDLE.sha256").exists() and not (work / "pkg" / "__pycache__").exists()
+    (work / "wandb").mkdir()
+    (work / "train.py").unlink()
+    (work / "train.py").write_text("the job's own file\n")
+    (work / "pkg" / "model.py").unlink()
+    (work / "pkg" / "model.py").symlink_to("/elsewhere")
+    assert snapshots.main([str(snap), str(run)]) == 0  # again (a requeue, the next stage)
+    assert (work / "train.py").read_text() == "the job's own file\n" and (work / "wandb").is_dir()
+    assert os.readlink(work / "pkg" / "model.py") == str(snap / "pkg" / "model.py")
+    assert not snapshots.problems(snap, manifest_text(bundle), bundle.links)
+    assert snapshots.main([str(snap)]) == 2

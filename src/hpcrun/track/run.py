@@ -16,6 +16,7 @@ import torch
 
 from .. import rundir
 from ..errors import EXIT_REQUEUE, BadInput
+from ..formats import STAGE
 from . import checkpoint, records
 from .diagnostics import GradientTracker, ProbabilitySums, memory_row
 from .distributed import DistContext, current
@@ -67,6 +68,9 @@ class Run:
         self.epochs = epochs
         self.wrapped = os.environ.get("HPCRUN_RANK_WRAPPED") == "1"
         root, self.stage, experiment = self._locate(name, stage, runs_dir, config)
+        if not STAGE.matches(self.stage) or self.stage.lower() in rundir.RESERVED_STAGE_NAMES:
+            raise BadInput(f"hpcrun.track: stage {self.stage!r} must {STAGE.rule}, and not one "
+                           f"of {', '.join(rundir.RESERVED_STAGE_NAMES)}")
         self.root = Path(root)
         self.dir = self.root / self.stage
         self.run_dir = rundir.RunDir(self.root)
