@@ -21,6 +21,7 @@ from . import rundir
 from .diagnose import Diagnosis
 from .errors import HpcrunError
 from .job import JobRecord, is_terminal
+from .selection import BestRow, Selection, read_selections
 
 SPARK_LEVELS = "▁▂▃▄▅▆▇█"
 
@@ -130,27 +131,6 @@ def run_flags(record: JobRecord, state: str, backend: Any | None,
     return (diagnosis or Diagnosis(Path(record.run_dir))).flags(job_state=state, log_text=log)
 
 
-class _Best:
-    """The best row of training.csv by one column (the first of equals, as ``min`` and
-    ``max`` pick), kept up to date as rows arrive."""
-
-    def __init__(self, column: str, mode: str):
-        self.column, self.mode = column, mode
-        self.generation: int | None = None
-        self.seen, self.row, self.value = 0, None, math.nan
-
-    def update(self, tail: rundir.CsvTail) -> dict[str, str] | None:
-        if tail.generation != self.generation:
-            self.generation, self.seen, self.row, self.value = tail.generation, 0, None, math.nan
-        values = tail.floats(self.column)
-        better = (lambda a, b: a < b) if self.mode == "min" else (lambda a, b: a > b)
-        for i in range(self.seen, len(values)):
-            if math.isfinite(values[i]) and (self.row is None or better(values[i], self.value)):
-                self.row, self.value = i, values[i]
-        self.seen = len(values)
-        return tail.rows[self.row] if self.row is not None else None
-
-
 class Monitor:
     """Refreshes of one job. ``view_of`` asks the backend for the job's state (one batched
     query); ``backend`` brings a remote run directory's new bytes to the local copy."""
@@ -164,7 +144,7 @@ class Monitor:
         self._last: Snapshot | None = None
         self._flagged: set[tuple[str, str | None, int | None]] = set()
         self._finished = False
-        self._best: dict[tuple[str, str, str], _Best] = {}
+        self._best: dict[tuple[str, Selection], BestRow] = {}
         self._selections: tuple[Any, dict[str, Any]] = (None, {})
 
     @property
@@ -172,11 +152,9 @@ class Monitor:
         """The run's ``monitor.refresh_s`` (the default when its config cannot be read)."""
         return self.diagnosis.limits().refresh_s
 
-    def _selection(self, stage: str) -> tuple[str, str]:
-        """(column, mode) the stage's best epoch is chosen on; the config is parsed again
-        only when config.yaml changed."""
-        from .report import read_selections
-
+    def _selection(self, stage: str) -> Selection:
+        """How the stage's best epoch is chosen; the config is parsed again only when
+        config.yaml changed."""
         try:
             stat = self.run.config.stat()
             key: Any = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
@@ -184,8 +162,7 @@ class Monitor:
             key = None
         if key is None or key != self._selections[0]:
             self._selections = (key, read_selections(self.run) if key else {})
-        selection = self._selections[1].get(stage)
-        return (selection.column, selection.mode) if selection else ("Val Loss", "min")
+        return self._selections[1].get(stage) or Selection()
 
     def refresh(self) -> Snapshot:
         """A fresh snapshot. While the job's machine cannot be reached, the last snapshot is
@@ -226,15 +203,16 @@ class Monitor:
             folder = self.run.stage(stage)
             training = self.tables.tail(folder / rundir.TRAINING)
             rows = training.rows
-            column, mode = self._selection(stage)
+            selection = self._selection(stage)
+            column = selection.column
             if rows:
                 snap.latest = rows[-1]
                 written = rundir.to_int(rows[-1].get("Epoch"))
                 if written is not None:
                     snap.epoch = max(snap.epoch, written)
-                best = self._best.get((stage, column, mode))
+                best = self._best.get((stage, selection))
                 if best is None:
-                    best = self._best[(stage, column, mode)] = _Best(column, mode)
+                    best = self._best[(stage, selection)] = BestRow(selection)
                 snap.best = best.update(training)
                 snap.best_column = column
                 snap.epoch_time_s = self.diagnosis.epoch_time(stage)

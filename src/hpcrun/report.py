@@ -36,6 +36,7 @@ from typing import Any
 
 from hpcrun import __version__, rundir
 from hpcrun.errors import BadInput
+from hpcrun.selection import VAL_LOSS, RunConfig, Selection, read_config, read_selections
 
 REPORT_DIR = rundir.REPORT
 REPORT_HTML = "report.html"
@@ -45,7 +46,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _STAGE_FILES = (rundir.TRAINING, rundir.LOSS_COMPONENTS, rundir.GRADIENT_STATS,
                 rundir.PROBABILITY_STATS, rundir.GPU_MEMORY, rundir.EVALUATION,
                 rundir.PREDICTIONS, rundir.CHECKPOINTS)
-_VAL_LOSS = "Val Loss"
 
 
 # --------------------------------------------------------------------------- data model
@@ -199,92 +199,6 @@ def _phase_series(table: rundir.Table, phase: str,
     return epochs, values
 
 
-@dataclass(frozen=True)
-class _Selection:
-    """How the trainer picks the best epoch of a stage (training.early_stopping)."""
-
-    column: str = _VAL_LOSS
-    mode: str = "min"
-    min_delta: float = 0.0
-    stage_mode: str | None = None
-
-
-def _selections(config_text: str) -> dict[str, _Selection]:
-    """Per stage name, from a run's config.yaml text (empty when it cannot be read)."""
-    from hpcrun.config import load_config_text  # pydantic + yaml: only when needed
-
-    try:
-        config = load_config_text(config_text, source=rundir.CONFIG)
-        out = {}
-        for stage in config.pipeline:
-            es = config.for_stage(stage.name).training.early_stopping
-            metric = es.metric.removeprefix("val_")
-            column = (_VAL_LOSS if metric == "loss"
-                      else f"Val {rundir.METRIC_LABELS.get(metric, metric)}")
-            out[stage.name] = _Selection(column, es.resolved_mode, es.min_delta, stage.mode)
-        return out
-    except Exception:  # noqa: BLE001 - a damaged config only costs the metric choice
-        return {}
-
-
-#: a run's config.yaml: its text, and its data (None when it is not readable YAML)
-RunConfig = tuple[str, Any]
-
-#: selections by what decides them (``_selection_key``): a sweep's runs share one validation
-_SELECTIONS: dict[str, dict[str, _Selection]] = {}
-
-
-def read_config(run: rundir.RunDir) -> RunConfig | None:
-    """A run's config.yaml, read and parsed once (through the capped YAML loader: a run
-    directory's config is not trusted more than any other YAML)."""
-    from hpcrun.config import safe_load
-
-    try:
-        text = run.config.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    try:
-        return text, safe_load(text, str(run.config))
-    except Exception:  # noqa: BLE001 - malformed or capped YAML: validation says why
-        return text, None
-
-
-def _selection_key(text: str, data: Any) -> str:
-    """What decides the best epoch: early stopping and the pipeline (stage modes and their
-    overrides). A sweep's runs differ elsewhere (lr, dropout, seed)."""
-    if isinstance(data, dict) and isinstance(data.get("training") or {}, dict):
-        return json.dumps([(data.get("training") or {}).get("early_stopping"),
-                           data.get("pipeline")], sort_keys=True, default=str)
-    return text
-
-
-def read_selections(run: rundir.RunDir, config: RunConfig | None = None
-                    ) -> dict[str, _Selection]:
-    config = config or read_config(run)
-    if config is None:
-        return {}
-    text, data = config
-    key = _selection_key(text, data)
-    if key not in _SELECTIONS:
-        if len(_SELECTIONS) >= 256:
-            _SELECTIONS.clear()
-        _SELECTIONS[key] = _selections(text)
-    return _SELECTIONS[key]
-
-
-def _best(epochs: Sequence[int | None], values: Sequence[float],
-          selection: _Selection) -> tuple[int | None, float]:
-    """The trainer's rule: first epoch that beats the best so far by more than min_delta."""
-    best_epoch, best = None, math.nan
-    for epoch, value in zip(epochs, values, strict=True):
-        if epoch is None or not math.isfinite(value):
-            continue
-        if best_epoch is None or (value < best - selection.min_delta if selection.mode == "min"
-                                  else value > best + selection.min_delta):
-            best_epoch, best = epoch, value
-    return best_epoch, best
-
-
 def _evaluation_table(rows: Iterable[dict[str, str]]) -> tuple[dict[str, Any], ...]:
     table = []
     for row in rows:
@@ -297,17 +211,17 @@ def _evaluation_table(rows: Iterable[dict[str, str]]) -> tuple[dict[str, Any], .
 
 
 def _summarize_stage(name: str, data: _StageData, state: str | None,
-                     selection: _Selection | None, detail: bool = True) -> StageSummary:
+                     selection: Selection | None, detail: bool = True) -> StageSummary:
     """``detail=False`` stops at the best epoch and the evaluation table (separation and
     memory CSVs are not read, losses and times not converted): what a comparison of
     hundreds of runs ranks on, at a fraction of the reading."""
     rows = data.training
     header = set(rows.header)
-    chosen = selection or _Selection()
+    chosen = selection or Selection()
     if chosen.column not in header:  # metric not logged (or no config): lowest Val Loss
-        chosen = _Selection(stage_mode=chosen.stage_mode)
+        chosen = Selection(stage_mode=chosen.stage_mode)
     epochs = _epochs(rows)
-    best_epoch, best_value = _best(epochs, rows.floats(chosen.column), chosen)
+    best_epoch, best_value = chosen.best(epochs, rows.floats(chosen.column))
     ranked = StageSummary(
         name=name, state=state, mode=chosen.stage_mode, trained=data.has_training,
         epochs=len(rows), metric=chosen.column if data.has_training else None,
@@ -341,7 +255,7 @@ def _summarize_stage(name: str, data: _StageData, state: str | None,
 
 
 def _stage_names(run: rundir.RunDir, status: rundir.Status, metadata: rundir.Metadata,
-                 selections: dict[str, _Selection]) -> list[str]:
+                 selections: dict[str, Selection]) -> list[str]:
     """Stage directories in pipeline order; other directories (e.g. report/) are left out."""
     known = [*status.stages, *metadata.pipeline, *selections]
     order = {name: i for i, name in reversed(list(enumerate(known)))}
@@ -556,7 +470,7 @@ def _has_data(values: Iterable[float]) -> bool:
 def _plot_losses(summary: StageSummary, data: _StageData, canvas: _Canvas) -> bytes | None:
     rows = data.training
     epochs = _epochs(rows)
-    train, val = rows.floats("Train Loss"), rows.floats(_VAL_LOSS)
+    train, val = rows.floats("Train Loss"), rows.floats(VAL_LOSS)
     components = []
     if data.loss_components:
         components = [c for c in data.loss_components.header if c not in
@@ -584,7 +498,7 @@ def _plot_losses(summary: StageSummary, data: _StageData, canvas: _Canvas) -> by
 
 def _plot_metrics(summary: StageSummary, data: _StageData, canvas: _Canvas) -> bytes | None:
     rows = data.training
-    columns = [c for c in rows.header if c.startswith("Val ") and c != _VAL_LOSS]
+    columns = [c for c in rows.header if c.startswith("Val ") and c != VAL_LOSS]
     epochs = _epochs(rows)
     curves = [(c, rows.floats(c)) for c in columns]
     curves = [(c, ys) for c, ys in curves if _has_data(ys)]
@@ -1184,9 +1098,9 @@ def _compare_entry(run_dir: Path) -> tuple[RunSummary, dict[str, Any], _Curve | 
     own: dict[str, list[float]] = {}
     if trained:
         rows = data[trained[-1].name].training  # already read for the summary
-        curve = _epochs(rows), rows.floats(_VAL_LOSS)
+        curve = _epochs(rows), rows.floats(VAL_LOSS)
         for column in rows.header or []:
-            if column.startswith("Val ") and column != _VAL_LOSS:
+            if column.startswith("Val ") and column != VAL_LOSS:
                 own[column.removeprefix("Val ").lower()] = _finite(rows.floats(column))
     evaluated = [k for row in summary.final_evaluation for k in row if k != "split"]
     flat = _flatten(config[1]) if config and isinstance(config[1], dict) else {}

@@ -26,6 +26,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .. import rundir
 from ..config import ExperimentConfig, StageConfig, TrainingConfig
 from ..errors import ConfigError
+from ..selection import improves
 from ..track import checkpoint
 from ..track.diagnostics import EpochSums, GradientTracker, memory_row
 from ..track.distributed import DistContext
@@ -331,7 +332,7 @@ class StageRunner:
                 if ctx.is_main:
                     metric = (val_eval["loss"] if es.metric == "val_loss"
                               else val_eval["metrics"][es.metric.removeprefix("val_")])
-                    improved = self._improved(metric, best_metric, mode, es.min_delta)
+                    improved = improves(metric, best_metric, mode, es.min_delta)
                     if improved:
                         best_metric, best_epoch, stale = metric, epoch, 0
                     else:
@@ -375,14 +376,6 @@ class StageRunner:
             handle.close()
         return StageResult(state_name, epochs_run=epoch, best_epoch=best_epoch,
                            best_metric=best_metric)
-
-    @staticmethod
-    def _improved(metric: float, best: float | None, mode: str, min_delta: float) -> bool:
-        if metric is None or math.isnan(metric):
-            return False
-        if best is None:
-            return True
-        return metric < best - min_delta if mode == "min" else metric > best + min_delta
 
     def _metric_text(self, metrics: dict[str, float]) -> str:
         return "  ".join(f"{m} {metrics[m]:.4f}" for m in self.metrics[:3])
