@@ -913,3 +913,22 @@ def verify_manifest(root: Path) -> list[str]:
         except OSError:
             problems.append(f"{rel}: missing (or not a regular file)")
     return problems
+
+
+# --------------------------------------------------------------------------- job scripts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hpcrun.rundir preempted RUN_DIR``: exit 0 when the run's status.json says
+    PREEMPTED (a job script decides whether to requeue itself), 1 otherwise."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "preempted":
+        print("usage: python -m hpcrun.rundir preempted RUN_DIR", file=sys.stderr)
+        return 2
+    return 0 if read_status(Path(args[1]) / STATUS).state == "PREEMPTED" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

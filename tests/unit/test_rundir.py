@@ -174,3 +174,17 @@ def test_records_keep_the_fields_of_a_good_file(tmp_path):
     assert failure.who() == "rank 1 on n2" and failure.traceback == ["one line"]
     assert failure.brief() == {"rank": 1, "host": "n2", "stage": "b", "epoch": 2,
                                "exception": "ValueError: x"}
+
+
+def test_a_job_script_asks_rundir_whether_the_run_was_preempted(tmp_path):
+    """The requeue decision reads status.json as JSON (the job scripts grepped for
+    '"state": "PREEMPTED"', which another writer's spacing would miss)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for text, code in (('{"state":"PREEMPTED"}', 0), ('{ "state" : "PREEMPTED" }', 0),
+                       ('{"state": "FAILED", "message": "\\"state\\": \\"PREEMPTED\\""}', 1),
+                       ("not json", 1)):
+        (run / rundir.STATUS).write_text(text)
+        assert rundir.main(["preempted", str(run)]) == code, text
+    assert rundir.main(["preempted", str(tmp_path / "none")]) == 1
+    assert rundir.main(["other"]) == 2
