@@ -37,7 +37,7 @@ from . import rundir
 def _record(run_dir: str) -> Any:
     from .job import JobRecord
 
-    return JobRecord(id="pod", backend="local", host="pod", experiment="", run_dir=run_dir,
+    return JobRecord(id=run_dir, backend="local", host="pod", experiment="", run_dir=run_dir,
                      project_dir=run_dir)
 
 
@@ -66,12 +66,15 @@ def prepare(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def status(request: dict[str, Any]) -> dict[str, Any]:
-    backend = _local()
-    return {run_dir: asdict(backend._one(_record(run_dir))) for run_dir in request["run_dirs"]}
+    records = [_record(run_dir) for run_dir in request["run_dirs"]]
+    found = _local().status(records)
+    return {r.run_dir: asdict(found[r.id]) for r in records}
 
 
 def cancel(request: dict[str, Any]) -> dict[str, Any]:
-    return asdict(_local().cancel(_record(request["run_dir"])))
+    records = [_record(run_dir) for run_dir in request["run_dirs"]]
+    found = _local().cancel(records)
+    return {r.run_dir: asdict(found[r.id]) for r in records}
 
 
 def snapshot(request: dict[str, Any]) -> dict[str, Any]:

@@ -473,7 +473,8 @@ def _print_triage(triage: Any) -> None:
 def list_cmd(
     ctx: typer.Context,
     all_projects: bool = typer.Option(False, "--all", "-a", help="Jobs of every project."),
-    limit: int = typer.Option(50, "--limit", "-n", help="At most this many jobs."),
+    limit: int = typer.Option(50, "--limit", "-n",
+                              help="At most this many rows (a sweep is one row)."),
 ) -> None:
     """List this project's jobs, newest first."""
     from . import ops
@@ -483,9 +484,9 @@ def list_cmd(
     if out.json:
         out.emit([v.to_dict() for v in views])
     elif not views:
-        out.print("no jobs yet (hpcrun submit v3)")
+        out.print("no jobs in this project yet (hpcrun submit v3; --all lists every project's)")
     else:
-        _table(out, [v for v in views if v.record.group is None])
+        _table(out, views)
 
 
 # --------------------------------------------------------------------------- logs, cancel

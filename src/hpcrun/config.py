@@ -457,6 +457,12 @@ class SchedulerExtras(_Section):
         return value
 
 
+class SlurmExtras(SchedulerExtras):
+    #: the cluster's MaxArraySize (slurm.conf; SLURM's default 1001): array task indices stay
+    #: below it, so a larger sweep is queued as several arrays
+    max_array_size: int = Field(1001, ge=2, le=4_000_001)
+
+
 class ResourcesConfig(_Section):
     nodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(0, ge=0)
@@ -472,7 +478,7 @@ class ResourcesConfig(_Section):
     #: 0: no warning, the time limit ends the job (TIMEOUT)
     signal_grace_s: int = Field(120, ge=0, le=65535)
     setup: list[ShellLine] = Field(default_factory=list)
-    slurm: SchedulerExtras = SchedulerExtras()
+    slurm: SlurmExtras = SlurmExtras()
     pbs: SchedulerExtras = SchedulerExtras()
 
     @field_validator("mem")

@@ -396,7 +396,8 @@ def _plan_records(plans: Sequence[SubmitPlan]) -> list[dict[str, Any]]:
     """What the job store keeps of a job's plans, to run them again (the scripts stay in the
     run directory)."""
     return [{"argv": list(p.argv), "stage": p.stage, "kind": p.kind,
-             "script_path": p.script_path, "files": p.files, "members": list(p.members)}
+             "script_path": p.script_path, "files": p.files, "members": list(p.members),
+             "offset": p.offset}
             for p in plans]
 
 
@@ -411,7 +412,8 @@ def _stored_plans(record: JobRecord, read: Any = None) -> list[SubmitPlan]:
                                   hint="submit the experiment again")
         plans.append(SubmitPlan(job_id=record.id, script=script, script_path=p["script_path"],
                                 argv=tuple(p["argv"]), files=p["files"], stage=p["stage"],
-                                kind=p["kind"], members=tuple(p["members"])))
+                                kind=p["kind"], members=tuple(p["members"]),
+                                offset=int(p.get("offset") or 0)))
     return plans
 
 
@@ -467,6 +469,7 @@ def resubmit_failed(ref: str, project_dir: Path, store: JobStore | None = None) 
     if not failed:
         raise BadInput(f"sweep {record.id} has no failed points to resubmit")
     plans = _stored_plans(record)
+    (Path(record.run_dir) / rundir.JOB_CANCELLED).unlink(missing_ok=True)
     natives = backend_for(record).resubmit(record, plans, [i for i, _ in failed])
     for _, point in failed:
         native = natives.get(point.id)
@@ -626,20 +629,39 @@ def triage(view: JobView, backend: Any | None = None) -> Triage | None:
                             if line.strip()][-TRIAGE_LOG_LINES:])
 
 
-def _group_status(children: list[JobView]) -> JobStatus:
+def _group_status(children: list[JobView], cancelled: bool = False) -> JobStatus:
+    """A sweep's state from its points': running while any point runs, pending while any
+    waits; then CANCELLED when it was cancelled, else how its points ended. Points no one
+    knows any more (UNKNOWN) never hold it PENDING."""
     states = [c.status.state for c in children]
     counts = {s: states.count(s) for s in dict.fromkeys(states)}
     summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items())
-    if all(is_terminal(s) for s in states):
-        state = ("SUCCEEDED" if all(s == "SUCCEEDED" for s in states)
-                 else "FAILED" if "FAILED" in states
-                 else "PREEMPTED" if "PREEMPTED" in states
-                 else "CANCELLED")
-    elif "RUNNING" in states:
+    if "RUNNING" in counts:
         state = "RUNNING"
-    else:
+    elif "PENDING" in counts:
         state = "PENDING"
+    elif cancelled:
+        state = "CANCELLED"
+    elif counts and set(counts) == {"SUCCEEDED"}:
+        state = "SUCCEEDED"
+    else:
+        state = next((s for s in ("FAILED", "PREEMPTED", "CANCELLED") if s in counts),
+                     "UNKNOWN")
     return JobStatus(state, reason=summary)
+
+
+def _cancelled(record: JobRecord) -> bool:
+    """Whether the sweep was cancelled (``cancel`` leaves a marker in its folder)."""
+    return (Path(record.run_dir) / rundir.JOB_CANCELLED).exists()
+
+
+def _last_seen(record: JobRecord, status: JobStatus) -> JobStatus:
+    """A job the scheduler has forgotten (or cannot be asked about) after it was seen to end
+    keeps the end it was seen with: an end does not change."""
+    if status.state == "UNKNOWN" and is_terminal(record.state):
+        return JobStatus(record.state, reason=f"as last seen ({status.reason or 'unknown now'})",
+                         detail=status.detail)
+    return status
 
 
 def _backend_key(record: JobRecord) -> str:
@@ -667,11 +689,11 @@ def views(records: Sequence[JobRecord], store: JobStore,
     for record in records:
         if record.info.get("kind") == "sweep":
             children = views([c for c in (store.get(i) for i in record.info.get("points", []))
-                              if c is not None], store)
-            status = _group_status(children)
+                              if c is not None], store, backends)
+            status = _group_status(children, _cancelled(record))
             view = JobView(record, status, children)
         else:
-            status = states[record.id]
+            status = _last_seen(record, states[record.id])
             view = JobView(record, status)
         if status.state != record.state and status.state != "UNKNOWN":
             store.update(record.id, state=status.state)
@@ -692,8 +714,10 @@ def status(refs: Sequence[str], project_dir: Path, store: JobStore | None = None
 
 def list_jobs(project_dir: Path, all_projects: bool = False, limit: int = 50,
               store: JobStore | None = None) -> list[JobView]:
+    """The newest ``limit`` jobs and sweeps (a sweep's points are shown inside it)."""
     store = store or JobStore()
-    records = store.list(None if all_projects else str(project_dir.resolve()), limit=limit)
+    records = store.list(None if all_projects else str(project_dir.resolve()), limit=limit,
+                         top_level=True)
     return views(records, store)
 
 
@@ -728,18 +752,24 @@ def follow_logs(record: JobRecord, rank: int | None) -> Iterator[str]:
 
 
 def cancel(ref: str | None, project_dir: Path, store: JobStore | None = None) -> list[JobView]:
+    """Cancel a job, or a sweep with every point in one request to its backend (a scheduler's
+    array jobs at once). A job that ends unknown to the scheduler (a waiting array task is
+    forgotten once cancelled) is recorded CANCELLED."""
     store = store or JobStore()
     record = store.resolve(ref, str(project_dir.resolve()))
     backend = backend_for(record)
     targets = [record]
     if record.info.get("kind") == "sweep":
-        marker = Path(record.run_dir) / "job.cancelled"
+        marker = Path(record.run_dir) / rundir.JOB_CANCELLED
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"{time.time()}\n")
-        targets = [r for r in (store.get(i) for i in record.info.get("points", [])) if r]
+        targets += [r for r in (store.get(i) for i in record.info.get("points", [])) if r]
+    ended = backend.cancel(targets)
     for target in targets:
-        backend.cancel(target)
-    return views([record], store)
+        state = ended.get(target.id)
+        if state is not None and state.state == "UNKNOWN" and not is_terminal(target.state):
+            store.update(target.id, state="CANCELLED")
+    return views([record], store, {_backend_key(record): backend})
 
 
 # --------------------------------------------------------------------------- monitor

@@ -59,6 +59,14 @@ class SubmitPlan:
     stage: str | None = None
     kind: str = "job"  # job | driver (runs other plans' scripts) | array
     members: tuple[str, ...] = ()  # an array's tasks: the job id each index runs
+    #: a sweep queued as several arrays: the index of this array's first point in the sweep
+    offset: int = 0
+
+    @property
+    def key(self) -> str:
+        """Its name among the plans of one submission (``{KEY}`` in a later plan's argv)."""
+        stage = self.stage or "all"
+        return f"{stage}~{self.offset}" if self.offset else stage
 
     def command(self) -> str:
         return shlex.join(self.argv)

@@ -138,9 +138,12 @@ class JobStore:
         return self._record(row) if row else None
 
     def list(self, project_dir: str | None = None, group: str | None = None,
-             limit: int | None = None) -> list[JobRecord]:
+             limit: int | None = None, top_level: bool = False) -> list[JobRecord]:
+        """Newest first; ``top_level``: jobs and sweeps, not the points of sweeps."""
         query = f"SELECT {','.join(_COLUMNS)} FROM jobs"
         clauses, params = [], []
+        if top_level:
+            clauses.append("grp IS NULL")
         if project_dir is not None:
             clauses.append("project_dir = ?")
             params.append(project_dir)

@@ -55,7 +55,8 @@ def test_markup_and_escape_sequences_from_values_are_printed_as_text(project):
     assert f"{project}/r[/x]/train/" in answer.out.replace("\n", "")
     assert "[params.tag=[/y]]" in answer.out.replace("\n", ""), answer.out
     jobs = json.loads(invoke("--json", "list").out)
-    points = [job["id"] for job in jobs if job["info"].get("kind") != "sweep"]
+    [sweep] = jobs  # a sweep's points are listed inside it
+    points = [job["id"] for job in sweep["points"]]
     assert len(points) == 2
     for job in points:
         assert _finished(job)["state"] == "FAILED"

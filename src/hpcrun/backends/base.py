@@ -25,7 +25,7 @@ def fill_dependencies(argv: Sequence[str], ids: dict[str, str], prefix: str,
     for arg in argv:
         if not arg.startswith(prefix):
             out.append(arg)
-        elif set(re.findall(r"{(\w+)}", arg)) <= set(ids):
+        elif set(re.findall(r"{([^{}]+)}", arg)) <= set(ids):
             out.append(arg.format(**ids))
         elif flag is not None and out and out[-1] == flag:
             out.pop()
@@ -58,8 +58,11 @@ class Backend(Protocol):
     def follow(self, record: JobRecord, rank: int | None = None) -> Iterator[str]:
         """Lines of the log as they are written, until the job ends."""
 
-    def cancel(self, record: JobRecord) -> JobStatus:
-        """Stop the job; cancelling a finished or cancelled job changes nothing."""
+    def cancel(self, records: Sequence[JobRecord]) -> dict[str, JobStatus]:
+        """Stop the jobs, all in one request where the machine allows (a sweep's points and
+        its array jobs at once), and wait for their ends; cancelling a finished or cancelled
+        job changes nothing. The states after, keyed by job id (UNKNOWN: the scheduler has
+        forgotten the job, as it does with array tasks that never started)."""
 
 
 class ScriptBackend:

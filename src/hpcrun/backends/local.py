@@ -164,44 +164,49 @@ class LocalBackend(ScriptBackend):
 
     # -- cancel ---------------------------------------------------------------------------
 
-    def cancel(self, record: JobRecord) -> JobStatus:
-        current = self._one(record)
-        if is_terminal(current.state):
-            return current
-        root = Path(record.run_dir)
-        root.mkdir(parents=True, exist_ok=True)
-        (root / CANCEL_MARKER).write_text(f"{time.time()}\n")
-        proc = self._process(record)
-        if proc is not None:
-            self._stop_tree(proc)
-        return self._one(record)
+    def cancel(self, records: Sequence[JobRecord]) -> dict[str, JobStatus]:
+        roots = []
+        for record in records:
+            if is_terminal(self._one(record).state):
+                continue
+            root = Path(record.run_dir)
+            root.mkdir(parents=True, exist_ok=True)
+            (root / CANCEL_MARKER).write_text(f"{time.time()}\n")
+            proc = self._process(record)
+            if proc is not None:
+                roots.append(proc)
+        self._stop_trees(roots)
+        return self.status(records)
 
     @staticmethod
-    def _stop_tree(root: psutil.Process, grace: float = CANCEL_GRACE_S) -> None:
-        """SIGTERM the job's processes (torchrun puts its workers in sessions of their own, so
-        the tree is walked, not just the process group); SIGKILL what is left after
-        ``grace``."""
-        def tree() -> list[psutil.Process]:
-            with contextlib.suppress(psutil.Error):
-                return [root, *root.children(recursive=True)]
-            return []
+    def _stop_trees(roots: Sequence[psutil.Process], grace: float = CANCEL_GRACE_S) -> None:
+        """SIGTERM the jobs' processes (torchrun puts its workers in sessions of their own,
+        so each tree is walked, not just its process group); SIGKILL what is left after one
+        ``grace`` for all of them."""
+        def trees() -> set[psutil.Process]:
+            found: set[psutil.Process] = set()
+            for root in roots:
+                with contextlib.suppress(psutil.Error):
+                    found.update([root, *root.children(recursive=True)])
+            return found
 
-        members = tree()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(root.pid, signal.SIGTERM)
-        for proc in members[1:]:
+        members = trees()
+        for root in roots:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(root.pid, signal.SIGTERM)
+        for proc in members - set(roots):
             with contextlib.suppress(psutil.Error):
                 proc.terminate()
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            members = [p for p in {*members, *tree()} if _alive(p)]
+            members = {p for p in members | trees() if _alive(p)}
             if not members:
                 return
             time.sleep(0.2)
-        for proc in {*members, *tree()}:
+        for proc in members | trees():
             with contextlib.suppress(psutil.Error):
                 proc.kill()
-        psutil.wait_procs(members, timeout=5)
+        psutil.wait_procs(list(members), timeout=5)
 
 
 def _alive(proc: psutil.Process) -> bool:

@@ -252,10 +252,12 @@ class PbsBackend(ScriptBackend):
         return [posixpath.join(run, rundir.LOGS, f"pbs-{stage}.out")
                 for stage in (record.info.get("native") or {"all": ""})]
 
-    def cancel(self, record: JobRecord) -> JobStatus:
-        current = self.status([record])[record.id]
-        ids = list((record.info.get("native") or {}).values())
-        if ids and not is_terminal(current.state):
-            self.runner.run(["qdel", *ids], check=False, timeout=60)  # finished ids: harmless
-            current = self.status([record])[record.id]
-        return current
+    def cancel(self, records: Sequence[JobRecord]) -> dict[str, JobStatus]:
+        """One ``qdel`` of every stage of every job not ended yet (finished ids: harmless)."""
+        current = self.status(records)
+        ids = [sid for r in records if not is_terminal(current[r.id].state)
+               for sid in (r.info.get("native") or {}).values()]
+        if not ids:
+            return current
+        self.runner.run(["qdel", *dict.fromkeys(ids)], check=False, timeout=60)
+        return self.status(records)

@@ -96,7 +96,10 @@ class PodBackend(ScriptBackend):
         name = rundir.JOB_OUTPUT if rank is None else f"{rundir.LOGS}/train.rank{rank}.log"
         return [posixpath.join(self.files.run_dir(record), name)]
 
-    def cancel(self, record: JobRecord) -> JobStatus:
-        answer = agent(self.runner, "cancel", {"run_dir": self.files.run_dir(record)},
+    def cancel(self, records: Sequence[JobRecord]) -> dict[str, JobStatus]:
+        runs = {r.id: self.files.run_dir(r) for r in records}
+        answer = agent(self.runner, "cancel", {"run_dirs": list(runs.values())},
                        python=self.remote.interpreter)
-        return JobStatus(**answer)
+        return {job: JobStatus(**answer[run]) if run in answer
+                else JobStatus("UNKNOWN", reason="the pod does not know this run directory")
+                for job, run in runs.items()}

@@ -209,25 +209,42 @@ class SlurmBackend(ScriptBackend):
     def render(self, specs: Sequence[JobSpec], *, group: JobRecord | None = None,
                parallel: int | None = None, project_dir: Path | None = None) -> list[SubmitPlan]:
         """One script per stage; with several specs (a sweep) each stage is one array job
-        whose task i runs point i. Stages are chained: ``afterok`` on the previous stage
-        (``aftercorr`` between arrays, task by task)."""
+        whose task i runs point i: several arrays of at most ``slurm.max_array_size`` tasks
+        when the sweep is larger (SLURM refuses task indices from MaxArraySize up). Stages
+        are chained: ``afterok`` on the previous stage (``aftercorr`` between arrays, task by
+        task); ``parallel`` is shared out between the arrays."""
         specs = [self._placed(s) for s in specs]
         first = specs[0]
+        owner = group.id if group is not None else first.id
+        script_dir = self.place(group.run_dir) if group is not None else first.run_dir
+        size = first.resources.slurm.max_array_size if len(specs) > 1 else 1
+        parts = [specs[i:i + size] for i in range(0, len(specs), size)]
+        plans: list[SubmitPlan] = []
+        for offset in range(0, len(specs), size):
+            plans += self._render_part(specs[offset:offset + size], offset, owner, script_dir,
+                                       parallel and max(1, parallel // len(parts)), project_dir,
+                                       swept=len(specs) > 1)
+        return plans
+
+    def _render_part(self, specs: Sequence[JobSpec], offset: int, owner: str, script_dir: str,
+                     parallel: int | None, project_dir: Path | None, swept: bool
+                     ) -> list[SubmitPlan]:
+        """The stages of one array (points ``offset`` on), or of one job."""
+        first = specs[0]
         array = None
-        if len(specs) > 1:
+        if swept:
             array = f"0-{len(specs) - 1}"
             if parallel and parallel < len(specs):
                 array += f"%{parallel}"
-        owner = group.id if group is not None else first.id
-        script_dir = self.place(group.run_dir) if group is not None else first.run_dir
         log_dir = posixpath.join(script_dir, rundir.LOGS)
         log_pattern_dir = _filename_pattern_text(log_dir)
         shared = scheduler_context(specs)
         resources = first.resources
         plans: list[SubmitPlan] = []
         previous: str | None = None
+        suffix = f"-{offset}" if offset else ""
         for stage in first.stages:
-            script_path = posixpath.join(script_dir, f"job-{stage}.sbatch")
+            script_path = posixpath.join(script_dir, f"job-{stage}{suffix}.sbatch")
             pattern = "%A_%a" if array else "%j"
             log_name = f"slurm-{stage}-{pattern}.out"
             output = posixpath.join(log_pattern_dir, log_name)
@@ -242,12 +259,14 @@ class SlurmBackend(ScriptBackend):
                 kind = "aftercorr" if array else "afterok"
                 argv.append(f"--dependency={kind}:{{{previous}}}")
             argv.append(str(script_path))
-            plans.append(SubmitPlan(job_id=owner, script=script, script_path=str(script_path),
-                                    argv=tuple(argv),
-                                    files={"output": posixpath.join(log_dir, log_name)},
-                                    stage=stage, kind="array" if array else "job",
-                                    members=tuple(s.id for s in specs) if array else ()))
-            previous = stage
+            plan = SubmitPlan(job_id=owner, script=script, script_path=str(script_path),
+                              argv=tuple(argv),
+                              files={"output": posixpath.join(log_dir, log_name)},
+                              stage=stage, kind="array" if array else "job",
+                              members=tuple(s.id for s in specs) if array else (),
+                              offset=offset)
+            plans.append(plan)
+            previous = plan.key
         return plans
 
     def _placed(self, spec: JobSpec) -> JobSpec:
@@ -264,6 +283,13 @@ class SlurmBackend(ScriptBackend):
         """``sbatch --test-only`` of the first stage (the later ones only add a dependency):
         a bad partition, account, time or resource request is refused here, queueing
         nothing."""
+        largest = max((len(p.members) for p in plans if p.kind == "array"), default=0)
+        if largest:
+            limit = rundir.to_int(self._cluster_config().get("MaxArraySize"))
+            if limit is not None and largest > limit:
+                raise BadInput(f"this cluster's MaxArraySize is {limit}: an array of {largest} "
+                               "tasks would be refused",
+                               hint=f"--set resources.slurm.max_array_size={limit}")
         plan = plans[0]
         argv = ["sbatch", "--test-only", *(a for a in plan.argv[2:-1]
                                            if not a.startswith("--dependency="))]
@@ -303,7 +329,7 @@ class SlurmBackend(ScriptBackend):
     def _queue(self, plans: Sequence[SubmitPlan], indices: Sequence[int] | None
                ) -> dict[str, dict]:
         ids: dict[str, str] = {}
-        previous = None
+        previous: SubmitPlan | None = None
         if isinstance(self.files, RemoteFiles):  # one round trip for every script
             self.files.write({p.script_path: p.script for p in plans},
                              {p.script_path: 0o755 for p in plans})
@@ -314,24 +340,32 @@ class SlurmBackend(ScriptBackend):
             for plan in plans:
                 argv = fill_dependencies(plan.argv, ids, "--dependency=")
                 if indices is not None:  # command-line options win over #SBATCH lines
+                    tasks = [i - plan.offset for i in indices
+                             if plan.offset <= i < plan.offset + len(plan.members)]
+                    if not tasks:
+                        continue  # nothing of this array is run again
                     argv = [a for a in argv if not a.startswith("--dependency=")]
-                    argv.insert(-1, f"--array={','.join(str(i) for i in indices)}")
-                    if previous is not None:
-                        argv.insert(-1, f"--dependency=aftercorr:{ids[previous]}")
+                    argv.insert(-1, f"--array={','.join(str(i) for i in tasks)}")
+                    if previous is not None and previous.offset == plan.offset:
+                        argv.insert(-1, f"--dependency=aftercorr:{ids[previous.key]}")
                 out = self._sbatch(argv)
-                ids[plan.stage or "all"] = out.split(";")[0].splitlines()[-1]
-                previous = plan.stage or "all"
+                ids[plan.key] = out.split(";")[0].splitlines()[-1]
+                previous = plan
         except BaseException:  # whatever failed, nothing stays half-submitted
             if ids:
                 self.runner.run(["scancel", *ids.values()], check=False, timeout=60)
             raise
         owner = plans[0].job_id
         out = {owner: {"id": ",".join(ids.values()), "info": {"native": ids}}}
-        for index, member in enumerate(plans[0].members):  # each sweep point: its array tasks
-            if indices is not None and index not in indices:
+        for plan in plans:  # each sweep point: its task in each stage's array
+            if plan.key not in ids:
                 continue
-            tasks = {stage: f"{sid}_{index}" for stage, sid in ids.items()}
-            out[member] = {"id": ",".join(tasks.values()), "info": {"native": tasks}}
+            for task, member in enumerate(plan.members):
+                if indices is not None and plan.offset + task not in indices:
+                    continue
+                entry = out.setdefault(member, {"info": {"native": {}}})
+                entry["info"]["native"][plan.stage or "all"] = f"{ids[plan.key]}_{task}"
+                entry["id"] = ",".join(entry["info"]["native"].values())
         return out
 
     def _sbatch(self, argv: Sequence[str]) -> str:
@@ -377,9 +411,13 @@ class SlurmBackend(ScriptBackend):
             found.update(self._jobcomp())
         return found
 
-    def _jobcomp(self) -> dict[str, NativeState]:
+    def _cluster_config(self) -> dict[str, str]:
+        """``scontrol show config`` as {name: value} (empty when it cannot be asked)."""
         result = self.runner.run(["scontrol", "show", "config"], check=False, timeout=60)
-        fields = dict(re.findall(r"^(\w+)\s*=\s*(.*)$", result.stdout, re.M))
+        return {k: v.strip() for k, v in re.findall(r"^(\w+)\s*=\s*(.*)$", result.stdout, re.M)}
+
+    def _jobcomp(self) -> dict[str, NativeState]:
+        fields = self._cluster_config()
         if fields.get("JobCompType", "").strip() != "jobcomp/filetxt":
             return {}
         try:
@@ -473,18 +511,26 @@ class SlurmBackend(ScriptBackend):
                 paths.append(posixpath.join(run, rundir.LOGS, f"slurm-{stage}-{job}.out"))
         return paths or [posixpath.join(run, rundir.LOGS, "slurm-not-started.out")]
 
-    def cancel(self, record: JobRecord) -> JobStatus:
-        current = self.status([record])[record.id]
-        ids = list((record.info.get("native") or {}).values())
-        blocked = "BLOCKED" in (current.detail.get("stages") or {}).values()
-        if ids and (blocked or not is_terminal(current.state)):
-            self.runner.run(["scancel", *ids], check=False, timeout=60)
-            # squeue shows a cancelled job COMPLETING until its processes are gone (up to the
-            # cluster's KillWait, often 30 s): wait for the end rather than a number of polls
-            deadline = time.monotonic() + CANCEL_WAIT_S
-            while True:
-                current = self.status([record])[record.id]
-                if is_terminal(current.state) or time.monotonic() > deadline:
-                    break
-                time.sleep(0.3)
-        return current
+    def cancel(self, records: Sequence[JobRecord]) -> dict[str, JobStatus]:
+        """One ``scancel`` of every stage (a sweep's array jobs, whose waiting tasks go with
+        them), then one wait for all."""
+        current = self.status(records)
+        ids: list[str] = []
+        for record in records:
+            now = current[record.id]
+            blocked = "BLOCKED" in (now.detail.get("stages") or {}).values()
+            if blocked or not is_terminal(now.state):
+                ids += (record.info.get("native") or {}).values()
+        if not ids:
+            return current
+        self.runner.run(["scancel", *dict.fromkeys(ids)], check=False, timeout=60)
+        # squeue shows a cancelled job COMPLETING until its processes are gone (up to the
+        # cluster's KillWait, often 30 s): wait for the ends rather than a number of polls. A
+        # task that never started is forgotten at once (UNKNOWN): it will not start either.
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while True:
+            current = self.status(records)
+            if all(is_terminal(s.state) or s.state == "UNKNOWN" for s in current.values()) \
+                    or time.monotonic() > deadline:
+                return current
+            time.sleep(0.3)
