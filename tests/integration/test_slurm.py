@@ -370,3 +370,47 @@ def test_usr1_makes_the_example_checkpoint_requeue_and_resume(project):
     assert [r["state"] for r in meta["runs"]] == ["PREEMPTED", "SUCCEEDED"]
     assert meta["runs"][1]["resumed"] is True
     assert "resuming after epoch" in log
+
+
+def test_a_1500_point_sweep_is_two_arrays_and_one_cancel_ends_it(project):
+    """Over the cluster's MaxArraySize (1001 here) a sweep is queued as arrays whose task
+    indices stay below it; one cancel of the whole sweep stops the running tasks, drops the
+    waiting ones (SLURM forgets them) and the sweep reads CANCELLED."""
+    (project / "scripts").mkdir()
+    (project / "scripts" / "wait.py").write_text("import time\ntime.sleep(120)\n")
+    values = ",".join(str(i) for i in range(1500))
+    began = time.monotonic()
+    data = submit(project, "scripts/wait.py", "--sweep", f"params.i={values}")
+    submitted_s = time.monotonic() - began
+    group = data["group"]
+    arrays = [re.search(r"#SBATCH --array=(\S+)", p["script"]).group(1) for p in data["plans"]]
+    assert arrays == ["0-1000", "0-498"]
+    assert wait_for_running(project, group["id"]), "no task started"
+    began = time.monotonic()
+    cancelled = hp(project, "--json", "cancel", group["id"], timeout=300)
+    cancel_s = time.monotonic() - began
+    assert cancelled.returncode == 0, cancelled.stderr
+    [view] = json.loads(cancelled.stdout)
+    assert view["state"] == "CANCELLED", view["reason"]
+    assert {p["state"] for p in view["points"]} == {"CANCELLED"}, view["reason"]
+    natives = {sid.partition("_")[0] for sid in group_natives(project, group["id"])}
+    assert not natives & {i.partition("_")[0] for i in squeue_ids()}
+    [again] = hpj(project, "status", group["id"])
+    assert again["state"] == "CANCELLED"
+    print(f"1500 points: submit {submitted_s:.1f} s, cancel {cancel_s:.1f} s")
+    assert cancel_s < 120  # one scancel and one wait (KillWait 10 s here), not 1500 of them
+
+
+def wait_for_running(project, group: str, timeout: float = 120) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        [view] = hpj(project, "status", group)
+        if view["state"] == "RUNNING":
+            return True
+        time.sleep(1)
+    return False
+
+
+def group_natives(project, group: str) -> list[str]:
+    [view] = hpj(project, "status", group)
+    return [sid for point in view["points"] for sid in (point.get("native") or {}).values()]

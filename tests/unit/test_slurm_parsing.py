@@ -112,3 +112,20 @@ def test_combined_state_pending_with_reason_and_timeout_as_failure(tmp_path):
 ])
 def test_a_silent_or_unreachable_controller_is_not_a_refusal(stderr, trouble):
     assert controller_trouble(stderr) is trouble
+
+
+def test_squeue_wins_over_what_scontrol_says_of_an_arrays_other_tasks():
+    """Asked about an array job squeue no longer lists, scontrol answers for every task: a
+    task squeue shows COMPLETING (cancelled, processes still ending) stays running."""
+    from hpcrun.shell import Result
+
+    class Runner:
+        def run(self, argv, **kwargs):
+            out = {"squeue": "7_0|8|COMPLETING|None|(null)\n",
+                   "scontrol": "JobId=8 ArrayJobId=7 ArrayTaskId=0 JobState=CANCELLED "
+                               "ExitCode=0:15\nJobId=7 ArrayJobId=7 ArrayTaskId=1 "
+                               "JobState=CANCELLED ExitCode=0:0\n"}.get(argv[0], "")
+            return Result(list(argv), 0 if argv[0] != "sacct" else 1, out, "")
+
+    states = SlurmBackend(runner=Runner())._query(["7", "7_0", "7_1"])
+    assert states["7_0"].state == "COMPLETING" and states["7_1"].state == "CANCELLED"

@@ -82,6 +82,14 @@ def parse_squeue(text: str) -> dict[str, NativeState]:
     return states
 
 
+def _add_missing(found: dict[str, NativeState], more: dict[str, NativeState]) -> None:
+    """Add what a later source knows of jobs the earlier ones did not list: asked about an
+    array job, scontrol answers for every task, and its CANCELLED must not hide squeue's
+    COMPLETING (the task's processes are still ending)."""
+    for job_id, state in more.items():
+        found.setdefault(job_id, state)
+
+
 def _expand_range(text: str) -> list[int]:
     out: list[int] = []
     for part in text.split("%")[0].split(","):
@@ -400,15 +408,15 @@ class SlurmBackend(ScriptBackend):
                                       "-j", ",".join(missing)], check=False, timeout=60)
             self._accounting = result.returncode == 0
             if self._accounting:
-                found.update(parse_sacct(result.stdout))
+                _add_missing(found, parse_sacct(result.stdout))
         missing = [i for i in ids if i not in found]
         if missing:
             result = self.runner.run(["scontrol", "show", "job", "-o", *missing], check=False,
                                      timeout=60)
-            found.update(parse_scontrol(result.stdout))
+            _add_missing(found, parse_scontrol(result.stdout))
         missing = [i for i in ids if i not in found]
         if missing:
-            found.update(self._jobcomp())
+            _add_missing(found, self._jobcomp())
         return found
 
     def _cluster_config(self) -> dict[str, str]:
@@ -525,12 +533,16 @@ class SlurmBackend(ScriptBackend):
             return current
         self.runner.run(["scancel", *dict.fromkeys(ids)], check=False, timeout=60)
         # squeue shows a cancelled job COMPLETING until its processes are gone (up to the
-        # cluster's KillWait, often 30 s): wait for the ends rather than a number of polls. A
-        # task that never started is forgotten at once (UNKNOWN): it will not start either.
+        # cluster's KillWait, often 30 s): wait for the ends rather than a number of polls.
+        # Right after scancel a running job can read CANCELLED for a moment before it reads
+        # COMPLETING, so an end counts once two polls in a row agree. A task that never
+        # started is forgotten at once (UNKNOWN): it will not start either.
         deadline = time.monotonic() + CANCEL_WAIT_S
+        ended_before = False
         while True:
+            time.sleep(0.5)
             current = self.status(records)
-            if all(is_terminal(s.state) or s.state == "UNKNOWN" for s in current.values()) \
-                    or time.monotonic() > deadline:
+            ended = all(is_terminal(s.state) or s.state == "UNKNOWN" for s in current.values())
+            if (ended and ended_before) or time.monotonic() > deadline:
                 return current
-            time.sleep(0.3)
+            ended_before = ended
