@@ -126,10 +126,29 @@ def bench_slurm(table: list[tuple[str, str, str]], repeats: int = 5) -> None:
         sweep = json.loads(subprocess.run(
             [*argv, "--dry-run", "--sweep", "seed=" + ",".join(str(i) for i in range(100))],
             cwd=work, env=env, capture_output=True, text=True).stdout)
+        # a real 200-point sweep: submit, one status of all its points, one cancel of all
+        kill_wait = re.search(r"^KillWait\s*=\s*(\d+)", subprocess.run(
+            ["scontrol", "show", "config"], env=env, capture_output=True, text=True).stdout,
+            re.M)
+        began = time.perf_counter()
+        big = json.loads(subprocess.run(
+            [*argv, "--sweep", "seed=" + ",".join(str(i) for i in range(200))], cwd=work,
+            env=env, capture_output=True, text=True).stdout)
+        big_submit = time.perf_counter() - began
+        group = big["group"]["id"]
+        big_status = timed([hpcrun, "--json", "status", group], work, env)
+        big_cancel = timed([hpcrun, "--json", "cancel", group], work, env)
+        ended = json.loads(subprocess.run([hpcrun, "--json", "status", group], cwd=work,
+                                          env=env, capture_output=True, text=True).stdout)
     a, b, c = statistics.median(ours), statistics.median(raw), statistics.median(preflight)
     table.append(("`hpcrun submit --backend slurm` vs raw `sbatch --parsable`",
                   f"{a * 1000:.0f} ms vs {b * 1000:.0f} ms (preflight {c * 1000:.0f} ms)",
                   f"{a / b:.1f}x"))
+    wait_s = int(kill_wait.group(1)) if kill_wait else 30
+    table.append(("200-point sweep on slurm: submit, status, cancel (goal: cancel <= 5 s + "
+                  "KillWait)", f"{big_submit:.1f} s, {big_status:.1f} s, {big_cancel:.1f} s "
+                  f"(KillWait {wait_s} s; sweep then {ended[0]['state']})",
+                  "met" if big_cancel <= 5 + wait_s else "NOT met"))
     arrays = [p for p in sweep["plans"] if "--array=0-99" in p["script"]]
     table.append(("100-point sweep on slurm", f"{len(sweep['plans'])} sbatch call(s)",
                   "one array job" if len(arrays) == 1 == len(sweep["plans"]) else "NOT one array"))
