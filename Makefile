@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hpcrun-installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv test demo demo-slurm bench lint clean
+.PHONY: venv test test-fast demo demo-slurm bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ venv: $(STAMP)
 ## make test: the whole suite (unit, integration with real torchrun, e2e)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+## make test-fast: the in-process tests (tests/unit, not the slow ones) for the edit-test loop
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit -m "not slow"
 
 ## make demo: submit v3 on the local backend (torchrun, 2 processes, synthetic data), watch it,
 ## then verify and summarise the run and write its report (fetch), and report it again (a

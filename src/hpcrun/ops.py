@@ -26,7 +26,7 @@ from .bundle import Bundle, describe
 from .config import ExperimentConfig, load_config
 from .errors import BadInput, HpcrunError, OperationFailed
 from .job import JobRecord, JobStatus, is_terminal
-from .monitor import Event, Monitor, Snapshot, run_flags
+from .monitor import Event, Monitor, run_flags
 from .render import JobSpec, SubmitPlan
 from .shell import LocalRunner
 from .store import JobStore
@@ -743,10 +743,6 @@ def log_file(ref: str | None, rank: int | None, project_dir: Path,
     return record, text
 
 
-def read_log(record: JobRecord, rank: int | None) -> str | None:
-    return backend_for(record).read_log(record, rank)
-
-
 def follow_logs(record: JobRecord, rank: int | None) -> Iterator[str]:
     return backend_for(record).follow(record, rank)
 
@@ -784,11 +780,6 @@ def open_monitor(ref: str | None, project_dir: Path, store: JobStore | None = No
     backend = backend_for(record)
     cache = {_backend_key(record): backend}
     return Monitor(record, lambda: views([record], store, cache)[0], backend)
-
-
-def monitor_snapshot(ref: str | None, project_dir: Path,
-                     store: JobStore | None = None) -> Snapshot:
-    return open_monitor(ref, project_dir, store).refresh()
 
 
 def notify(command: str, event: Event, runner: LocalRunner | None = None) -> str | None:
@@ -903,11 +894,6 @@ def _run_of(ref: str | None, project_dir: Path,
     record = store.resolve(ref, str(project_dir.resolve()))
     _single(record)
     return Path(record.run_dir), record
-
-
-def resolve_run_dir(ref: str | None, project_dir: Path, store: JobStore | None = None) -> Path:
-    """A run directory given as a path, or the run of a job reference."""
-    return _run_of(ref, project_dir, store)[0]
 
 
 def report(ref: str | None, project_dir: Path, out_dir: Path | None = None,
