@@ -62,10 +62,14 @@ class Output:
     @property
     def console(self) -> Any:
         if self._console is None:
+            import os
+
             from rich.console import Console
 
+            # piped or redirected: no width to fit, so a table's paths are not folded
+            wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
             self._console = Console(highlight=False, soft_wrap=False, markup=False,
-                                    emoji=False)
+                                    emoji=False, width=1000 if wide else None)
         return self._console
 
     def emit(self, data: Any) -> None:
@@ -78,6 +82,7 @@ class Output:
 
         if all(isinstance(p, str | Text) for p in parts):
             parts = (Text.assemble(*parts),)
+            kwargs.setdefault("soft_wrap", True)  # a line the terminal wraps, not rich
         self.console.print(*(Escaped(p) for p in parts), **kwargs)
 
     def write(self, text: str) -> None:
@@ -264,9 +269,10 @@ def submit(
         if result.setup is not None and result.setup.action == "installed":
             out.print(result.setup.line())
         bundle = result.bundle
-        git = bundle.git.commit[:10] if bundle.git.commit else "not in git"
+        git = (f"git {bundle.git.commit[:10]}" if bundle.git.commit
+               else "not a git repository")
         dirty = " (dirty)" if bundle.git.dirty else ""
-        out.print(f"bundle {bundle.hash[:12]}: {len(bundle.files)} files, git {git}{dirty}")
+        out.print(f"bundle {bundle.hash[:12]}: {len(bundle.files)} files, {git}{dirty}")
         if bundle.held_back:
             out.print(f"held back (secret filter): {', '.join(bundle.held_back)}")
         if result.group:
@@ -401,6 +407,10 @@ def _view_row(view: Any) -> list[str]:
             _ago(time.time() - record.submitted_at), record.run_dir]
 
 
+#: a sweep's points shown under it in `list` (the rest are counted: `status SWEEP` shows all)
+LIST_POINTS = 10
+
+
 def _table(out: Output, views: list[Any]) -> None:
     from rich.table import Table
 
@@ -409,10 +419,14 @@ def _table(out: Output, views: list[Any]) -> None:
         table.add_column(column, overflow="fold")
     for view in views:
         table.add_row(*_view_row(view))
-        for child in view.children:
+        for child in view.children[:LIST_POINTS]:
             row = _view_row(child)
             row[0] = "  " + row[0]
             table.add_row(*row)
+        more = len(view.children) - LIST_POINTS
+        if more > 0:
+            table.add_row("  ...", "", "", f"{more} more points (hpcrun status "
+                          f"{view.record.id})", "", "")
     out.print(table)
 
 

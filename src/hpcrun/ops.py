@@ -659,8 +659,8 @@ def _last_seen(record: JobRecord, status: JobStatus) -> JobStatus:
     """A job the scheduler has forgotten (or cannot be asked about) after it was seen to end
     keeps the end it was seen with: an end does not change."""
     if status.state == "UNKNOWN" and is_terminal(record.state):
-        return JobStatus(record.state, reason=f"as last seen ({status.reason or 'unknown now'})",
-                         detail=status.detail)
+        note = f"{record.state} as last seen; now: {status.reason or 'unknown'}"
+        return JobStatus(record.state, detail={**status.detail, "note": note})
     return status
 
 

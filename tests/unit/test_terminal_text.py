@@ -103,3 +103,26 @@ def test_escape_controls_keeps_only_what_it_is_told():
     assert escape_controls("a\x1b[31mb\tc\nd", "\n\t") == "a\\x1b[31mb\tc\nd"
     assert escape_controls("\u2028\x85") == "\\u2028\\x85"
 
+
+
+def test_piped_output_keeps_paths_whole_and_a_big_sweep_short(project, monkeypatch):
+    """Piped (no terminal, no COLUMNS) a line or a table cell is not folded mid-path, and a
+    sweep shows its first points and a count of the rest."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    deep = "d" * 60
+    answer = invoke("submit", "scripts/train.py", "--backend", "local", "--set",
+                    f"runs_dir={deep}/{deep}", "--sweep", "params.tag=" + ",".join(
+                        f"t{i}" for i in range(14)))
+    assert answer.code == 0, answer.err
+    exe = str(Path(sys.executable).parent / "hpcrun")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "COLUMNS"}
+    out = subprocess.run([exe, "list"], cwd=project, capture_output=True, text=True, env=env,
+                         timeout=120).stdout
+    rows = out.splitlines()
+    assert any(f"{deep}/{deep}/train/" in row for row in rows), out
+    assert sum("  " + "p0" in row or "-p0" in row for row in rows) == 10, out
+    assert "4 more points (hpcrun status" in out
