@@ -571,8 +571,12 @@ def _status_text(snap: Any) -> str:
 
 
 def _progress_text(snap: Any) -> str:
-    if not snap.epochs:
-        return f"stage {snap.stage}: evaluating"
+    from .job import is_terminal
+
+    if not snap.epochs:  # an evaluation-only stage: no epochs to count
+        state = (snap.stages or {}).get(snap.stage) or snap.state
+        ended = is_terminal(snap.state) or is_terminal(state)
+        return f"stage {snap.stage}: " + (state.lower() if ended else "evaluating")
     text = f"stage {snap.stage}: epoch {snap.epoch}/{snap.epochs}"
     if snap.eta_s is not None:
         text += f"  ETA {_ago(snap.eta_s)}"
