@@ -626,8 +626,11 @@ def _snapshot_lines(snap: Any) -> list[str]:
 def _flag_lines(flags: list[Any]) -> list[str]:
     if not flags:
         return ["red flags: none"]
-    return ["red flags:"] + [f"  ! {f.code}" + (f" [{f.stage}]" if f.stage else "")
-                             + f": {f.message}" for f in flags]
+    lines = ["red flags:"]
+    for f in flags:
+        lines.append(f"  ! {f.code}" + (f" [{f.stage}]" if f.stage else "") + f": {f.message}")
+        lines.append(f"      what to do: {f.advice}")
+    return lines
 
 
 def _num(text: str) -> str:

@@ -57,8 +57,46 @@ class Flag:
     #: the rank a per-rank flag is about (for a host-wide one, the host's first rank)
     rank: int | None = None
 
+    @property
+    def advice(self) -> str:
+        """One line on what to do about it (docs/red-flags.md says more)."""
+        return ADVICE.get(self.code, "see docs/red-flags.md")
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "advice": self.advice}
+
+
+#: what to do about each red flag, in one line (docs/red-flags.md explains each)
+ADVICE = {
+    "nan_loss": "lower training.lr, keep training.grad_clip on, try training.amp=off, and check "
+                "the data for NaN or inf; resume from a checkpoint before the first bad epoch",
+    "diverging": "the model is overfitting or the learning rate is too high: stop at the best "
+                 "epoch (early stopping), lower training.lr, or add regularisation",
+    "exploding_gradients": "set or lower training.grad_clip, lower training.lr or add warmup "
+                           "(training.scheduler.warmup_epochs)",
+    "nonfinite_gradients": "the optimizer skipped or applied inf/NaN gradients: lower "
+                           "training.lr, keep training.grad_clip on, try training.amp=off",
+    "vanishing_gradients": "the model is not learning: raise training.lr, check the "
+                           "initialisation and activations, or that layers are not frozen",
+    "separation_stalled": "predictions for the two classes are not moving apart: check the "
+                          "labels, raise training.lr or train longer",
+    "separation_collapsed": "the classes' predictions are merging again: stop at the best "
+                            "epoch, lower training.lr or add regularisation",
+    "memory_growth": "host memory rises every epoch: look for tensors or lists kept across "
+                     "steps (losses appended without .item(), caches)",
+    "gpu_memory_growth": "GPU memory rises every epoch: look for tensors kept across steps "
+                         "(a loss kept with its graph) or growing batches",
+    "memory_near_capacity": "close to out of memory: lower training.batch_size (keep the "
+                            "global batch with training.grad_accum_steps) or use bf16/fp16",
+    "host_memory_near_capacity": "the host is close to out of memory: fewer data workers or "
+                                 "processes per node, or a smaller batch",
+    "stalled": "no heartbeat: look at `hpcrun logs` (a hang in a collective, a dead rank, a "
+               "full disk); cancel and --resume it if it does not move",
+    "failed": "read the cause and the log's last lines (`hpcrun status`, `hpcrun logs`), fix "
+              "it, then `hpcrun submit --resume JOB`",
+    "gpu_idle": "the GPUs wait for data: more data-loader workers, a faster disk or input "
+                "pipeline, a larger batch",
+}
 
 
 def failure_cause(text: str) -> str | None:

@@ -862,9 +862,9 @@ def _flags_html(flags: Sequence[Any]) -> str:
         return '<p class="healthy">none</p>'
     rows = "".join(f'<tr><td class="flag">{_e(f.code)}</td><td>{_e(f.stage or "")}</td>'
                    f'<td class="n">{_e("" if f.epoch is None else f.epoch)}</td>'
-                   f"<td>{_e(f.message)}</td></tr>" for f in flags)
-    return ("<table><tr><th>flag</th><th>stage</th><th>epoch</th><th>what was seen</th></tr>"
-            f"{rows}</table>")
+                   f"<td>{_e(f.message)}</td><td>{_e(f.advice)}</td></tr>" for f in flags)
+    return ("<table><tr><th>flag</th><th>stage</th><th>epoch</th><th>what was seen</th>"
+            f"<th>what to do</th></tr>{rows}</table>")
 
 
 def render_html(summary: RunSummary,

@@ -9,7 +9,8 @@ from pydantic import BaseModel
 
 from hpcrun.config import ExperimentConfig, _model_of
 
-DOC = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
+REPO = Path(__file__).resolve().parents[2]
+DOC = (REPO / "docs" / "config.md").read_text()
 
 
 def keys(model: type[BaseModel], prefix: str = ""):
@@ -34,3 +35,15 @@ def test_every_config_key_is_documented():
     missing = [f"{prefix}{name}" for prefix, name in keys(ExperimentConfig)
                if not documented(f"{prefix}{name}")]
     assert missing == []
+
+
+def test_every_red_flag_has_advice_and_a_section_in_red_flags_md():
+    import re
+
+    from hpcrun import diagnose
+
+    source = (REPO / "src" / "hpcrun" / "diagnose.py").read_text()
+    raised = set(re.findall(r'Flag\(\s*"([a-z_]+)"', source))
+    assert raised and raised == set(diagnose.ADVICE), raised ^ set(diagnose.ADVICE)
+    doc = (REPO / "docs" / "red-flags.md").read_text()
+    assert set(re.findall(r"^### `([a-z_]+)`$", doc, re.M)) == raised

@@ -539,6 +539,7 @@ def test_report_prints_the_summary_and_red_flags_before_the_paths(project):
         assert out.index("Stage pretrain [SUCCEEDED]") < out.index("Final evaluation (eval):")
         assert "  best Val AUROC        0.8500 at epoch 3 (highest)" in out
         assert "! failed [finetune]: rank 0 on node1: RuntimeError: boom" in out
+        assert "what to do: read the cause" in out
         assert out.index("red flags:") < out.index("Report:")
         paths = report_paths(out)
         assert paths[0].name == "report.html" and len(paths) == 11
