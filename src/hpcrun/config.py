@@ -88,6 +88,13 @@ def _check_name(value: str, what: str) -> str:
     return formats.NAME.check(value, what)
 
 
+#: the data keys only one source reads (config show and config.yaml leave out the other's)
+SYNTHETIC_KEYS = frozenset({"rows", "features", "informative", "positive_rate", "noise",
+                            "val_fraction", "test_fraction"})
+FILES_KEYS = frozenset({"path", "format", "label_column", "feature_columns", "split_column",
+                        "missing"})
+
+
 class DataConfig(_Section):
     source: Literal["synthetic", "files"] = "synthetic"
     # synthetic generator
@@ -103,7 +110,7 @@ class DataConfig(_Section):
     format: Literal["auto", "csv", "parquet"] = "auto"
     label_column: str = "label"
     feature_columns: list[str] | None = None
-    split_column: str | None = None
+    split_column: str | None = "split"
     missing: Literal["mean", "zero", "drop", "error"] = "mean"
     standardize: bool = True
 
@@ -412,7 +419,6 @@ class DistributedConfig(_Section):
     enabled: Literal["auto", True, False] = "auto"
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     nproc_per_node: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
-    nnodes: int = Field(1, ge=1)
     rdzv_timeout: int = Field(900, ge=1)
     #: collective timeout: a rank whose peer disappears gives up after this long
     timeout_s: int = Field(120, ge=5)
@@ -669,7 +675,10 @@ class ExperimentConfig(_Section):
 
     def to_yaml(self) -> str:
         # your own program has no use for the built-in trainer's sections
-        unused = {"data", "model", "training"} if self.run is not None else set()
+        if self.run is not None:
+            unused: Any = {"data", "model", "training"}
+        else:  # the keys of the data source not used
+            unused = {"data": FILES_KEYS if self.data.source == "synthetic" else SYNTHETIC_KEYS}
         return yaml.safe_dump(self.model_dump(mode="json", exclude=unused), sort_keys=False)
 
 

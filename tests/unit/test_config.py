@@ -119,3 +119,24 @@ def test_extends_naming_an_unknown_users_home_is_a_config_error(tmp_path, target
     path = write(tmp_path, "home", f"experiment: home\nextends: {target}\n")
     message = error(str(path), project_dir=tmp_path)
     assert target in message and "\n" not in message
+
+
+def test_a_config_shows_the_keys_of_its_own_data_source_only(tmp_path):
+    """config show (and a run's config.yaml) of a files config holds no synthetic generator
+    keys, and the other way round; what it prints loads back to the same data config."""
+    import yaml
+
+    from hpcrun.config import SYNTHETIC_KEYS, load_config, load_config_text
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "f.yaml").write_text(
+        "extends: v3\nexperiment: f\ndata: {source: files, path: data/x.csv}\n")
+    files = load_config("f", project_dir=tmp_path)
+    shown = yaml.safe_load(files.to_yaml())["data"]
+    assert "rows" not in shown and "noise" not in shown and shown["path"] == "data/x.csv"
+    again = load_config_text(files.to_yaml(), source="x").data
+    assert again.model_dump(exclude=set(SYNTHETIC_KEYS)) == files.data.model_dump(
+        exclude=set(SYNTHETIC_KEYS))
+    synthetic = yaml.safe_load(load_config("v3", project_dir=tmp_path).to_yaml())["data"]
+    assert "path" not in synthetic and "label_column" not in synthetic
+    assert synthetic["rows"] == 8000

@@ -47,3 +47,87 @@ def test_every_red_flag_has_advice_and_a_section_in_red_flags_md():
     assert raised and raised == set(diagnose.ADVICE), raised ^ set(diagnose.ADVICE)
     doc = (REPO / "docs" / "red-flags.md").read_text()
     assert set(re.findall(r"^### `([a-z_]+)`$", doc, re.M)) == raised
+
+
+#: default cells that name no value (a rule, or "not set")
+_PROSE = {"file name", "—", "required", "all others", "by mode"}
+
+
+def _documented_defaults():
+    """(dotted key, documented default) from the tables of docs/config.md."""
+    import re
+
+    import yaml
+
+    prefix = None
+    for line in DOC.splitlines():
+        heading = re.match(r"^#{2,3} (.*)$", line)
+        if heading:
+            title = heading.group(1)
+            names = re.findall(r"`(\w+)`", title)
+            prefix = "" if title == "Top level" else (
+                f"{names[-1]}." if len(names) == 1 and names[0] != "pipeline" else None)
+            continue
+        row = re.match(r"^\| (`[^|]+`) \| ([^|]*) \|", line)
+        if prefix is None or not row or row.group(2).strip() in _PROSE:
+            continue
+        keys = re.findall(r"`([\w.]+)`", row.group(1))
+        cell = row.group(2).strip()
+        values = [cell] if len(keys) == 1 else yaml.safe_load(f"[{cell}]")
+        for key, value in zip(keys, values, strict=True):
+            key = key if "." in key and key.split(".")[0] in ("run", "sync") else prefix + key
+            yield key, yaml.safe_load(value) if isinstance(value, str) else value
+
+
+def _schema_default(dotted: str):
+    model: type[BaseModel] = ExperimentConfig
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        model = _model_of(model.model_fields[part].annotation)
+    field = model.model_fields[parts[-1]]
+    return field.get_default(call_default_factory=True)
+
+
+def _same(documented, actual) -> bool:
+    if isinstance(actual, BaseModel):
+        actual = actual.model_dump()
+    if isinstance(documented, str) and not isinstance(actual, str):
+        try:
+            documented = float(documented)
+        except ValueError:
+            return False
+    if isinstance(actual, bool) or isinstance(documented, bool):
+        return documented is actual or documented == actual
+    if isinstance(actual, int | float) and isinstance(documented, int | float):
+        return float(actual) == float(documented)
+    return documented == actual
+
+
+def test_documented_defaults_are_the_schemas():
+    """Each default in docs/config.md's tables is what the schema gives a key nobody set."""
+    checked, wrong = 0, []
+    for key, documented in _documented_defaults():
+        actual = _schema_default(key)
+        checked += 1
+        if not _same(documented, actual):
+            wrong.append(f"{key}: documented {documented!r}, schema {actual!r}")
+    assert checked > 60 and wrong == []
+
+
+def test_what_extends_base_changes_is_documented():
+    """configs/base.yaml sets some keys to other values than the schema's defaults: the doc
+    says which, so a reader of its tables is not surprised."""
+    import yaml
+
+    base = yaml.safe_load((REPO / "configs" / "base.yaml").read_text())
+
+    def leaves(data, prefix=""):
+        for key, value in data.items():
+            if isinstance(value, dict) and key not in ("components", "scheduler_args"):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    changed = [key for key, value in leaves(base) if not _same(value, _schema_default(key))]
+    section = DOC.split("### What `extends: base` changes")[1].split("\n## ")[0]
+    assert changed and [k for k in changed if f"`{k}`" not in section] == []
