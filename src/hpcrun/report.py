@@ -18,7 +18,6 @@ import difflib
 import errno
 import functools
 import hashlib
-import html
 import io
 import json
 import math
@@ -821,27 +820,19 @@ img{border:1px solid #eee;max-width:100%}
 """
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+def _cells(values: Sequence[Any]) -> list[dict[str, Any]]:
+    """A table row for the page: floats right-aligned in the report's number format."""
+    return [{"text": _cell(v), "numeric": True} if isinstance(v, float)
+            else {"text": "" if v is None else str(v), "numeric": False} for v in values]
 
 
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    out = ["<table><tr>", *(f"<th>{_e(h)}</th>" for h in header), "</tr>"]
-    for row in rows:
-        out.append("<tr>")
-        for value in row:
-            if isinstance(value, float):
-                out.append(f'<td class="n">{_e(_cell(value))}</td>')
-            else:
-                out.append(f"<td>{_e('' if value is None else value)}</td>")
-        out.append("</tr>")
-    out.append("</table>")
-    return "".join(out)
+def _table_data(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    return {"header": list(header), "rows": [_cells(row) for row in rows]}
 
 
-def _evaluation_html(rows: Sequence[dict[str, Any]]) -> str:
+def _evaluation_data(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     columns = _table_columns(rows)
-    return _html_table(columns, [[row.get(c, "") for c in columns] for row in rows])
+    return _table_data(columns, [[row.get(c, "") for c in columns] for row in rows])
 
 
 def _stage_row(stage: StageSummary) -> list[Any]:
@@ -857,14 +848,29 @@ def _stage_row(stage: StageSummary) -> list[Any]:
             num(stage.peak_gpu_mb, 1)]
 
 
-def _flags_html(flags: Sequence[Any]) -> str:
-    if not flags:
-        return '<p class="healthy">none</p>'
-    rows = "".join(f'<tr><td class="flag">{_e(f.code)}</td><td>{_e(f.stage or "")}</td>'
-                   f'<td class="n">{_e("" if f.epoch is None else f.epoch)}</td>'
-                   f"<td>{_e(f.message)}</td><td>{_e(f.advice)}</td></tr>" for f in flags)
-    return ("<table><tr><th>flag</th><th>stage</th><th>epoch</th><th>what was seen</th>"
-            f"<th>what to do</th></tr>{rows}</table>")
+_STAGE_HEADER = ["stage", "state", "mode", "epochs", "selection metric", "best epoch",
+                 "best value", "train loss first → last", "loss decrease", "decrease %",
+                 "val separation (best)", "val separation (last)", "median epoch time (s)",
+                 "peak host RSS (MB)", "peak GPU (MB)"]
+
+
+@functools.cache
+def _page_template() -> Any:
+    """templates/report.html.j2 in an environment of its own: autoescape on, so no value
+    reaches the page unescaped by omission (the job scripts' environment quotes for a
+    shell instead)."""
+    import jinja2
+
+    from hpcrun.resources import templates_dir
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
+                             autoescape=True, undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True)
+    return env.get_template("report.html.j2")
+
+
+def _figure(label: str, png: bytes) -> dict[str, str]:
+    return {"label": label, "data": base64.b64encode(png).decode("ascii")}
 
 
 def render_html(summary: RunSummary,
@@ -872,55 +878,29 @@ def render_html(summary: RunSummary,
                 flags: Sequence[Any] = (), system: bytes | None = None) -> str:
     """One self-contained page: inline style, images as data URIs, every value escaped.
     ``flags`` are the run's red flags (``diagnose.Flag``: code, message, stage, epoch)."""
+    from markupsafe import Markup
+
     images = images or {}
-    title = f"{summary.experiment} / {summary.run_id}"
-    parts = ["<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
-             f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>",
-             f"<h1>Run {_e(summary.run_id)}</h1>",
-             _html_table(["experiment", "run id", "state", "path"],
-                         [[summary.experiment, summary.run_id, summary.state, summary.path]])]
-    if summary.message:
-        parts.append(f"<p>Message: {_e(summary.message)}</p>")
-    parts.append("<h2>Red flags</h2>")
-    parts.append(_flags_html(flags))
-    parts.append("<h2>Final evaluation</h2>")
+    final = None
     if summary.final_evaluation:
-        parts.append(f"<p>Stage {_e(summary.final_evaluation_stage)}</p>")
-        parts.append(_evaluation_html(summary.final_evaluation))
-    else:
-        parts.append("<p>No evaluation yet.</p>")
-    parts.append("<h2>Stages</h2>")
-    if summary.stages:
-        parts.append(_html_table(
-            ["stage", "state", "mode", "epochs", "selection metric", "best epoch", "best value",
-             "train loss first → last", "loss decrease", "decrease %", "val separation (best)",
-             "val separation (last)", "median epoch time (s)", "peak host RSS (MB)",
-             "peak GPU (MB)"],
-            [_stage_row(s) for s in summary.stages]))
-    else:
-        parts.append("<p>No stage directories yet.</p>")
-    for stage in summary.stages:
-        parts.append(f"<h2>Stage {_e(stage.name)}</h2>")
-        if stage.evaluation:
-            parts.append("<h3>Evaluation</h3>")
-            parts.append(_evaluation_html(stage.evaluation))
-        plots = images.get(stage.name) or []
-        if plots:
-            parts.append('<div class="plots">')
-            for _, caption, png in plots:
-                data = base64.b64encode(png).decode("ascii")
-                label = f"{stage.name}: {caption}"
-                parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{_e(label)}">'
-                             f"<figcaption>{_e(label)}</figcaption></figure>")
-            parts.append("</div>")
-    if system is not None:
-        data = base64.b64encode(system).decode("ascii")
-        label = "GPU utilisation and CPU over the job (system.csv)"
-        parts.append(f'<h2>System</h2><div class="plots"><figure><img src="data:image/png;'
-                     f'base64,{data}" alt="{_e(label)}"><figcaption>{_e(label)}</figcaption>'
-                     "</figure></div>")
-    parts.append("</body></html>\n")
-    return "".join(parts)
+        final = {"stage": summary.final_evaluation_stage,
+                 **_evaluation_data(summary.final_evaluation)}
+    return _page_template().render(
+        title=f"{summary.experiment} / {summary.run_id}", style=Markup(_STYLE),
+        run={"run_id": summary.run_id, **_table_data(
+            ["experiment", "run id", "state", "path"],
+            [[summary.experiment, summary.run_id, summary.state, summary.path]])},
+        message=summary.message, flags=list(flags), final=final,
+        stages=_table_data(_STAGE_HEADER, [_stage_row(s) for s in summary.stages])
+        if summary.stages else None,
+        per_stage=[{"name": stage.name,
+                    "evaluation": _evaluation_data(stage.evaluation) if stage.evaluation
+                    else None,
+                    "plots": [_figure(f"{stage.name}: {caption}", png)
+                              for _, caption, png in images.get(stage.name) or []]}
+                   for stage in summary.stages],
+        system=_figure("GPU utilisation and CPU over the job (system.csv)", system)
+        if system is not None else None)
 
 
 def write_report(run_dir: Path, out_dir: Path | None = None,
