@@ -259,7 +259,7 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
     remote_name = remote or base.remote
     backend_name = _resolve_backend(backend, base, runner, remote_name, project_dir)
     impl = get_backend(backend_name, remote=remote_name, project_dir=project_dir)
-    ssh = getattr(impl.files, "ssh", None)  # a remote's connection (pod, cluster login node)
+    ssh = impl.ssh  # a remote's connection (pod, cluster login node)
     remote_cfg = ssh.remote if ssh is not None else None
 
     bundle = describe(project_dir, base.bundle, allow, runner)
@@ -438,9 +438,8 @@ def resume(ref: str, project_dir: Path, store: JobStore | None = None) -> JobVie
         raise BadInput(f"job {record.id} was submitted by an hpcrun that did not record its "
                        "plans; it cannot be resumed", hint="submit the experiment again")
     backend = backend_for(record)
-    plans = _stored_plans(record, backend.files.read_text)
-    done = rundir.Status.of(backend.files.read_json(posixpath.join(
-        backend.files.run_dir(record), rundir.STATUS))).succeeded()
+    plans = _stored_plans(record, backend.read_text)
+    done = backend.run_status(record).succeeded()
     plans = [p for p in plans if p.stage is None or p.stage not in done]
     native = backend.resume(record, plans)[record.id]
     record.native_id = native.get("id")
@@ -620,8 +619,7 @@ def triage(view: JobView, backend: Any | None = None) -> Triage | None:
     lines = (backend.read_log(record) or "").splitlines()
     tail = "\n".join(lines[-200:])
     cause = failed_flag(Path(record.run_dir), tail).message
-    failure = rundir.Failure.of(backend.files.read_json(posixpath.join(
-        backend.files.run_dir(record), rundir.FAILURE)))
+    failure = backend.run_failure(record)
     kept = failure.brief() if failure is not None else None
     return Triage(cause=cause,
                   signal=_signal_of(tail, view.status.exit_code), failure=kept or None,

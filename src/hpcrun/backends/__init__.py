@@ -27,19 +27,15 @@ def get_backend(name: str, *, remote: str | None = None,
         raise BadInput(f"unknown backend {name!r}; choose one of {', '.join(KNOWN)}")
     module_name, _, cls = target.partition(":")
     factory = getattr(importlib.import_module(module_name), cls)
-    if name == "pod" and not remote:
-        raise BadInput("the pod backend needs a remote: --remote NAME or `remote:` in the "
-                       "config (remotes are defined in configs/remotes.yaml)")
-    if not remote:
-        return factory()
-    if name == "local":
+    if remote and name == "local":
         raise BadInput(f"the local backend runs on this machine; remote {remote!r} is for "
                        "--backend pod, slurm or pbs (a cluster's login node)")
-    from ..config import load_remote
+    config = None
+    if remote:
+        from ..config import load_remote
 
-    config = load_remote(remote, project_dir)
-    return factory(config, remote) if name == "pod" else factory(remote=config,
-                                                                   remote_name=remote)
+        config = load_remote(remote, project_dir)
+    return factory(remote=config, remote_name=remote)
 
 
 def backend_for(record: JobRecord, project_dir: Path | None = None) -> Backend:

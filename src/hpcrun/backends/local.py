@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -18,7 +19,7 @@ from ..job import JobRecord, JobStatus, is_terminal
 from ..render import JobSpec, SubmitPlan, job_files, render_local, render_template
 from ..resources import launchers_dir
 from ..shell import LocalRunner
-from .base import ScriptBackend
+from .base import Backend
 
 CANCEL_MARKER = rundir.JOB_CANCELLED
 #: seconds between SIGTERM (the trainer saves and stops) and SIGKILL of the job's processes
@@ -38,13 +39,16 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
-class LocalBackend(ScriptBackend):
+class LocalBackend(Backend):
     follow_interval = 0.5
 
     name = "local"
 
-    def __init__(self, runner: LocalRunner | None = None):
-        self.runner = runner or LocalRunner()
+    def __init__(self, *, runner: LocalRunner | None = None, remote: Any = None,
+                 remote_name: str | None = None):
+        if remote is not None:  # get_backend refuses it with the fix for the user
+            raise ValueError("the local backend takes no remote")
+        super().__init__(runner=runner)  # the job's files are on this machine
         self.host = socket.gethostname()
 
     # -- rendering and submission -----------------------------------------------------------

@@ -18,10 +18,10 @@ from typing import Any
 from .. import rundir
 from ..config import RemoteConfig
 from ..errors import BadInput, OperationFailed
-from ..job import JobRecord, JobStatus, is_terminal
+from ..job import JobRecord, JobStatus
 from ..render import JobSpec, SubmitPlan, render_template, scheduler_context
 from ..shell import LocalRunner
-from .base import ScriptBackend, fill_dependencies
+from .base import SchedulerBackend
 
 #: PBS job_state letter -> hpcrun state (F/X, finished, are decided by Exit_status)
 STATE_TABLE = {
@@ -114,17 +114,20 @@ def _short(job_id: str) -> str:
     return job_id.split(".", 1)[0]
 
 
-class PbsBackend(ScriptBackend):
+class PbsBackend(SchedulerBackend):
     follow_interval = 2.0
 
     name = "pbs"
+    cancel_tool = "qdel"
+    dependency_prefix = "depend="
+    dependency_flag = "-W"
 
-    def __init__(self, runner: LocalRunner | None = None, remote: RemoteConfig | None = None,
+    def __init__(self, *, runner: LocalRunner | None = None, remote: RemoteConfig | None = None,
                  remote_name: str | None = None):
         if remote is not None:
             raise BadInput("PBS through a login node is not supported yet: run hpcrun on the "
                            "login node, or use --backend slurm/pod")
-        self.runner = runner or LocalRunner()
+        super().__init__(runner=runner)
 
     def render(self, specs: Sequence[JobSpec], *, group: JobRecord | None = None,
                parallel: int | None = None, project_dir: Path | None = None) -> list[SubmitPlan]:
@@ -162,37 +165,19 @@ class PbsBackend(ScriptBackend):
     def preflight(self, plans: Sequence[SubmitPlan]) -> None:
         """PBS has no dry-run submission; the config's own validation is the check."""
 
-    def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
-        return self._queue(plans, None)
-
-    def resubmit(self, group: JobRecord, plans: Sequence[SubmitPlan],
-                 indices: Sequence[int]) -> dict[str, dict]:
+    def _rerun_argv(self, argv: list[str], tasks: Sequence[int], after: str | None,
+                    size: int) -> list[str]:
         """PBS arrays take a range, not a list: the range covering the failed indices is
         queued again; points in it that had succeeded finish at once (their stages are
-        done)."""
-        return self._queue(plans, indices)
+        done). The dependency on the stage before is already filled in."""
+        argv.insert(-1, "-J" + _array_range(tasks, size))
+        return argv
 
-    def _queue(self, plans: Sequence[SubmitPlan], indices: Sequence[int] | None
-               ) -> dict[str, dict]:
-        ids: dict[str, str] = {}
-        try:
-            for plan in plans:
-                self.write(plan)
-                argv = fill_dependencies(plan.argv, ids, "depend=", flag="-W")
-                if indices is not None:
-                    argv.insert(-1, "-J" + _array_range(indices, len(plan.members)))
-                ids[plan.stage or "all"] = self.runner.run(argv, timeout=120).stdout.strip()
-        except BaseException:  # whatever failed, nothing stays half-submitted
-            if ids:
-                self.runner.run(["qdel", *ids.values()], check=False, timeout=60)
-            raise
-        out = {plans[0].job_id: {"id": ",".join(ids.values()), "info": {"native": ids}}}
-        for index, member in enumerate(plans[0].members):
-            if indices is not None and index not in indices:
-                continue
-            tasks = {stage: sid.replace("[]", f"[{index}]") for stage, sid in ids.items()}
-            out[member] = {"id": ",".join(tasks.values()), "info": {"native": tasks}}
-        return out
+    def _task_id(self, array_id: str, task: int) -> str:
+        return array_id.replace("[]", f"[{task}]")
+
+    def _submit_one(self, argv: Sequence[str]) -> str:
+        return self.runner.run(argv, timeout=120).stdout.strip()
 
     def _query(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         result = self.runner.run(["qstat", "-x", "-f", "-F", "json", *ids], check=False,
@@ -251,13 +236,3 @@ class PbsBackend(ScriptBackend):
             return [posixpath.join(run, rundir.LOGS, f"train.rank{rank}.log")]
         return [posixpath.join(run, rundir.LOGS, f"pbs-{stage}.out")
                 for stage in (record.info.get("native") or {"all": ""})]
-
-    def cancel(self, records: Sequence[JobRecord]) -> dict[str, JobStatus]:
-        """One ``qdel`` of every stage of every job not ended yet (finished ids: harmless)."""
-        current = self.status(records)
-        ids = [sid for r in records if not is_terminal(current[r.id].state)
-               for sid in (r.info.get("native") or {}).values()]
-        if not ids:
-            return current
-        self.runner.run(["qdel", *dict.fromkeys(ids)], check=False, timeout=60)
-        return self.status(records)

@@ -16,22 +16,25 @@ from pathlib import Path
 
 from .. import rundir
 from ..config import RemoteConfig
+from ..errors import BadInput
 from ..job import JobRecord, JobStatus
 from ..render import JobSpec, SubmitPlan, job_files, render_template, steps
-from ..shell import SshRunner
+from ..shell import LocalRunner
 from ..sync import agent
-from .base import ScriptBackend
-from .files import RemoteFiles
+from .base import Backend
 
 
-class PodBackend(ScriptBackend):
+class PodBackend(Backend):
     name = "pod"
     follow_interval = 2.0
 
-    def __init__(self, remote: RemoteConfig, remote_name: str = "pod"):
-        self.remote = remote
-        self.files = RemoteFiles(SshRunner(remote), remote.workdir, remote.interpreter, remote_name)
-        self.runner = self.files.ssh
+    def __init__(self, *, runner: LocalRunner | None = None, remote: RemoteConfig | None = None,
+                 remote_name: str | None = None):
+        if remote is None:
+            raise BadInput("the pod backend needs a remote: --remote NAME or `remote:` in the "
+                           "config (remotes are defined in configs/remotes.yaml)")
+        super().__init__(remote=remote, remote_name=remote_name or "pod")
+        self.remote: RemoteConfig = remote
 
     # -- rendering ------------------------------------------------------------------------
 
@@ -57,16 +60,31 @@ class PodBackend(ScriptBackend):
             plans.append(SubmitPlan(job_id=spec.id, script=script, script_path=files["script"],
                                     argv=("bash", files["script"]), files=files))
         if group is not None:
-            files = job_files(self.place(group.run_dir))
-            script = render_template("local-sweep.sh.j2", {
-                "group": group, "parallel": parallel or 1,
-                "scripts": [p.script_path for p in plans], "files": files,
-                "cancel_marker": posixpath.join(self.place(group.run_dir),
-                                                rundir.JOB_CANCELLED)}, project_dir)
-            plans.append(SubmitPlan(job_id=group.id, script=script,
-                                    script_path=files["script"], argv=("bash", files["script"]),
-                                    files=files, kind="driver"))
+            plans.append(self._driver(group, plans, parallel or 1, project_dir))
         return plans
+
+    def _driver(self, group: JobRecord, plans: Sequence[SubmitPlan], parallel: int,
+                project_dir: Path | None = None) -> SubmitPlan:
+        """The sweep's driver on the pod: runs the points' scripts, ``parallel`` at a time."""
+        files = job_files(self.place(group.run_dir))
+        script = render_template("local-sweep.sh.j2", {
+            "group": group, "parallel": parallel, "scripts": [p.script_path for p in plans],
+            "files": files, "cancel_marker": posixpath.join(self.place(group.run_dir),
+                                                            rundir.JOB_CANCELLED)}, project_dir)
+        return SubmitPlan(job_id=group.id, script=script, script_path=files["script"],
+                          argv=("bash", files["script"]), files=files, kind="driver")
+
+    def resubmit(self, group: JobRecord, plans: Sequence[SubmitPlan],
+                 indices: Sequence[int]) -> dict[str, dict]:
+        """Run the chosen points' scripts again through a new driver on the pod."""
+        points = [p for p in plans if p.kind != "driver"]
+        chosen = [points[i] for i in indices]
+        ends = (rundir.JOB_EXIT, rundir.JOB_PID, rundir.JOB_CANCELLED)
+        self.files.remove([posixpath.join(posixpath.dirname(p.script_path), name)
+                           for p in chosen for name in ends]
+                          + [posixpath.join(self.place(group.run_dir), name) for name in ends])
+        driver = self._driver(group, chosen, group.info.get("parallel") or 1)
+        return self.submit([*chosen, driver]) | {p.job_id: {"id": None} for p in chosen}
 
     # -- submission -----------------------------------------------------------------------
 

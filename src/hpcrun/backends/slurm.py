@@ -22,8 +22,7 @@ from ..errors import BadInput, OperationFailed
 from ..job import JobRecord, JobStatus, is_terminal
 from ..render import JobSpec, SubmitPlan, render_template, scheduler_context
 from ..shell import CommandFailed, LocalRunner
-from .base import ScriptBackend, fill_dependencies
-from .files import RemoteFiles, files_for
+from .base import SchedulerBackend
 
 #: seconds before the time limit at which SLURM sends USR1 to the batch shell
 
@@ -199,17 +198,17 @@ def preflight_error(stderr: str) -> str:
     return f"slurm refused the job: {message}"
 
 
-class SlurmBackend(ScriptBackend):
-    name = "slurm"
+class SlurmBackend(SchedulerBackend):
+    """With a ``remote`` (a login node), every command runs through ssh and the job's files
+    live on the cluster under the remote's workdir."""
 
-    def __init__(self, runner: LocalRunner | None = None, remote: RemoteConfig | None = None,
+    name = "slurm"
+    cancel_tool = "scancel"
+    dependency_prefix = "--dependency="
+
+    def __init__(self, *, runner: LocalRunner | None = None, remote: RemoteConfig | None = None,
                  remote_name: str | None = None):
-        """With a ``remote`` (a login node), every command runs through ssh and the job's
-        files live on the cluster under the remote's workdir."""
-        self.remote = remote
-        self.files = files_for(remote, remote_name)
-        self.runner = self.files.ssh if isinstance(self.files, RemoteFiles) else (
-            runner or LocalRunner())
+        super().__init__(runner=runner, remote=remote, remote_name=remote_name)
         self._accounting: bool | None = None
 
     # -- rendering ------------------------------------------------------------------------
@@ -324,57 +323,20 @@ class SlurmBackend(ScriptBackend):
                                           "(hpcrun doctor); then submit again") from None
                 time.sleep(2 ** attempt)  # a busy controller: ask again, nothing was queued
 
-    def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
-        """Queue the stages in order, each depending on the one before. If one is refused,
-        the ones already queued are cancelled: nothing is left half-submitted."""
-        return self._queue(plans, None)
+    def _rerun_argv(self, argv: list[str], tasks: Sequence[int], after: str | None,
+                    size: int) -> list[str]:
+        # command-line options win over #SBATCH lines; aftercorr: task by task
+        argv = [a for a in argv if not a.startswith("--dependency=")]
+        argv.insert(-1, f"--array={','.join(str(i) for i in tasks)}")
+        if after is not None:
+            argv.insert(-1, f"--dependency=aftercorr:{after}")
+        return argv
 
-    def resubmit(self, group: JobRecord, plans: Sequence[SubmitPlan],
-                 indices: Sequence[int]) -> dict[str, dict]:
-        """The same array jobs again, for the failed task indices only."""
-        return self._queue(plans, indices)
+    def _task_id(self, array_id: str, task: int) -> str:
+        return f"{array_id}_{task}"
 
-    def _queue(self, plans: Sequence[SubmitPlan], indices: Sequence[int] | None
-               ) -> dict[str, dict]:
-        ids: dict[str, str] = {}
-        previous: SubmitPlan | None = None
-        if isinstance(self.files, RemoteFiles):  # one round trip for every script
-            self.files.write({p.script_path: p.script for p in plans},
-                             {p.script_path: 0o755 for p in plans})
-        else:
-            for plan in plans:
-                self.write(plan)
-        try:
-            for plan in plans:
-                argv = fill_dependencies(plan.argv, ids, "--dependency=")
-                if indices is not None:  # command-line options win over #SBATCH lines
-                    tasks = [i - plan.offset for i in indices
-                             if plan.offset <= i < plan.offset + len(plan.members)]
-                    if not tasks:
-                        continue  # nothing of this array is run again
-                    argv = [a for a in argv if not a.startswith("--dependency=")]
-                    argv.insert(-1, f"--array={','.join(str(i) for i in tasks)}")
-                    if previous is not None and previous.offset == plan.offset:
-                        argv.insert(-1, f"--dependency=aftercorr:{ids[previous.key]}")
-                out = self._sbatch(argv)
-                ids[plan.key] = out.split(";")[0].splitlines()[-1]
-                previous = plan
-        except BaseException:  # whatever failed, nothing stays half-submitted
-            if ids:
-                self.runner.run(["scancel", *ids.values()], check=False, timeout=60)
-            raise
-        owner = plans[0].job_id
-        out = {owner: {"id": ",".join(ids.values()), "info": {"native": ids}}}
-        for plan in plans:  # each sweep point: its task in each stage's array
-            if plan.key not in ids:
-                continue
-            for task, member in enumerate(plan.members):
-                if indices is not None and plan.offset + task not in indices:
-                    continue
-                entry = out.setdefault(member, {"info": {"native": {}}})
-                entry["info"]["native"][plan.stage or "all"] = f"{ids[plan.key]}_{task}"
-                entry["id"] = ",".join(entry["info"]["native"].values())
-        return out
+    def _submit_one(self, argv: Sequence[str]) -> str:
+        return self._sbatch(argv).split(";")[0].splitlines()[-1]
 
     def _sbatch(self, argv: Sequence[str]) -> str:
         """sbatch's answer. One killed by SIGPIPE before it said anything (munged or the
@@ -451,8 +413,7 @@ class SlurmBackend(ScriptBackend):
         return {r.id: self._combine(r, states) for r in records}
 
     def _combine(self, record: JobRecord, states: dict[str, NativeState]) -> JobStatus:
-        run = self.files.run_dir(record)
-        trainer = rundir.Status.of(self.files.read_json(posixpath.join(run, rundir.STATUS)))
+        trainer = self.run_status(record)
         detail = {k: v for k, v in trainer.detail().items() if k != "stages"}
         native = record.info.get("native") or {}
         stage_states: dict[str, str] = {}
@@ -486,8 +447,7 @@ class SlurmBackend(ScriptBackend):
             if blocked:
                 names = [s for s, v in stage_states.items() if v == "BLOCKED"]
                 reason += f"; {', '.join(names)} blocked by it (DependencyNeverSatisfied)"
-            failure = rundir.Failure.of(self.files.read_json(posixpath.join(run,
-                                                                            rundir.FAILURE)))
+            failure = self.run_failure(record)
             if failure is not None and failure.exception:
                 reason += f": {failure.exception}"
             return JobStatus("FAILED", reason=reason, detail=detail)
@@ -519,24 +479,17 @@ class SlurmBackend(ScriptBackend):
                 paths.append(posixpath.join(run, rundir.LOGS, f"slurm-{stage}-{job}.out"))
         return paths or [posixpath.join(run, rundir.LOGS, "slurm-not-started.out")]
 
-    def cancel(self, records: Sequence[JobRecord]) -> dict[str, JobStatus]:
-        """One ``scancel`` of every stage (a sweep's array jobs, whose waiting tasks go with
-        them), then one wait for all."""
-        current = self.status(records)
-        ids: list[str] = []
-        for record in records:
-            now = current[record.id]
-            blocked = "BLOCKED" in (now.detail.get("stages") or {}).values()
-            if blocked or not is_terminal(now.state):
-                ids += (record.info.get("native") or {}).values()
-        if not ids:
-            return current
-        self.runner.run(["scancel", *dict.fromkeys(ids)], check=False, timeout=60)
-        # squeue shows a cancelled job COMPLETING until its processes are gone (up to the
-        # cluster's KillWait, often 30 s): wait for the ends rather than a number of polls.
-        # Right after scancel a running job can read CANCELLED for a moment before it reads
-        # COMPLETING, so an end counts once two polls in a row agree. A task that never
-        # started is forgotten at once (UNKNOWN): it will not start either.
+    def _to_cancel(self, status: JobStatus) -> bool:
+        # a stage blocked by a failed one waits forever unless it is cancelled
+        return not is_terminal(status.state) or \
+            "BLOCKED" in (status.detail.get("stages") or {}).values()
+
+    def _await_ends(self, records: Sequence[JobRecord]) -> dict[str, JobStatus]:
+        """squeue shows a cancelled job COMPLETING until its processes are gone (up to the
+        cluster's KillWait, often 30 s): wait for the ends rather than a number of polls.
+        Right after scancel a running job can read CANCELLED for a moment before it reads
+        COMPLETING, so an end counts once two polls in a row agree. A task that never
+        started is forgotten at once (UNKNOWN): it will not start either."""
         deadline = time.monotonic() + CANCEL_WAIT_S
         ended_before = False
         while True:
