@@ -375,8 +375,8 @@ PARENT_PID = os.getpid()
 @pytest.fixture
 def forked(monkeypatch):
     """Work spread over two worker processes however many CPUs and threads there are."""
-    monkeypatch.setattr(report, "_workers", lambda: 2)
-    monkeypatch.setattr(report.threading, "active_count", lambda: 1)
+    monkeypatch.setattr(report.plots, "_workers", lambda: 2)
+    monkeypatch.setattr(report.plots.threading, "active_count", lambda: 1)
 
 
 def test_fan_out_spreads_work_over_worker_processes_in_order(forked):
@@ -403,12 +403,12 @@ def test_fan_out_does_the_work_itself_when_no_worker_can_start(forked, monkeypat
 
 def test_compare_in_worker_processes_ranks_exactly_as_in_one(tmp_path, monkeypatch):
     runs = _sweep(tmp_path, 5)
-    monkeypatch.setattr(report, "_FORK_RUNS", 10**9)
+    monkeypatch.setattr(report.plots, "_FORK_RUNS", 10**9)
     alone = report.compare(runs, out=tmp_path / "alone.png")
     with monkeypatch.context() as patch:
-        patch.setattr(report, "_FORK_RUNS", 2)
-        patch.setattr(report, "_workers", lambda: 2)
-        patch.setattr(report.threading, "active_count", lambda: 1)
+        patch.setattr(report.plots, "_FORK_RUNS", 2)
+        patch.setattr(report.plots, "_workers", lambda: 2)
+        patch.setattr(report.plots.threading, "active_count", lambda: 1)
         spread = report.compare(runs, out=tmp_path / "spread.png")
     assert spread.rows == alone.rows and spread.differing == alone.differing == ["seed"]
     assert [row["seed"] for row in spread.rows] == [4, 3, 2, 1, 0]
@@ -646,8 +646,8 @@ def test_a_report_drawn_in_worker_processes_is_the_one_drawn_in_one(tmp_path, mo
     run = make_run(tmp_path)
     alone = report.write_report(run, tmp_path / "alone")
     with monkeypatch.context() as patch:
-        patch.setattr(report, "_workers", lambda: 2)
-        patch.setattr(report.threading, "active_count", lambda: 1)
+        patch.setattr(report.plots, "_workers", lambda: 2)
+        patch.setattr(report.plots.threading, "active_count", lambda: 1)
         spread = report.write_report(run, tmp_path / "spread")
     assert [p.name for p in spread.pngs] == [p.name for p in alone.pngs] and len(alone.pngs) == 10
     assert [p.read_bytes() for p in spread.pngs] == [p.read_bytes() for p in alone.pngs]
