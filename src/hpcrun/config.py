@@ -423,6 +423,15 @@ class DistributedConfig(_Section):
     #: collective timeout: a rank whose peer disappears gives up after this long
     timeout_s: int = Field(120, ge=5)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nnodes(cls, data: Any) -> Any:
+        # earlier versions had a `nnodes` that nothing read, and wrote it into every run's
+        # config.yaml: those still load (the number of nodes is resources.nodes)
+        if isinstance(data, dict) and "nnodes" in data:
+            data = {k: v for k, v in data.items() if k != "nnodes"}
+        return data
+
     @field_validator("enabled", mode="before")
     @classmethod
     def _bool_words(cls, value: Any) -> Any:

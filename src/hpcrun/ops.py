@@ -467,9 +467,10 @@ def resubmit_failed(ref: str, project_dir: Path, store: JobStore | None = None) 
               if child.status.state in ("FAILED", "CANCELLED", "PREEMPTED")]
     if not failed:
         raise BadInput(f"sweep {record.id} has no failed points to resubmit")
-    plans = _stored_plans(record)
+    backend = backend_for(record)
+    plans = _stored_plans(record, backend.read_text)  # where the scripts are (a pod, a cluster)
     (Path(record.run_dir) / rundir.JOB_CANCELLED).unlink(missing_ok=True)
-    natives = backend_for(record).resubmit(record, plans, [i for i, _ in failed])
+    natives = backend.resubmit(record, plans, [i for i, _ in failed])
     for _, point in failed:
         native = natives.get(point.id)
         if native is not None:
@@ -638,10 +639,10 @@ def _group_status(children: list[JobView], cancelled: bool = False) -> JobStatus
         state = "RUNNING"
     elif "PENDING" in counts:
         state = "PENDING"
+    elif counts and set(counts) == {"SUCCEEDED"}:
+        state = "SUCCEEDED"  # also when cancelled after it had finished
     elif cancelled:
         state = "CANCELLED"
-    elif counts and set(counts) == {"SUCCEEDED"}:
-        state = "SUCCEEDED"
     else:
         state = next((s for s in ("FAILED", "PREEMPTED", "CANCELLED") if s in counts),
                      "UNKNOWN")

@@ -169,7 +169,8 @@ class RunDir:
         order = list(read_status(self.status).stages)
         stage_files = (TRAINING, EVALUATION, PREDICTIONS, CHECKPOINTS)
         present = [p.name for p in sorted(self.root.iterdir())
-                   if p.is_dir() and any((p / f).exists() for f in stage_files)
+                   if p.is_dir() and p.name not in RESERVED_STAGE_NAMES
+                   and any((p / f).exists() for f in stage_files)
                    ] if self.root.is_dir() else []
         return [s for s in order if s in present] + [s for s in present if s not in order]
 
@@ -787,7 +788,8 @@ def read_since(root: str | os.PathLike[str], known: Mapping[str, Sequence[Any]]
     root = Path(root)
     names = [n for n in WATCHED_FILES if (root / n).is_file()]
     if root.is_dir():
-        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for folder in sorted(p for p in root.iterdir()
+                             if p.is_dir() and p.name not in RESERVED_STAGE_NAMES):
             names += [f"{folder.name}/{n}" for n in WATCHED_CSVS if (folder / n).is_file()]
     out: dict[str, dict[str, Any]] = {}
     for rel in names:

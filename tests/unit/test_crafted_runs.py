@@ -93,3 +93,23 @@ def test_a_run_directory_in_the_current_folder_is_named_without_a_slash(tmp_path
     proc = hp(tmp_path, "report", "abc", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "abc" / "report" / "report.html").is_file()
+
+
+def test_the_jobs_own_folder_is_never_read_as_a_stage(tmp_path):
+    """A script writing ./checkpoints/ or ./training.csv into its working folder (work/)
+    does not make work/ a stage of the report, the red flags or monitor's tail."""
+    run = make_run(tmp_path)
+    (run / rundir.WORK / "checkpoints").mkdir(parents=True)
+    (run / rundir.WORK / rundir.TRAINING).write_text("Epoch,Val Loss\n1,nan\n")
+    assert rundir.WORK not in rundir.RunDir(run).stages()
+    assert not [rel for rel in rundir.read_since(run, {}) if rel.startswith("work/")]
+
+
+def test_a_config_yaml_of_an_earlier_version_still_loads(tmp_path):
+    """Earlier versions wrote distributed.nnodes (read by nothing) into every run's
+    config.yaml: resume, report and monitor still read those."""
+    from hpcrun.config import load_config_text
+
+    config = load_config_text("experiment: old\ndistributed: {nnodes: 1, timeout_s: 60}\n",
+                              source="config.yaml")
+    assert config.distributed.timeout_s == 60

@@ -77,6 +77,14 @@ def test_a_200_point_sweep_is_cancelled_in_one_request_and_ends_cancelled(world)
     assert store.get(f"{199:012x}").state == "CANCELLED"
 
 
+def test_a_sweep_cancelled_after_it_succeeded_stays_succeeded(world):
+    tmp_path, scheduler, store = world
+    group = _sweep(tmp_path, store, 3, 0, scheduler)
+    scheduler.states.update({f"{i:012x}": "SUCCEEDED" for i in range(3)})
+    [view] = ops.cancel(group.id, tmp_path, store)
+    assert view.status.state == "SUCCEEDED", view.status
+
+
 def test_points_the_scheduler_forgot_do_not_hold_a_sweep_pending(world):
     tmp_path, scheduler, store = world
     group = _sweep(tmp_path, store, 4, 0, scheduler)

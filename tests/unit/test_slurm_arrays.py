@@ -54,7 +54,7 @@ def test_a_sweep_over_max_array_size_is_queued_as_chained_arrays(sweep):
     result = sweep(5, 2, parallel=4)
     plans = result.plans
     assert [(p.stage, p.offset, _array(p)) for p in plans] == [
-        (stage, offset, array) for offset, array in ((0, "0-1%1"), (2, "0-1%1"), (4, "0-0"))
+        (stage, offset, array) for offset, array in ((0, "0-1"), (2, "0-1%1"), (4, "0-0"))
         for stage in ("pretrain", "finetune", "eval")]
     assert all(len(p.members) <= 2 for p in plans)
     cluster = Cluster()
@@ -76,6 +76,10 @@ def test_a_sweep_over_max_array_size_is_queued_as_chained_arrays(sweep):
     arrays = [next(a for a in c if a.startswith("--array=")) for c in again.calls
               if c[0] == "sbatch"]
     assert arrays == ["--array=1"] * 3 + ["--array=0"] * 3
+    capped = Cluster()  # a rerun keeps the array's cap of tasks at once
+    SlurmBackend(runner=capped).resubmit(result.group, plans, [2, 3])
+    assert [next(a for a in c if a.startswith("--array=")) for c in capped.calls
+            if c[0] == "sbatch"] == ["--array=0,1%1"] * 3
     assert natives[result.jobs[1].id]["info"]["native"]["pretrain"] == "501_1"
     assert natives[last.id]["info"]["native"]["pretrain"] == "504_0"
     assert result.jobs[0].id not in natives

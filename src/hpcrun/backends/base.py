@@ -219,10 +219,10 @@ class SchedulerBackend(Backend):
         """The native id of one task of an array job."""
 
     @abstractmethod
-    def _rerun_argv(self, argv: list[str], tasks: Sequence[int], after: str | None,
-                    size: int) -> list[str]:
-        """``argv`` of an array job that runs only ``tasks`` (of ``size``) again, after the
-        array ``after`` of the stage before (None: the first stage)."""
+    def _rerun_argv(self, plan: SubmitPlan, argv: list[str], tasks: Sequence[int],
+                    after: str | None) -> list[str]:
+        """``argv`` of ``plan``'s array job that runs only ``tasks`` again, after the array
+        ``after`` of the stage before (None: the first stage)."""
 
     def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
         """Queue the stages in order, each depending on the one before. If one is refused,
@@ -258,7 +258,7 @@ class SchedulerBackend(Backend):
                         continue  # nothing of this array runs again
                     after = ids[previous.key] if previous is not None \
                         and previous.offset == plan.offset else None
-                    argv = self._rerun_argv(argv, tasks, after, len(plan.members))
+                    argv = self._rerun_argv(plan, argv, tasks, after)
                 ids[plan.key] = self._submit_one(argv)
                 previous = plan
         except BaseException:  # whatever failed, nothing stays half-submitted

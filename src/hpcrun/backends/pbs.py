@@ -165,12 +165,12 @@ class PbsBackend(SchedulerBackend):
     def preflight(self, plans: Sequence[SubmitPlan]) -> None:
         """PBS has no dry-run submission; the config's own validation is the check."""
 
-    def _rerun_argv(self, argv: list[str], tasks: Sequence[int], after: str | None,
-                    size: int) -> list[str]:
+    def _rerun_argv(self, plan: SubmitPlan, argv: list[str], tasks: Sequence[int],
+                    after: str | None) -> list[str]:
         """PBS arrays take a range, not a list: the range covering the failed indices is
         queued again; points in it that had succeeded finish at once (their stages are
         done). The dependency on the stage before is already filled in."""
-        argv.insert(-1, "-J" + _array_range(tasks, size))
+        argv.insert(-1, "-J" + _array_range(tasks, len(plan.members)))
         return argv
 
     def _task_id(self, array_id: str, task: int) -> str:

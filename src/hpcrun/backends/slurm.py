@@ -225,12 +225,14 @@ class SlurmBackend(SchedulerBackend):
         owner = group.id if group is not None else first.id
         script_dir = self.place(group.run_dir) if group is not None else first.run_dir
         size = first.resources.slurm.max_array_size if len(specs) > 1 else 1
-        parts = [specs[i:i + size] for i in range(0, len(specs), size)]
+        offsets = range(0, len(specs), size)
         plans: list[SubmitPlan] = []
-        for offset in range(0, len(specs), size):
+        for index, offset in enumerate(offsets):
+            share = None  # --parallel shared out, the remainder to the first arrays
+            if parallel:
+                share = max(1, parallel // len(offsets) + (index < parallel % len(offsets)))
             plans += self._render_part(specs[offset:offset + size], offset, owner, script_dir,
-                                       parallel and max(1, parallel // len(parts)), project_dir,
-                                       swept=len(specs) > 1)
+                                       share, project_dir, swept=len(specs) > 1)
         return plans
 
     def _render_part(self, specs: Sequence[JobSpec], offset: int, owner: str, script_dir: str,
@@ -323,11 +325,13 @@ class SlurmBackend(SchedulerBackend):
                                           "(hpcrun doctor); then submit again") from None
                 time.sleep(2 ** attempt)  # a busy controller: ask again, nothing was queued
 
-    def _rerun_argv(self, argv: list[str], tasks: Sequence[int], after: str | None,
-                    size: int) -> list[str]:
-        # command-line options win over #SBATCH lines; aftercorr: task by task
+    def _rerun_argv(self, plan: SubmitPlan, argv: list[str], tasks: Sequence[int],
+                    after: str | None) -> list[str]:
+        # command-line options win over #SBATCH lines (the script's %N cap is kept);
+        # aftercorr: task by task
         argv = [a for a in argv if not a.startswith("--dependency=")]
-        argv.insert(-1, f"--array={','.join(str(i) for i in tasks)}")
+        cap = re.search(r"^#SBATCH --array=\S*?(%\d+)$", plan.script, re.M)
+        argv.insert(-1, f"--array={','.join(str(i) for i in tasks)}{cap.group(1) if cap else ''}")
         if after is not None:
             argv.insert(-1, f"--dependency=aftercorr:{after}")
         return argv
