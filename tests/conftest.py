@@ -217,11 +217,13 @@ def _written(stream: io.TextIOWrapper) -> str:
 
 STUB_PYTHON = r"""#!/usr/bin/env bash
 # A python that runs nothing: asked for hpcrun's launchers it names them, otherwise it records
-# its arguments and environment (NUL-separated) and exits 0.
+# its arguments and environment (NUL-separated) and exits 0; asked for the job's working
+# folder (-m hpcrun.snapshots SNAPSHOT RUN_ROOT) it also makes RUN_ROOT/work and names it.
 if [ "${1-}" = -c ]; then printf '%s\n' {launchers}; exit 0; fi
 record={records}/$$
 printf '%s\0' "$@" > "$record.argv"
 env -0 > "$record.env"
+if [ "${2-}" = hpcrun.snapshots ]; then mkdir -p "$4/work" && printf '%s\n' "$4/work"; fi
 """
 
 
@@ -239,13 +241,16 @@ def stub_python(folder: Path) -> Path:
     return stub
 
 
-def stub_calls(folder: Path, samplers: bool = False) -> list[tuple[list[str], dict[str, str]]]:
+def stub_calls(folder: Path, samplers: bool = False,
+               work: bool = False) -> list[tuple[list[str], dict[str, str]]]:
     """What the stub python in ``folder`` was called with: (argv, environment) per call; the
-    calls that start the system sampler beside the launcher only with ``samplers``."""
+    calls that start the system sampler beside the launcher only with ``samplers``, those
+    that make the job's working folder only with ``work``."""
     calls = []
     for argv_file in sorted((folder / "records").glob("*.argv")):
         argv = argv_file.read_bytes().decode().split("\0")[:-1]
-        if "hpcrun.sampler" in argv and not samplers:
+        if ("hpcrun.sampler" in argv and not samplers) or ("hpcrun.snapshots" in argv
+                                                            and not work):
             continue
         pairs = argv_file.with_suffix(".env").read_bytes().decode().split("\0")[:-1]
         calls.append((argv, dict(p.split("=", 1) for p in pairs if "=" in p)))

@@ -74,12 +74,22 @@ def submit(hostile: dict[str, Any], backend: str, *extra: str) -> dict[str, Any]
 def assert_arrived_intact(hostile: dict[str, Any], data: dict[str, Any], calls: int) -> None:
     """Each job's trainer was called with its run directory as one argument and its sweep
     point as one environment value, byte for byte."""
-    everything = stub_calls(hostile["stub"], samplers=True)
-    # the system sampler beside each launcher gets the run directory as one argument too
+    everything = stub_calls(hostile["stub"], samplers=True, work=True)
+    # the system sampler beside each launcher gets the run directory as one argument too,
+    # and so does the step that makes the job's working folder, with the bundle's path
     samplers = [argv for argv, _ in everything if "hpcrun.sampler" in argv]
-    recorded = [(argv, env) for argv, env in everything if "hpcrun.sampler" not in argv]
+    works = [argv for argv, _ in everything if "hpcrun.snapshots" in argv]
+    recorded = [(argv, env) for argv, env in everything
+                if "hpcrun.sampler" not in argv and "hpcrun.snapshots" not in argv]
     assert len(recorded) == calls, recorded
     expected = {job["run_dir"]: job["info"]["sweep_point"] for job in data["jobs"]}
+    assert len(works) >= calls, works
+    for argv in works:
+        assert argv[:2] == ["-m", "hpcrun.snapshots"] and len(argv) == 4, argv
+        assert argv[2] == data["bundle"]["path"] and "PWNED" in argv[2]
+        local = next(r for r in expected if Path(r).name == Path(argv[3]).name)
+        on_pod = posixpath.join(os.environ["RUNPOD_WORKDIR"], "runs", "fz", Path(local).name)
+        assert argv[3] in (local, on_pod)
     for argv in samplers:
         run = argv[argv.index("--run-dir") + 1]
         local = next(r for r in expected if Path(r).name == Path(run).name)
