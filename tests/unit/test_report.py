@@ -704,3 +704,27 @@ def test_memory_of_many_ranks_is_a_band_naming_the_rank_that_holds_most(tmp_path
     assert len(labels) == 6, labels
     assert "GPU peak: min-max of 512 ranks" in labels
     assert "GPU peak: most, rank 511 (831 MB)" in labels  # 300 + 10 * epoch 2 + rank 511
+
+
+def test_compare_names_the_stage_key_that_differs_not_the_whole_pipeline():
+    from hpcrun.report.comparison import _flatten
+
+    pipeline = [{"name": "pretrain", "mode": "train_only", "init_from": None},
+                {"name": "finetune", "mode": "full_pipeline", "init_checkpoint": "best"}]
+    flat = _flatten({"pipeline": pipeline, "model": {"hidden": [128, 64]}})
+    assert flat["pipeline.finetune.init_checkpoint"] == "best"
+    assert flat["pipeline.pretrain.mode"] == "train_only"
+    assert "pipeline" not in flat and flat["model.hidden"] == [128, 64]
+
+
+def test_a_one_epoch_plot_has_whole_epoch_ticks():
+    canvas = report._Canvas()
+    ax = canvas.axes("Loss per epoch", "loss")
+    ax.plot([1], [0.5], marker="o")
+    assert canvas.png().startswith(report.PNG_SIGNATURE)
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    ax = canvas.axes("Loss per epoch", "loss")  # the next plot on the canvas scales again
+    ax.plot([1, 2, 3, 4, 5, 6], [0.5] * 6)
+    canvas.png()
+    assert ax.get_xlim()[1] - ax.get_xlim()[0] > 4

@@ -68,6 +68,13 @@ class Comparison:
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys to values; a list of named mappings (the pipeline's stages) is keyed by
+    their names (``pipeline.finetune.init_checkpoint``), so runs that differ in one stage key
+    show that key, not the whole pipeline in one cell. Other lists stay values."""
+    if isinstance(data, list) and data and all(
+            isinstance(item, dict) and isinstance(item.get("name"), str) for item in data) \
+            and len({item["name"] for item in data}) == len(data):
+        data = {item["name"]: {k: v for k, v in item.items() if k != "name"} for item in data}
     if isinstance(data, dict):
         out: dict[str, Any] = {}
         for key, value in data.items():

@@ -89,6 +89,10 @@ class _Canvas:
         import PIL.Image
         from matplotlib.text import Text
 
+        low, high = self.ax.get_xlim()
+        if self.ax.get_xlabel() == "epoch" and high - low < 2:  # one epoch: whole-epoch ticks
+            middle = round((low + high) / 2)  # (not 0.950 ... 1.050 around it)
+            self.ax.set_xlim(middle - 1, middle + 1)
         handles = self.ax.get_legend_handles_labels()[0]
         if handles:
             self.ax.legend(fontsize=7, loc="best", ncols=2 if len(handles) > 4 else 1,
