@@ -276,11 +276,11 @@ def submit(
         if bundle.held_back:
             out.print(f"held back (secret filter): {', '.join(bundle.held_back)}")
         if result.group:
-            limit = result.group.info["parallel"]
+            limit = result.group.info.parallel
             out.print(f"sweep {result.group.handle}: {len(result.jobs)} points"
                       + (f", {limit} at a time" if limit else ""))
         for job in result.jobs:
-            point = job.info.get("sweep_point") or {}
+            point = job.info.sweep_point or {}
             label = " ".join(f"{k}={v}" for k, v in point.items())
             out.print(f"submitted {job.handle}  {job.run_dir}" + (f"  [{label}]" if label else ""))
     if follow and not dry_run:
@@ -459,7 +459,7 @@ def status(
             out.print(f"  stage {stage}: ", _state(state), mark)
         for child in view.children:
             out.print(f"  point {child.record.id}  ", _state(child.status.state),
-                      f"  {child.record.info.get('sweep_point')}")
+                      f"  {child.record.info.sweep_point}")
         out.print(f"  run dir: {record.run_dir}")
         if view.triage is not None:
             _print_triage(view.triage)

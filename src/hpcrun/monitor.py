@@ -20,7 +20,7 @@ from typing import Any
 from . import rundir
 from .diagnose import Diagnosis
 from .errors import HpcrunError
-from .job import JobRecord, is_terminal
+from .job import JobRecord, State, is_terminal
 from .selection import BestRow, Selection, read_selections
 
 SPARK_LEVELS = "▁▂▃▄▅▆▇█"
@@ -125,7 +125,7 @@ def run_flags(record: JobRecord, state: str, backend: Any | None,
     ``diagnosis`` is a live view's, kept between refreshes; without one the run is read
     whole."""
     log = None
-    if state == "FAILED" and backend is not None:
+    if state == State.FAILED and backend is not None:
         text = backend.read_log(record) or ""
         log = "\n".join(text.splitlines()[-200:])
     return (diagnosis or Diagnosis(Path(record.run_dir))).flags(job_state=state, log_text=log)
@@ -170,7 +170,7 @@ class Monitor:
         raises instead, as there is nothing to show."""
         try:
             view = self._view_of()
-            if view.status.state == "UNKNOWN" and self._last is not None:
+            if view.status.state is State.UNKNOWN and self._last is not None:
                 return self._lost(view.status.reason or "state unknown")
             self._backend.catch_up(self.record, self._known)
         except HpcrunError as exc:

@@ -25,7 +25,7 @@ from .backends import backend_for, get_backend
 from .bundle import Bundle, describe
 from .config import ExperimentConfig, load_config
 from .errors import BadInput, HpcrunError, OperationFailed
-from .job import JobRecord, JobStatus, is_terminal
+from .job import JobInfo, JobRecord, JobStatus, State, combine, is_terminal
 from .monitor import Event, Monitor, run_flags
 from .render import JobSpec, SubmitPlan
 from .shell import LocalRunner
@@ -314,9 +314,9 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
             id=job_id, backend=backend_name, host=socket.gethostname(),
             experiment=cfg.experiment, run_dir=str(run_dir), project_dir=str(project_dir),
             group=group_id,
-            info={"config": name, "overrides": list(overrides), "sweep_point": point,
-                  "program": cfg.run.program if cfg.run else None,
-                  "stages": [s.name for s in cfg.pipeline], "bundle_hash": bundle.hash}))
+            info=JobInfo(config=name, overrides=list(overrides), sweep_point=point,
+                         program=cfg.run.program if cfg.run else None,
+                         stages=[s.name for s in cfg.pipeline], bundle_hash=bundle.hash)))
 
     group = None
     if group_id is not None:
@@ -324,21 +324,21 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
         group = JobRecord(
             id=group_id, backend=backend_name, host=socket.gethostname(),
             experiment=base.experiment, run_dir=str(sweep_dir), project_dir=str(project_dir),
-            info={"kind": "sweep", "points": [j.id for j in jobs], "parallel": parallel,
-                  "config": name, "grid": points})
+            info=JobInfo(kind="sweep", points=[j.id for j in jobs], parallel=parallel,
+                         config=name, grid=points))
     plans = impl.render(specs, group=group, parallel=parallel, project_dir=project_dir)
     for record in ([group] if group else []) + jobs:
-        record.info.update(impl.remote_info(record))
+        record.info.remote, record.info.remote_run_dir = impl.remote_place(record)
         if group is not None and record is not group:
-            record.info["sweep_logs"] = str(PurePosixPath(impl.place(group.run_dir)) / "logs")
+            record.info.sweep_logs = str(PurePosixPath(impl.place(group.run_dir)) / "logs")
     for job in jobs:
         mine = [p for p in plans if p.job_id in (job.id, group_id)]
-        job.info["scripts"] = [p.script_path for p in mine]
-        job.info["commands"] = [p.command() for p in mine]
+        job.info.scripts = [p.script_path for p in mine]
+        job.info.commands = [p.command() for p in mine]
         if group is None:  # what --resume runs again
-            job.info["plans"] = _plan_records(mine)
+            job.info.plans = _plan_records(mine)
     if group is not None:  # what --resubmit-failed runs again
-        group.info["plans"] = _plan_records(plans)
+        group.info.plans = _plan_records(plans)
 
     result = SubmitResult(jobs, plans, dry_run, bundle, group)
     if dry_run:
@@ -377,17 +377,16 @@ def submit(name: str, *, overrides: Sequence[str] = (), sweeps: Sequence[str] = 
         natives = impl.submit(plans)
     except HpcrunError:
         for record in records:
-            store.update(record.id, state="FAILED")
+            store.update(record.id, state=State.FAILED)
         raise
     except Exception as exc:
         for record in records:
-            store.update(record.id, state="FAILED")
+            store.update(record.id, state=State.FAILED)
         raise OperationFailed(f"could not start the job: {exc}") from None
     for record in records:
-        native = natives.get(record.id)
-        if native is not None:
-            record.native_id = native.get("id")
-            record.info.update(native.get("info", {}))
+        submission = natives.get(record.id)
+        if submission is not None:
+            submission.apply(record)
             store.update(record.id, native_id=record.native_id, info=record.info)
     return result
 
@@ -405,7 +404,7 @@ def _stored_plans(record: JobRecord, read: Any = None) -> list[SubmitPlan]:
     """The plans of ``_plan_records``, each with its script as written at submit time."""
     read = read or (lambda path: Path(path).read_text())
     plans = []
-    for p in record.info.get("plans", []):
+    for p in record.info.plans:
         script = read(p["script_path"])
         if script is None:
             raise OperationFailed(f"the job script {p['script_path']} is gone",
@@ -423,33 +422,29 @@ def resume(ref: str, project_dir: Path, store: JobStore | None = None) -> JobVie
     succeeded and continues the others from their ``last.pt``, so no epoch runs twice."""
     store = store or JobStore()
     record = store.resolve(ref, str(project_dir.resolve()))
-    if record.info.get("kind") == "sweep" or record.group:
+    if record.sweep or record.group:
         raise BadInput(f"job {record.id} is part of a sweep; --resume takes a single job",
                        hint="hpcrun submit --resubmit-failed SWEEP reruns a sweep's failed "
                        "points")
     view = views([record], store)[0]
     state = view.status.state
-    if state == "SUCCEEDED":
+    if state is State.SUCCEEDED:
         raise BadInput(f"job {record.id} has already succeeded: nothing to resume")
     if not is_terminal(state):
         raise BadInput(f"job {record.id} is {state}; only a job that has ended can be resumed",
                        hint=f"wait for it, or stop it first: hpcrun cancel {record.id}")
-    if not record.info.get("plans"):
+    if not record.info.plans:
         raise BadInput(f"job {record.id} was submitted by an hpcrun that did not record its "
                        "plans; it cannot be resumed", hint="submit the experiment again")
     backend = backend_for(record)
     plans = _stored_plans(record, backend.read_text)
     done = backend.run_status(record).succeeded()
     plans = [p for p in plans if p.stage is None or p.stage not in done]
-    native = backend.resume(record, plans)[record.id]
-    record.native_id = native.get("id")
-    kept = {k: v for k, v in (record.info.get("native") or {}).items() if k in done}
-    record.info.update(native.get("info", {}))
-    if kept:
-        record.info["native"] = {**kept, **record.info.get("native", {})}
-    record.info["resumed"] = int(record.info.get("resumed", 0)) + 1
-    store.update(record.id, native_id=record.native_id, state="PENDING", info=record.info)
-    record.state = "PENDING"
+    kept = {k: v for k, v in record.info.native.items() if k in done}
+    backend.resume(record, plans)[record.id].apply(record, kept)
+    record.info.resumed += 1
+    store.update(record.id, native_id=record.native_id, state=State.PENDING, info=record.info)
+    record.state = State.PENDING
     return views([record], store)[0]
 
 
@@ -457,14 +452,14 @@ def resubmit_failed(ref: str, project_dir: Path, store: JobStore | None = None) 
     """Run a sweep's failed (or cancelled) points again, and only those."""
     store = store or JobStore()
     record = store.resolve(ref, str(project_dir.resolve()))
-    if record.info.get("kind") != "sweep":
+    if not record.sweep:
         raise BadInput(f"job {record.id} is not a sweep; --resubmit-failed takes a sweep (array) "
                        "job", hint="for a single job, submit it again")
     view = views([record], store)[0]
     if not all(is_terminal(c.status.state) for c in view.children):
         raise BadInput(f"sweep {record.id} is still running; resubmit once it has finished")
     failed = [(index, child.record) for index, child in enumerate(view.children)
-              if child.status.state in ("FAILED", "CANCELLED", "PREEMPTED")]
+              if child.status.state in (State.FAILED, State.CANCELLED, State.PREEMPTED)]
     if not failed:
         raise BadInput(f"sweep {record.id} has no failed points to resubmit")
     backend = backend_for(record)
@@ -472,10 +467,11 @@ def resubmit_failed(ref: str, project_dir: Path, store: JobStore | None = None) 
     (Path(record.run_dir) / rundir.JOB_CANCELLED).unlink(missing_ok=True)
     natives = backend.resubmit(record, plans, [i for i, _ in failed])
     for _, point in failed:
-        native = natives.get(point.id)
-        if native is not None:
-            point.info.update(native.get("info", {}))
-            store.update(point.id, native_id=native.get("id"), state="PENDING", info=point.info)
+        submission = natives.get(point.id)
+        if submission is not None:
+            submission.apply(point)
+            store.update(point.id, native_id=point.native_id, state=State.PENDING,
+                         info=point.info)
     return views([record], store)
 
 
@@ -614,7 +610,7 @@ def triage(view: JobView, backend: Any | None = None) -> Triage | None:
     from .diagnose import failed_flag
 
     record = view.record
-    if view.status.state != "FAILED" or record.info.get("kind") == "sweep":
+    if view.status.state is not State.FAILED or record.sweep:
         return None
     backend = backend or backend_for(record)
     lines = (backend.read_log(record) or "").splitlines()
@@ -635,18 +631,7 @@ def _group_status(children: list[JobView], cancelled: bool = False) -> JobStatus
     states = [c.status.state for c in children]
     counts = {s: states.count(s) for s in dict.fromkeys(states)}
     summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items())
-    if "RUNNING" in counts:
-        state = "RUNNING"
-    elif "PENDING" in counts:
-        state = "PENDING"
-    elif counts and set(counts) == {"SUCCEEDED"}:
-        state = "SUCCEEDED"  # also when cancelled after it had finished
-    elif cancelled:
-        state = "CANCELLED"
-    else:
-        state = next((s for s in ("FAILED", "PREEMPTED", "CANCELLED") if s in counts),
-                     "UNKNOWN")
-    return JobStatus(state, reason=summary)
+    return JobStatus(combine(states, sequential=False, cancelled=cancelled), reason=summary)
 
 
 def _cancelled(record: JobRecord) -> bool:
@@ -657,14 +642,14 @@ def _cancelled(record: JobRecord) -> bool:
 def _last_seen(record: JobRecord, status: JobStatus) -> JobStatus:
     """A job the scheduler has forgotten (or cannot be asked about) after it was seen to end
     keeps the end it was seen with: an end does not change."""
-    if status.state == "UNKNOWN" and is_terminal(record.state):
+    if status.state is State.UNKNOWN and is_terminal(record.state):
         note = f"{record.state} as last seen; now: {status.reason or 'unknown'}"
         return JobStatus(record.state, detail={**status.detail, "note": note})
     return status
 
 
 def _backend_key(record: JobRecord) -> str:
-    return f"{record.backend}:{record.info.get('remote') or ''}"
+    return f"{record.backend}:{record.info.remote or ''}"
 
 
 def views(records: Sequence[JobRecord], store: JobStore,
@@ -674,7 +659,7 @@ def views(records: Sequence[JobRecord], store: JobStore,
     backends = {} if backends is None else backends
     by_backend: dict[str, list[JobRecord]] = {}
     for record in records:
-        if record.info.get("kind") != "sweep":
+        if not record.sweep:
             by_backend.setdefault(_backend_key(record), []).append(record)
     states: dict[str, JobStatus] = {}
     for key, group in by_backend.items():
@@ -683,18 +668,18 @@ def views(records: Sequence[JobRecord], store: JobStore,
                 backends[key] = backend_for(group[0])
             states.update(backends[key].status(group))
         except HpcrunError as exc:  # one unreachable cluster or pod must not hide the rest
-            states.update({r.id: JobStatus("UNKNOWN", reason=exc.message) for r in group})
+            states.update({r.id: JobStatus(State.UNKNOWN, reason=exc.message) for r in group})
     out = []
     for record in records:
-        if record.info.get("kind") == "sweep":
-            children = views([c for c in (store.get(i) for i in record.info.get("points", []))
+        if record.sweep:
+            children = views([c for c in (store.get(i) for i in record.info.points)
                               if c is not None], store, backends)
             status = _group_status(children, _cancelled(record))
             view = JobView(record, status, children)
         else:
             status = _last_seen(record, states[record.id])
             view = JobView(record, status)
-        if status.state != record.state and status.state != "UNKNOWN":
+        if status.state != record.state and status.state is not State.UNKNOWN:
             store.update(record.id, state=status.state)
             record.state = status.state
         out.append(view)
@@ -724,8 +709,8 @@ def list_jobs(project_dir: Path, all_projects: bool = False, limit: int = 50,
 
 
 def _single(record: JobRecord) -> None:
-    if record.info.get("kind") == "sweep":
-        points = ", ".join(record.info.get("points", []))
+    if record.sweep:
+        points = ", ".join(record.info.points)
         raise BadInput(f"job {record.id} is a sweep; name one of its points: {points}")
 
 
@@ -754,16 +739,16 @@ def cancel(ref: str | None, project_dir: Path, store: JobStore | None = None) ->
     record = store.resolve(ref, str(project_dir.resolve()))
     backend = backend_for(record)
     targets = [record]
-    if record.info.get("kind") == "sweep":
+    if record.sweep:
         marker = Path(record.run_dir) / rundir.JOB_CANCELLED
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"{time.time()}\n")
-        targets += [r for r in (store.get(i) for i in record.info.get("points", [])) if r]
+        targets += [r for r in (store.get(i) for i in record.info.points) if r]
     ended = backend.cancel(targets)
     for target in targets:
         state = ended.get(target.id)
-        if state is not None and state.state == "UNKNOWN" and not is_terminal(target.state):
-            store.update(target.id, state="CANCELLED")
+        if state is not None and state.state is State.UNKNOWN and not is_terminal(target.state):
+            store.update(target.id, state=State.CANCELLED)
     return views([record], store, {_backend_key(record): backend})
 
 
@@ -837,7 +822,7 @@ class ReportResult:
 
 def flags_of(view: JobView) -> list[Any]:
     """The run's red flags, with the job's state and, for a failure, the end of its log."""
-    sweep = view.record.info.get("kind") == "sweep"  # a sweep has no log of its own
+    sweep = view.record.sweep  # a sweep has no log of its own
     return run_flags(view.record, view.status.state, None if sweep else backend_for(view.record))
 
 
@@ -947,8 +932,8 @@ def compare(refs: Sequence[str], project_dir: Path, metric: str = "auroc",
                 skipped.append(f"{ref} ({why})")
             continue
         record = store.resolve(ref, str(project_dir.resolve()))
-        if record.info.get("kind") == "sweep":
-            points = [store.get(i) for i in record.info.get("points", [])]
+        if record.sweep:
+            points = [store.get(i) for i in record.info.points]
             run_dirs.extend(Path(p.run_dir) for p in points if p is not None)
             out = out or Path(record.run_dir) / "compare.png"
         else:

@@ -26,6 +26,7 @@ import stat as stat_module
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -99,11 +100,37 @@ MULTICLASS_PREDICTION_COLUMNS = [*PREDICTION_COLUMNS, "prediction"]
 #: predictions.csv of a regression: the target and the prediction
 REGRESSION_PREDICTION_COLUMNS = ["split", "index", "label", "prediction"]
 
-#: job states, shared by status.json and every backend's state table
-STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED", "UNKNOWN")
-#: states a job does not leave by itself: PREEMPTED means it stopped with its checkpoint saved
-#: and nothing requeued it (a requeued SLURM job is PENDING again); `submit --resume` restarts it
-TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED"})
+class State(StrEnum):
+    """A job's (or stage's) state: in status.json, the job store and every backend's table.
+
+    Members are strings, so they compare equal to and serialise as their names."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    PREEMPTED = "PREEMPTED"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def terminal(self) -> bool:
+        """A state a job does not leave by itself. PREEMPTED means it stopped with its
+        checkpoint saved and nothing requeued it (a requeued SLURM job is PENDING again);
+        ``submit --resume`` restarts it."""
+        return self in TERMINAL_STATES
+
+    @classmethod
+    def of(cls, value: object) -> State | None:
+        """The state named by ``value``; None for anything else."""
+        try:
+            return cls(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+
+
+STATES = tuple(State)
+TERMINAL_STATES = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.PREEMPTED})
 
 
 def training_columns(metrics: Sequence[str]) -> list[str]:
@@ -316,11 +343,11 @@ def _number(value: Any) -> float | None:
 class Status:
     """status.json: the run's state, its stage and epoch (the heartbeat), per-stage states."""
 
-    state: str | None = None
+    state: State | None = None
     stage: str | None = None
     epoch: int | None = None
     epochs: int | None = None
-    stages: dict[str, str] = field(default_factory=dict)
+    stages: dict[str, State] = field(default_factory=dict)
     message: str | None = None
     updated_at: float | None = None
     run_id: str | None = None
@@ -332,9 +359,11 @@ class Status:
         stages = data.get("stages")
         stage = _text(data.get("stage"))
         # the stage names a folder here: a name no stage can have (a '/', a NUL) is no stage
-        return cls(state=_text(data.get("state")), stage=stage if STAGE.matches(stage) else None,
+        return cls(state=State.of(data.get("state")),
+                   stage=stage if STAGE.matches(stage) else None,
                    epoch=_whole(data.get("epoch")), epochs=_whole(data.get("epochs")),
-                   stages={str(k): v for k, v in stages.items() if isinstance(v, str)}
+                   stages={str(k): state for k, v in stages.items()
+                           if (state := State.of(v)) is not None}
                    if isinstance(stages, dict) else {},
                    message=_text(data.get("message")),
                    updated_at=_number(data.get("updated_at")),
@@ -348,7 +377,7 @@ class Status:
 
     def succeeded(self) -> set[str]:
         """The stages that finished (a resume skips them)."""
-        return {name for name, state in self.stages.items() if state == "SUCCEEDED"}
+        return {name for name, state in self.stages.items() if state is State.SUCCEEDED}
 
 
 @dataclass
@@ -929,7 +958,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2 or args[0] != "preempted":
         print("usage: python -m hpcrun.rundir preempted RUN_DIR", file=sys.stderr)
         return 2
-    return 0 if read_status(Path(args[1]) / STATUS).state == "PREEMPTED" else 1
+    return 0 if read_status(Path(args[1]) / STATUS).state is State.PREEMPTED else 1
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInput, OperationFailed
-from .job import JobRecord, parse_handle
+from .job import JobInfo, JobRecord, parse_handle
 
 _COLUMNS = ("id", "backend", "host", "experiment", "run_dir", "project_dir", "native_id",
             "state", "submitted_at", "updated_at", "grp", "info")
@@ -95,13 +95,16 @@ class JobStore:
     def _row(record: JobRecord) -> tuple[Any, ...]:
         return (record.id, record.backend, record.host, record.experiment, record.run_dir,
                 record.project_dir, record.native_id, record.state, record.submitted_at,
-                record.updated_at, record.group, json.dumps(record.info))
+                record.updated_at, record.group, json.dumps(record.info.to_dict()))
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> JobRecord:
         values = dict(zip(_COLUMNS, row, strict=True))
         values["group"] = values.pop("grp")
-        values["info"] = json.loads(values["info"] or "{}")
+        try:
+            values["info"] = JobInfo.of(json.loads(values["info"] or "{}"))
+        except ValueError:  # a hand-edited store: the record stays readable
+            values["info"] = JobInfo()
         return JobRecord(**values)
 
     def add(self, records: list[JobRecord]) -> None:
@@ -125,7 +128,7 @@ class JobStore:
         if unknown:
             raise ValueError(f"cannot update {sorted(unknown)}")
         if "info" in changes:
-            changes["info"] = json.dumps(changes["info"])
+            changes["info"] = json.dumps(changes["info"].to_dict())
         changes["updated_at"] = time.time()
         assignments = ", ".join(f"{key} = ?" for key in changes)
         with self._connect() as db:

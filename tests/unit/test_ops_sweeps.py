@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from hpcrun import ops
-from hpcrun.job import JobRecord, JobStatus, is_terminal
+from hpcrun.job import JobInfo, JobRecord, JobStatus, is_terminal
 from hpcrun.store import JobStore
 
 
@@ -57,7 +57,7 @@ def _sweep(tmp_path, store: JobStore, points: int, running: int, scheduler: Sche
                          run_dir=str(tmp_path / "runs" / "v3" / f"p{i}"),
                          project_dir=str(tmp_path), submitted_at=now, group=group.id)
                for i in range(points)]
-    group.info = {"kind": "sweep", "points": [m.id for m in members]}
+    group.info = JobInfo(kind="sweep", points=[m.id for m in members])
     store.add([group, *members])
     for index, member in enumerate(members):
         scheduler.states[member.id] = "RUNNING" if index < running else "PENDING"

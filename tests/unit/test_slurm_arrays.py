@@ -66,9 +66,9 @@ def test_a_sweep_over_max_array_size_is_queued_as_chained_arrays(sweep):
     assert not any(a.startswith("--dependency") for a in sbatch[3])  # a new array starts
     point = {j.id: j for j in result.jobs}
     third, last = result.jobs[2], result.jobs[4]
-    assert natives[third.id]["info"]["native"] == {"pretrain": "504_0", "finetune": "505_0",
+    assert natives[third.id].native == {"pretrain": "504_0", "finetune": "505_0",
                                                    "eval": "506_0"}
-    assert natives[last.id]["info"]["native"]["eval"] == "509_0"
+    assert natives[last.id].native["eval"] == "509_0"
     assert set(natives) == {result.group.id, *point}
     # the failed points 1 and 4 again: only the arrays holding them, their own task indices
     again = Cluster()
@@ -80,8 +80,8 @@ def test_a_sweep_over_max_array_size_is_queued_as_chained_arrays(sweep):
     SlurmBackend(runner=capped).resubmit(result.group, plans, [2, 3])
     assert [next(a for a in c if a.startswith("--array=")) for c in capped.calls
             if c[0] == "sbatch"] == ["--array=0,1%1"] * 3
-    assert natives[result.jobs[1].id]["info"]["native"]["pretrain"] == "501_1"
-    assert natives[last.id]["info"]["native"]["pretrain"] == "504_0"
+    assert natives[result.jobs[1].id].native["pretrain"] == "501_1"
+    assert natives[last.id].native["pretrain"] == "504_0"
     assert result.jobs[0].id not in natives
 
 

@@ -40,5 +40,5 @@ def get_backend(name: str, *, remote: str | None = None,
 
 def backend_for(record: JobRecord, project_dir: Path | None = None) -> Backend:
     """The backend that runs an existing job."""
-    return get_backend(record.backend, remote=record.info.get("remote"),
+    return get_backend(record.backend, remote=record.info.remote,
                        project_dir=project_dir or Path(record.project_dir))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from .. import rundir
 from ..bundle import Bundle
-from ..job import JobRecord, JobStatus, is_terminal
+from ..job import JobRecord, JobStatus, Submission, is_terminal
 from ..render import JobSpec, SubmitPlan
 from ..shell import LocalRunner
 from .files import LocalFiles, RemoteFiles, files_for
@@ -74,11 +74,12 @@ class Backend(ABC):
         """Where the job's run directory is, seen from where it runs."""
         return self.files.place(local_run_dir)
 
-    def remote_info(self, record: JobRecord) -> dict[str, str]:
-        """What the job store keeps to find the job's files again."""
+    def remote_place(self, record: JobRecord) -> tuple[str | None, str | None]:
+        """What the job store keeps to find the job's files again: the remote's name and
+        the run directory there (None, None on this machine)."""
         if isinstance(self.files, RemoteFiles):
-            return {"remote": self.files.remote_name, "remote_run_dir": self.place(record.run_dir)}
-        return {}
+            return self.files.remote_name, self.place(record.run_dir)
+        return None, None
 
     @property
     def ssh(self) -> SshRunner | None:
@@ -110,16 +111,16 @@ class Backend(ABC):
         path.chmod(0o755)
 
     @abstractmethod
-    def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
+    def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, Submission]:
         """Write the scripts and start or queue them. Returns, per job (or sweep) id,
-        ``{"id": native id, "info": {extra facts for the job store}}``."""
+        its :class:`Submission` (native ids)."""
 
     @abstractmethod
     def resubmit(self, group: JobRecord, plans: Sequence[SubmitPlan],
-                 indices: Sequence[int]) -> dict[str, dict]:
+                 indices: Sequence[int]) -> dict[str, Submission]:
         """Run the sweep points at ``indices`` again with the sweep's stored ``plans``."""
 
-    def resume(self, record: JobRecord, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
+    def resume(self, record: JobRecord, plans: Sequence[SubmitPlan]) -> dict[str, Submission]:
         """Start ``plans`` (a job's stored plans) again in the job's run directory, after
         removing what its previous end left there (exit code, pid, cancel marker)."""
         run = self.files.run_dir(record)
@@ -224,13 +225,13 @@ class SchedulerBackend(Backend):
         """``argv`` of ``plan``'s array job that runs only ``tasks`` again, after the array
         ``after`` of the stage before (None: the first stage)."""
 
-    def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
+    def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, Submission]:
         """Queue the stages in order, each depending on the one before. If one is refused,
         the ones already queued are cancelled: nothing is left half-submitted."""
         return self._queue(plans, None)
 
     def resubmit(self, group: JobRecord, plans: Sequence[SubmitPlan],
-                 indices: Sequence[int]) -> dict[str, dict]:
+                 indices: Sequence[int]) -> dict[str, Submission]:
         """The same array jobs again, for the failed task indices only."""
         return self._queue(plans, indices)
 
@@ -243,7 +244,7 @@ class SchedulerBackend(Backend):
                 self.write(plan)
 
     def _queue(self, plans: Sequence[SubmitPlan], indices: Sequence[int] | None
-               ) -> dict[str, dict]:
+               ) -> dict[str, Submission]:
         ids: dict[str, str] = {}
         previous: SubmitPlan | None = None
         self._write_all(plans)
@@ -265,18 +266,16 @@ class SchedulerBackend(Backend):
             if ids:
                 self.runner.run([self.cancel_tool, *ids.values()], check=False, timeout=60)
             raise
-        out: dict[str, dict] = {plans[0].job_id: {"id": ",".join(ids.values()),
-                                                  "info": {"native": ids}}}
+        out = {plans[0].job_id: Submission(",".join(ids.values()), dict(ids))}
         for plan in plans:  # each sweep point: its task in each stage's array
             if plan.key not in ids:
                 continue
             for task, member in enumerate(plan.members):
                 if indices is not None and plan.offset + task not in indices:
                     continue
-                entry = out.setdefault(member, {"info": {"native": {}}})
-                entry["info"]["native"][plan.stage or "all"] = self._task_id(ids[plan.key],
-                                                                             task)
-                entry["id"] = ",".join(entry["info"]["native"].values())
+                entry = out.setdefault(member, Submission())
+                entry.native[plan.stage or "all"] = self._task_id(ids[plan.key], task)
+                entry.native_id = ",".join(entry.native.values())
         return out
 
     def _to_cancel(self, status: JobStatus) -> bool:
@@ -292,7 +291,7 @@ class SchedulerBackend(Backend):
         jobs take their waiting tasks with them), then one wait for all."""
         current = self.status(records)
         ids = [sid for r in records if self._to_cancel(current[r.id])
-               for sid in (r.info.get("native") or {}).values()]
+               for sid in r.info.native.values()]
         if not ids:
             return current
         self.runner.run([self.cancel_tool, *dict.fromkeys(ids)], check=False, timeout=60)

@@ -96,7 +96,7 @@ class RemoteFiles:
             return None
 
     def run_dir(self, record: JobRecord) -> str:
-        return record.info.get("remote_run_dir") or self.place(record.run_dir)
+        return record.info.remote_run_dir or self.place(record.run_dir)
 
     def catch_up(self, record: JobRecord, known: dict[str, list]) -> None:
         """Bring the local copy of a running job's watched files up to date in one round trip

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 
 from .. import rundir
-from ..job import JobRecord, JobStatus, is_terminal
+from ..job import JobRecord, JobStatus, State, Submission, is_terminal
 from ..render import JobSpec, SubmitPlan, job_files, render_local, render_template
 from ..resources import launchers_dir
 from ..shell import LocalRunner
@@ -67,7 +67,7 @@ class LocalBackend(Backend):
         """Nothing to ask: this machine runs what it is given."""
 
     def resubmit(self, group: JobRecord, plans: Sequence[SubmitPlan],
-                 indices: Sequence[int]) -> dict[str, dict]:
+                 indices: Sequence[int]) -> dict[str, Submission]:
         """Run the chosen points' scripts again through a new driver."""
         points = [p for p in plans if p.kind != "driver"]
         chosen = [points[i] for i in indices]
@@ -76,10 +76,9 @@ class LocalBackend(Backend):
                 (Path(plan.script_path).parent / name).unlink(missing_ok=True)
         for name in (rundir.JOB_EXIT, rundir.JOB_PID, CANCEL_MARKER):
             (Path(group.run_dir) / name).unlink(missing_ok=True)
-        specs_parallel = group.info.get("parallel") or 1
+        specs_parallel = group.info.parallel or 1
         driver = self._driver(group, chosen, specs_parallel)
-        return self.submit([*chosen, driver]) | {
-            p.job_id: {"id": None} for p in chosen}
+        return self.submit([*chosen, driver]) | {p.job_id: Submission() for p in chosen}
 
     def _driver(self, group: JobRecord, plans: Sequence[SubmitPlan], parallel: int,
                 project_dir: Path | None = None) -> SubmitPlan:
@@ -91,7 +90,7 @@ class LocalBackend(Backend):
         return SubmitPlan(job_id=group.id, script=script, script_path=files["script"],
                           argv=("bash", files["script"]), files=files, kind="driver")
 
-    def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
+    def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, Submission]:
         """Write every script; start the driver if there is one, else the single job."""
         for plan in plans:
             self.write(plan)
@@ -101,7 +100,7 @@ class LocalBackend(Backend):
         for plan in started:
             pid = self.runner.spawn_detached(plan.argv, cwd=str(Path(plan.script_path).parent),
                                              output=plan.files["output"])
-            out[plan.job_id] = {"id": str(pid)}
+            out[plan.job_id] = Submission(str(pid))
         return out
 
     # -- state ----------------------------------------------------------------------------
@@ -133,28 +132,28 @@ class LocalBackend(Backend):
         cancelled = (root / CANCEL_MARKER).exists()
         code = _read_int(Path(files["exit_file"]))
         if code is None and self._process(record) is not None:
-            return JobStatus("RUNNING", detail=detail)
+            return JobStatus(State.RUNNING, detail=detail)
         if code is None:
             code = _read_int(Path(files["exit_file"]))  # it may have ended just now
         if cancelled:
-            return JobStatus("CANCELLED", reason="cancelled by the user", exit_code=code,
+            return JobStatus(State.CANCELLED, reason="cancelled by the user", exit_code=code,
                              detail=detail)
         if code is None:
             if not Path(files["pid_file"]).exists():
-                return JobStatus("PENDING", reason="waiting to start", detail=detail)
-            return JobStatus("FAILED", reason="the job's process ended without an exit code "
+                return JobStatus(State.PENDING, reason="waiting to start", detail=detail)
+            return JobStatus(State.FAILED, reason="the job's process ended without an exit code "
                              "(killed, or the machine restarted)", detail=detail)
         if code == 0:
-            return JobStatus("SUCCEEDED", exit_code=0, detail=detail)
-        if trainer.state == "PREEMPTED":
-            return JobStatus("PREEMPTED", reason=trainer.message, exit_code=code,
+            return JobStatus(State.SUCCEEDED, exit_code=0, detail=detail)
+        if trainer.state is State.PREEMPTED:
+            return JobStatus(State.PREEMPTED, reason=trainer.message, exit_code=code,
                              detail=detail)
         failure = rundir.read_failure(root / rundir.FAILURE)
         reason = (failure.exception if failure else None) or trainer.message or \
             f"exit code {code}"
         if failure is not None and failure.rank is not None:
             reason = f"{failure.who()}: {reason}"
-        return JobStatus("FAILED", reason=reason, exit_code=code, detail=detail)
+        return JobStatus(State.FAILED, reason=reason, exit_code=code, detail=detail)
 
     def status(self, records: Sequence[JobRecord]) -> dict[str, JobStatus]:
         return {record.id: self._one(record) for record in records}

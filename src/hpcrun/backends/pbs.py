@@ -18,16 +18,14 @@ from typing import Any
 from .. import rundir
 from ..config import RemoteConfig
 from ..errors import BadInput, OperationFailed
-from ..job import JobRecord, JobStatus
+from ..job import JobRecord, JobStatus, State, combine
 from ..render import JobSpec, SubmitPlan, render_template, scheduler_context
 from ..shell import LocalRunner
 from .base import SchedulerBackend
 
 #: PBS job_state letter -> hpcrun state (F/X, finished, are decided by Exit_status)
 STATE_TABLE = {
-    "Q": "PENDING", "H": "PENDING", "W": "PENDING", "T": "PENDING", "M": "PENDING",
-    "R": "RUNNING", "E": "RUNNING", "B": "RUNNING", "S": "RUNNING", "U": "RUNNING",
-}
+    **dict.fromkeys("QHWTM", State.PENDING), **dict.fromkeys("REBSU", State.RUNNING)}
 #: Exit_status values PBS uses for jobs it ended itself
 _KILLED_BY_SIGNAL = 256  # exit status 256 + N: killed by signal N (qdel: 271 = SIGTERM)
 
@@ -62,18 +60,18 @@ def pbs_mem(value: str | None) -> str | None:
     return f"{number}{(unit or 'M').lower()}b"
 
 
-def final_state(exit_status: int | None) -> tuple[str, str | None]:
+def final_state(exit_status: int | None) -> tuple[State, str | None]:
     if exit_status is None:
-        return "UNKNOWN", None
+        return State.UNKNOWN, None
     if exit_status == 0:
-        return "SUCCEEDED", None
+        return State.SUCCEEDED, None
     if exit_status == _KILLED_BY_SIGNAL + 15:
-        return "CANCELLED", "killed by SIGTERM (qdel)"
+        return State.CANCELLED, "killed by SIGTERM (qdel)"
     if exit_status > _KILLED_BY_SIGNAL:
-        return "FAILED", f"killed by signal {exit_status - _KILLED_BY_SIGNAL}"
+        return State.FAILED, f"killed by signal {exit_status - _KILLED_BY_SIGNAL}"
     if exit_status < 0:
-        return "FAILED", f"PBS could not run the job (Exit_status {exit_status})"
-    return "FAILED", f"exit code {exit_status}"
+        return State.FAILED, f"PBS could not run the job (Exit_status {exit_status})"
+    return State.FAILED, f"exit code {exit_status}"
 
 
 def parse_qstat_json(text: str) -> dict[str, dict[str, Any]]:
@@ -190,7 +188,7 @@ class PbsBackend(SchedulerBackend):
         return parse_qstat_text(result.stdout)
 
     def status(self, records: Sequence[JobRecord]) -> dict[str, JobStatus]:
-        ids = [sid for r in records for sid in (r.info.get("native") or {}).values()]
+        ids = [sid for r in records for sid in r.info.native.values()]
         jobs = self._query(ids) if ids else {}
         by_short = {_short(k): v for k, v in jobs.items()}
         return {r.id: self._combine(r, jobs, by_short) for r in records}
@@ -198,41 +196,36 @@ class PbsBackend(SchedulerBackend):
     @staticmethod
     def _combine(record: JobRecord, jobs: dict[str, dict[str, Any]],
                  by_short: dict[str, dict[str, Any]]) -> JobStatus:
-        native = record.info.get("native") or {}
-        stages: dict[str, str] = {}
+        native = record.info.native
+        stages: dict[str, State] = {}
         reason = None
         for stage, sid in native.items():
             attrs = jobs.get(sid) or by_short.get(_short(sid))
             if attrs is None:
-                stages[stage] = "UNKNOWN"
+                stages[stage] = State.UNKNOWN
                 continue
             letter = str(attrs.get("job_state", "?"))
             if letter in ("F", "X"):
                 raw = attrs.get("Exit_status")
                 state, why = final_state(int(raw) if raw is not None else None)
             else:
-                state, why = STATE_TABLE.get(letter, "UNKNOWN"), attrs.get("comment")
+                state, why = STATE_TABLE.get(letter, State.UNKNOWN), attrs.get("comment")
             stages[stage] = state
-            if state in ("FAILED", "CANCELLED") and reason is None:
+            if state in (State.FAILED, State.CANCELLED) and reason is None:
                 reason = f"stage {stage} {state.lower()} (job {sid}): {why}"
-            elif reason is None and state == "PENDING" and why:
+            elif reason is None and state is State.PENDING and why:
                 reason = f"stage {stage}: {why}"
-        values = list(stages.values())
         detail = {"stages": stages, "native": native}
-        for state in ("FAILED", "CANCELLED"):
-            if state in values:
-                return JobStatus(state, reason=reason, detail=detail)
-        if values and all(v == "SUCCEEDED" for v in values):
-            return JobStatus("SUCCEEDED", exit_code=0, detail=detail)
-        if "RUNNING" in values:
-            return JobStatus("RUNNING", reason=reason, detail=detail)
-        if "PENDING" in values:
-            return JobStatus("PENDING", reason=reason, detail=detail)
-        return JobStatus("UNKNOWN", reason="PBS no longer knows the job", detail=detail)
+        state = combine(stages.values(), sequential=True)
+        if state is State.SUCCEEDED:
+            return JobStatus(state, exit_code=0, detail=detail)
+        if state is State.UNKNOWN:
+            reason = "PBS no longer knows the job"
+        return JobStatus(state, reason=reason, detail=detail)
 
     def log_paths(self, record: JobRecord, rank: int | None = None) -> list[str]:
         run = self.files.run_dir(record)
         if rank is not None:
             return [posixpath.join(run, rundir.LOGS, f"train.rank{rank}.log")]
         return [posixpath.join(run, rundir.LOGS, f"pbs-{stage}.out")
-                for stage in (record.info.get("native") or {"all": ""})]
+                for stage in (record.info.native or {"all": ""})]

@@ -17,7 +17,7 @@ from pathlib import Path
 from .. import rundir
 from ..config import RemoteConfig
 from ..errors import BadInput
-from ..job import JobRecord, JobStatus
+from ..job import JobRecord, JobStatus, State, Submission
 from ..render import JobSpec, SubmitPlan, job_files, render_template, steps
 from ..shell import LocalRunner
 from ..sync import agent
@@ -75,7 +75,7 @@ class PodBackend(Backend):
                           argv=("bash", files["script"]), files=files, kind="driver")
 
     def resubmit(self, group: JobRecord, plans: Sequence[SubmitPlan],
-                 indices: Sequence[int]) -> dict[str, dict]:
+                 indices: Sequence[int]) -> dict[str, Submission]:
         """Run the chosen points' scripts again through a new driver on the pod."""
         points = [p for p in plans if p.kind != "driver"]
         chosen = [points[i] for i in indices]
@@ -83,8 +83,8 @@ class PodBackend(Backend):
         self.files.remove([posixpath.join(posixpath.dirname(p.script_path), name)
                            for p in chosen for name in ends]
                           + [posixpath.join(self.place(group.run_dir), name) for name in ends])
-        driver = self._driver(group, chosen, group.info.get("parallel") or 1)
-        return self.submit([*chosen, driver]) | {p.job_id: {"id": None} for p in chosen}
+        driver = self._driver(group, chosen, group.info.parallel or 1)
+        return self.submit([*chosen, driver]) | {p.job_id: Submission() for p in chosen}
 
     # -- submission -----------------------------------------------------------------------
 
@@ -92,13 +92,13 @@ class PodBackend(Backend):
         """Nothing to ask: a pod has no scheduler. (Submit has already reached it and made
         sure it runs this hpcrun: ``provision.ensure``.)"""
 
-    def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, dict]:
+    def submit(self, plans: Sequence[SubmitPlan]) -> dict[str, Submission]:
         """Write every script and start the driver (a sweep) or the job, detached."""
         start = ([p for p in plans if p.kind == "driver"] or list(plans))[0]
         answer = self.files.write({p.script_path: p.script for p in plans},
                                   {p.script_path: 0o755 for p in plans},
                                   start=start.script_path)
-        return {start.job_id: {"id": str(answer["pid"])}}
+        return {start.job_id: Submission(str(answer["pid"]))}
 
     # -- state ----------------------------------------------------------------------------
 
@@ -107,7 +107,7 @@ class PodBackend(Backend):
         answer = agent(self.runner, "status", {"run_dirs": list(runs.values())},
                        python=self.remote.interpreter)
         return {record.id: JobStatus(**answer[runs[record.id]]) if runs[record.id] in answer
-                else JobStatus("UNKNOWN", reason="the pod does not know this run directory")
+                else JobStatus(State.UNKNOWN, reason="the pod does not know this run directory")
                 for record in records}
 
     def log_paths(self, record: JobRecord, rank: int | None = None) -> list[str]:
@@ -119,5 +119,5 @@ class PodBackend(Backend):
         answer = agent(self.runner, "cancel", {"run_dirs": list(runs.values())},
                        python=self.remote.interpreter)
         return {job: JobStatus(**answer[run]) if run in answer
-                else JobStatus("UNKNOWN", reason="the pod does not know this run directory")
+                else JobStatus(State.UNKNOWN, reason="the pod does not know this run directory")
                 for job, run in runs.items()}

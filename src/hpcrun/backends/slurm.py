@@ -19,7 +19,7 @@ from pathlib import Path
 from .. import rundir
 from ..config import RemoteConfig
 from ..errors import BadInput, OperationFailed
-from ..job import JobRecord, JobStatus, is_terminal
+from ..job import JobRecord, JobStatus, State, combine, is_terminal
 from ..render import JobSpec, SubmitPlan, render_template, scheduler_context
 from ..shell import CommandFailed, LocalRunner
 from .base import SchedulerBackend
@@ -28,14 +28,14 @@ from .base import SchedulerBackend
 
 #: native SLURM state -> hpcrun state
 STATE_TABLE = {
-    "PENDING": "PENDING", "CONFIGURING": "RUNNING", "RUNNING": "RUNNING",
-    "COMPLETING": "RUNNING", "SUSPENDED": "RUNNING", "RESIZING": "RUNNING",
-    "STAGE_OUT": "RUNNING", "SIGNALING": "RUNNING", "COMPLETED": "SUCCEEDED",
-    "FAILED": "FAILED", "NODE_FAIL": "FAILED", "BOOT_FAIL": "FAILED",
-    "OUT_OF_MEMORY": "FAILED", "DEADLINE": "FAILED", "TIMEOUT": "FAILED",
-    "SPECIAL_EXIT": "FAILED", "CANCELLED": "CANCELLED", "REVOKED": "CANCELLED",
-    "PREEMPTED": "PREEMPTED", "REQUEUED": "PENDING", "REQUEUE_HOLD": "PENDING",
-    "REQUEUE_FED": "PENDING", "RESV_DEL_HOLD": "PENDING",
+    "PENDING": State.PENDING, "CONFIGURING": State.RUNNING, "RUNNING": State.RUNNING,
+    "COMPLETING": State.RUNNING, "SUSPENDED": State.RUNNING, "RESIZING": State.RUNNING,
+    "STAGE_OUT": State.RUNNING, "SIGNALING": State.RUNNING, "COMPLETED": State.SUCCEEDED,
+    "FAILED": State.FAILED, "NODE_FAIL": State.FAILED, "BOOT_FAIL": State.FAILED,
+    "OUT_OF_MEMORY": State.FAILED, "DEADLINE": State.FAILED, "TIMEOUT": State.FAILED,
+    "SPECIAL_EXIT": State.FAILED, "CANCELLED": State.CANCELLED, "REVOKED": State.CANCELLED,
+    "PREEMPTED": State.PREEMPTED, "REQUEUED": State.PENDING, "REQUEUE_HOLD": State.PENDING,
+    "REQUEUE_FED": State.PENDING, "RESV_DEL_HOLD": State.PENDING,
 }
 
 _PREFLIGHT_HINTS = (
@@ -402,7 +402,7 @@ class SlurmBackend(SchedulerBackend):
     def _exit_codes(self, states: dict[str, NativeState], ids: Sequence[str]) -> None:
         """squeue has no exit codes: ask scontrol for the failed ones."""
         failed = [i for i in ids if i in states and states[i].exit_code is None
-                  and STATE_TABLE.get(states[i].state) == "FAILED"]
+                  and STATE_TABLE.get(states[i].state) is State.FAILED]
         if failed:
             result = self.runner.run(["scontrol", "show", "job", "-o", *failed], check=False,
                                      timeout=60)
@@ -411,7 +411,7 @@ class SlurmBackend(SchedulerBackend):
                     states[job_id].exit_code = state.exit_code
 
     def status(self, records: Sequence[JobRecord]) -> dict[str, JobStatus]:
-        ids = [sid for r in records for sid in (r.info.get("native") or {}).values()]
+        ids = [sid for r in records for sid in r.info.native.values()]
         states = self._query(ids) if ids else {}
         self._exit_codes(states, ids)
         return {r.id: self._combine(r, states) for r in records}
@@ -419,25 +419,25 @@ class SlurmBackend(SchedulerBackend):
     def _combine(self, record: JobRecord, states: dict[str, NativeState]) -> JobStatus:
         trainer = self.run_status(record)
         detail = {k: v for k, v in trainer.detail().items() if k != "stages"}
-        native = record.info.get("native") or {}
+        native = record.info.native
         stage_states: dict[str, str] = {}
         failed = blocked = None
         reason = None
         finished = trainer.succeeded()
         for stage, sid in native.items():
             st = states.get(sid)
-            mapped = STATE_TABLE.get(st.state, "UNKNOWN") if st else "UNKNOWN"
-            if mapped == "UNKNOWN" and stage in finished:  # SLURM forgot it; the run did not
-                mapped = "SUCCEEDED"
+            mapped: str = STATE_TABLE.get(st.state, State.UNKNOWN) if st else State.UNKNOWN
+            if mapped is State.UNKNOWN and stage in finished:  # SLURM forgot it; the run did not
+                mapped = State.SUCCEEDED
             if st and st.state == "PENDING" and st.reason == "DependencyNeverSatisfied":
                 mapped = "BLOCKED"
                 blocked = blocked or stage
             stage_states[stage] = mapped
-            if mapped == "FAILED" and failed is None:
+            if mapped is State.FAILED and failed is None:
                 failed = stage
                 code = f", exit code {st.exit_code}" if st.exit_code is not None else ""
                 reason = f"stage {stage} {st.state.lower()} (job {sid}{code})"
-            elif mapped in ("PENDING", "RUNNING") and reason is None and st and st.reason:
+            elif mapped in (State.PENDING, State.RUNNING) and reason is None and st and st.reason:
                 reason = f"stage {stage}: {st.reason}"
         detail["stages"] = stage_states
         detail["native"] = native
@@ -446,26 +446,20 @@ class SlurmBackend(SchedulerBackend):
         if {"scontrol", "jobcomp"} & set(sources) and self._accounting is False:
             detail["note"] = ("SLURM accounting is off here: finished jobs are read from "
                               "scontrol or the jobcomp log")
-        values = list(stage_states.values())
-        if failed is not None:
+        state = combine(stage_states.values(), sequential=True)
+        if state is State.FAILED and failed is not None:
             if blocked:
                 names = [s for s, v in stage_states.items() if v == "BLOCKED"]
                 reason += f"; {', '.join(names)} blocked by it (DependencyNeverSatisfied)"
             failure = self.run_failure(record)
             if failure is not None and failure.exception:
                 reason += f": {failure.exception}"
-            return JobStatus("FAILED", reason=reason, detail=detail)
-        if "CANCELLED" in values:
-            return JobStatus("CANCELLED", reason="cancelled", detail=detail)
-        if values and all(v == "SUCCEEDED" for v in values):
-            return JobStatus("SUCCEEDED", exit_code=0, detail=detail)
-        if "UNKNOWN" in values and not any(v in ("RUNNING", "PENDING") for v in values):
-            return JobStatus("UNKNOWN", reason="SLURM no longer knows the job", detail=detail)
-        if "RUNNING" in values:
-            return JobStatus("RUNNING", reason=reason, detail=detail)
-        if "PREEMPTED" in values:
-            return JobStatus("PREEMPTED", reason=reason or "preempted", detail=detail)
-        return JobStatus("PENDING", reason=reason, detail=detail)
+            return JobStatus(state, reason=reason, detail=detail)
+        if state is State.SUCCEEDED:
+            return JobStatus(state, exit_code=0, detail=detail)
+        reason = {State.CANCELLED: "cancelled", State.PREEMPTED: reason or "preempted",
+                  State.UNKNOWN: "SLURM no longer knows the job"}.get(state, reason)
+        return JobStatus(state, reason=reason, detail=detail)
 
     # -- logs, cancel ---------------------------------------------------------------------
 
@@ -474,8 +468,8 @@ class SlurmBackend(SchedulerBackend):
         if rank is not None:
             return [posixpath.join(run, rundir.LOGS, f"train.rank{rank}.log")]
         paths = []
-        sweep_logs = record.info.get("sweep_logs")
-        for stage, sid in (record.info.get("native") or {}).items():
+        sweep_logs = record.info.sweep_logs
+        for stage, sid in record.info.native.items():
             job, _, task = sid.partition("_")
             if task:  # array tasks write into the sweep's directory
                 paths.append(posixpath.join(sweep_logs or run, f"slurm-{stage}-{job}_{task}.out"))
@@ -499,7 +493,7 @@ class SlurmBackend(SchedulerBackend):
         while True:
             time.sleep(0.5)
             current = self.status(records)
-            ended = all(is_terminal(s.state) or s.state == "UNKNOWN" for s in current.values())
+            ended = all(is_terminal(s.state) or s.state is State.UNKNOWN for s in current.values())
             if (ended and ended_before) or time.monotonic() > deadline:
                 return current
             ended_before = ended
