@@ -37,13 +37,12 @@ from pydantic import (
 from . import formats
 from .errors import ConfigError
 from .resources import configs_dir
+from .rundir import METRICS
 
 _T = TypeVar("_T")
 
 # --------------------------------------------------------------------------- schema
 
-METRICS = ("auroc", "auprc", "accuracy", "sensitivity", "specificity", "precision", "recall",
-           "f1", "mcc")
 RUN_MODES = ("full_pipeline", "train_only", "eval_only")
 SPLITS = ("train", "val", "test")
 #: the C implementation of the safe loader where available (5-10x faster), else PyYAML's
@@ -1068,7 +1067,7 @@ def _load_with_extends(path: Path, origins: _Origins, project_dir: Path | None,
     return deep_merge(parent, data)
 
 
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+_ENV_RE = re.compile(r"\$\{(" + formats.ENV_NAME.pattern + r")(:-([^}]*))?\}")
 
 
 def _interpolate(node: Any, origins: _Origins, env: typing.Mapping[str, str],

@@ -27,6 +27,15 @@ from typing import Any
 
 from . import rundir
 
+#: how much of a failed job's log is searched for the signatures below
+LOG_TAIL_LINES = 200
+
+
+def log_tail(text: str) -> str:
+    """The end of a job's log where failure signatures are looked for."""
+    return "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
+
+
 #: log lines that name a failure's cause; when several appear, the one nearest the end of the
 #: text wins (the first error of a failing job is often a symptom, the last its cause)
 SIGNATURES = tuple((re.compile(pattern), meaning) for pattern, meaning in (

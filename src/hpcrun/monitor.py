@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir
-from .diagnose import Diagnosis
+from .diagnose import Diagnosis, log_tail
 from .errors import HpcrunError
 from .job import JobRecord, State, is_terminal
 from .selection import BestRow, Selection, read_selections
@@ -126,8 +126,7 @@ def run_flags(record: JobRecord, state: str, backend: Any | None,
     whole."""
     log = None
     if state == State.FAILED and backend is not None:
-        text = backend.read_log(record) or ""
-        log = "\n".join(text.splitlines()[-200:])
+        log = log_tail(backend.read_log(record) or "")
     return (diagnosis or Diagnosis(Path(record.run_dir))).flags(job_state=state, log_text=log)
 
 

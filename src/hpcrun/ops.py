@@ -607,14 +607,14 @@ def _trainer_lines(lines: list[str]) -> list[str]:
 def triage(view: JobView, backend: Any | None = None) -> Triage | None:
     """The failure triage of a failed job (None for any other state, and for a sweep, whose
     points each have their own)."""
-    from .diagnose import failed_flag
+    from .diagnose import failed_flag, log_tail
 
     record = view.record
     if view.status.state is not State.FAILED or record.sweep:
         return None
     backend = backend or backend_for(record)
     lines = (backend.read_log(record) or "").splitlines()
-    tail = "\n".join(lines[-200:])
+    tail = log_tail("\n".join(lines))
     cause = failed_flag(Path(record.run_dir), tail).message
     failure = backend.run_failure(record)
     kept = failure.brief() if failure is not None else None

@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         _failed(run, root, rank, stage, message, [])
         return EXIT_BAD_INPUT if isinstance(exc, FileNotFoundError) else 1
     os.close(write_end)
-    output = _Output(read_end, root / rundir.LOGS / f"train.rank{rank}.log", echo=is_main)
-    rundir.write_atomic(root / rundir.LOGS / f"rank{rank}.pid",
+    output = _Output(read_end, root / rundir.rank_log(rank), echo=is_main)
+    rundir.write_atomic(root / rundir.rank_pid(rank),
                         f"{host} {child.pid}\n".encode())
 
     code = child.wait()

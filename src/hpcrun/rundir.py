@@ -48,6 +48,17 @@ JOB_PID = "job.pid"
 JOB_EXIT = "job.exit"
 JOB_CANCELLED = "job.cancelled"
 JOB_OUTPUT = f"{LOGS}/job.out"
+
+
+def rank_log(rank: int) -> str:
+    """A rank's own output in the run directory (``logs/train.rank<N>.log``)."""
+    return f"{LOGS}/train.rank{rank}.log"
+
+
+def rank_pid(rank: int) -> str:
+    """``logs/rank<N>.pid``: "HOST PID" of the rank's process, for signal forwarding and for
+    telling which rank of a job ended first."""
+    return f"{LOGS}/rank{rank}.pid"
 REPORT = "report"
 #: the job's working folder: a mirror of its code snapshot (links), plus what the job writes
 #: into its current folder (``./wandb/``, ``./lightning_logs/``), any time
@@ -75,14 +86,15 @@ SYSTEM = "system.csv"
 SYSTEM_COLUMNS = ["time", "host", "gpu", "gpu_util_pct", "gpu_mem_used_mb", "gpu_mem_total_mb",
                   "gpu_power_w", "cpu_pct", "rss_mb", "processes"]
 
-#: display names of metrics in training.csv's ``Val <metric>`` columns
+#: the classification metrics hpcrun computes, with their display names in training.csv's
+#: ``Val <metric>`` columns; the one list config, evaluation.csv and compare use
 METRIC_LABELS = {
     "auroc": "AUROC", "auprc": "AUPRC", "accuracy": "Accuracy", "sensitivity": "Sensitivity",
     "specificity": "Specificity", "precision": "Precision", "recall": "Recall", "f1": "F1",
     "mcc": "MCC",
 }
-EVALUATION_COLUMNS = ["split", "auroc", "auprc", "accuracy", "sensitivity", "specificity",
-                      "precision", "recall", "f1", "mcc"]
+METRICS = tuple(METRIC_LABELS)
+EVALUATION_COLUMNS = ["split", *METRICS]
 #: evaluation.csv of a regression (``hpcrun.track``'s ``evaluate(..., kind="regression")``)
 REGRESSION_COLUMNS = ["split", "rmse", "mae", "r2"]
 GRADIENT_COLUMNS = ["epoch", "steps", "norm_mean", "norm_std", "norm_min", "norm_max",

@@ -163,7 +163,7 @@ class LocalBackend(Backend):
     def log_paths(self, record: JobRecord, rank: int | None = None) -> list[str]:
         if rank is None:
             return [job_files(record.run_dir)["output"]]
-        return [str(Path(record.run_dir) / rundir.LOGS / f"train.rank{rank}.log")]
+        return [str(Path(record.run_dir) / rundir.rank_log(rank))]
 
     # -- cancel ---------------------------------------------------------------------------
 

@@ -226,6 +226,6 @@ class PbsBackend(SchedulerBackend):
     def log_paths(self, record: JobRecord, rank: int | None = None) -> list[str]:
         run = self.files.run_dir(record)
         if rank is not None:
-            return [posixpath.join(run, rundir.LOGS, f"train.rank{rank}.log")]
+            return [posixpath.join(run, rundir.rank_log(rank))]
         return [posixpath.join(run, rundir.LOGS, f"pbs-{stage}.out")
                 for stage in (record.info.native or {"all": ""})]

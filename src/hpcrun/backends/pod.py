@@ -111,7 +111,7 @@ class PodBackend(Backend):
                 for record in records}
 
     def log_paths(self, record: JobRecord, rank: int | None = None) -> list[str]:
-        name = rundir.JOB_OUTPUT if rank is None else f"{rundir.LOGS}/train.rank{rank}.log"
+        name = rundir.JOB_OUTPUT if rank is None else rundir.rank_log(rank)
         return [posixpath.join(self.files.run_dir(record), name)]
 
     def cancel(self, records: Sequence[JobRecord]) -> dict[str, JobStatus]:

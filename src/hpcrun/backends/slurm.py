@@ -466,7 +466,7 @@ class SlurmBackend(SchedulerBackend):
     def log_paths(self, record: JobRecord, rank: int | None = None) -> list[str]:
         run = self.files.run_dir(record)
         if rank is not None:
-            return [posixpath.join(run, rundir.LOGS, f"train.rank{rank}.log")]
+            return [posixpath.join(run, rundir.rank_log(rank))]
         paths = []
         sweep_logs = record.info.sweep_logs
         for stage, sid in record.info.native.items():

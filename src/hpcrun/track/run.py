@@ -95,7 +95,7 @@ class Run:
         hosts = sorted(set(self.ctx.gather_objects(self.ctx.host)))
         if self.is_main:
             self._start(experiment, config, hosts)
-        pid_file = self.run_dir.logs / f"rank{self.ctx.rank}.pid"
+        pid_file = self.run_dir.root / rundir.rank_pid(self.ctx.rank)
         with writing(pid_file):  # where a job script forwards SIGUSR1 to
             rundir.write_atomic(pid_file, f"{self.ctx.host} {os.getpid()}\n".encode())
         ACTIVE = self

@@ -95,9 +95,8 @@ def write_manifest(run: rundir.RunDir) -> None:
 
 
 def pid_file(run: rundir.RunDir, rank: int) -> Path:
-    """``logs/rank<N>.pid``: "HOST PID" of the rank's process, for signal forwarding and for
-    telling which rank of a job ended first."""
-    return run.logs / f"rank{rank}.pid"
+    """The rank's pid file (``rundir.rank_pid``)."""
+    return run.root / rundir.rank_pid(rank)
 
 
 def ended_ranks(run: rundir.RunDir, ctx: DistContext, wait: float = 0.0) -> list[dict[str, Any]]:
@@ -144,7 +143,7 @@ def ended_ranks(run: rundir.RunDir, ctx: DistContext, wait: float = 0.0) -> list
 
 
 def _setup_file_logging(ctx: DistContext, run: rundir.RunDir) -> None:
-    path = run.logs / f"train.rank{ctx.rank}.log"
+    path = run.root / rundir.rank_log(ctx.rank)
     with writing(path):
         run.logs.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(path)
