@@ -477,6 +477,12 @@ class SlurmExtras(SchedulerExtras):
     max_array_size: int = Field(1001, ge=2, le=4_000_001)
 
 
+class PbsExtras(SchedulerExtras):
+    #: the server's max_array_size (``qstat -Bf``; PBS Professional's default 10000): a
+    #: larger sweep is queued as several arrays of at most this many subjobs
+    max_array_size: int = Field(10000, ge=2, le=4_000_001)
+
+
 class ResourcesConfig(_Section):
     nodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(0, ge=0)
@@ -493,7 +499,7 @@ class ResourcesConfig(_Section):
     signal_grace_s: int = Field(120, ge=0, le=65535)
     setup: list[ShellLine] = Field(default_factory=list)
     slurm: SlurmExtras = SlurmExtras()
-    pbs: SchedulerExtras = SchedulerExtras()
+    pbs: PbsExtras = PbsExtras()
 
     @field_validator("mem")
     @classmethod

@@ -15,6 +15,7 @@ from hpcrun.backends.pbs import (
     pbs_mem,
     pbs_walltime,
 )
+from hpcrun.errors import BadInput
 from hpcrun.job import JobRecord
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pbs"
@@ -74,3 +75,72 @@ def test_text_form_with_continuation_lines(tmp_path):
     jobs = parse_qstat_text((FIXTURES / "qstat-x-f.txt").read_text())
     assert jobs["1234.pbs01"]["comment"].endswith("and finished")
     assert combine({"a": "1234.pbs01", "b": "1238.pbs01"}, jobs, tmp_path).state == "RUNNING"
+
+
+class Server:
+    """qsub answers with the next job id; ``qstat -B -f`` with the server's max_array_size."""
+
+    def __init__(self, max_array_size: int | None = 10000):
+        self.calls: list[list[str]] = []
+        self.next_id = 700
+        self.max_array_size = max_array_size
+
+    def run(self, argv, **kwargs):
+        from hpcrun.shell import Result
+
+        self.calls.append(list(argv))
+        if argv[0] == "qsub":
+            self.next_id += 1
+            suffix = "[]" if any(a.startswith("-J") for a in argv) or "#PBS -J" in \
+                Path(argv[-1]).read_text() else ""
+            return Result(list(argv), 0, f"{self.next_id}{suffix}.pbs01\n", "")
+        if argv[:3] == ["qstat", "-B", "-f"] and self.max_array_size is not None:
+            return Result(list(argv), 0, "Server: pbs01\n    server_state = Active\n"
+                          f"    max_array_size = {self.max_array_size}\n", "")
+        return Result(list(argv), 2, "", "qstat: unknown option")
+
+
+def _sweep(tmp_path, monkeypatch, points: int, max_array: int, parallel: int | None = None):
+    from hpcrun import ops
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    values = ",".join(f"0.{i + 1:04d}" for i in range(points))
+    return ops.submit("v3", overrides=[f"resources.pbs.max_array_size={max_array}"],
+                      sweeps=[f"training.lr={values}"], backend="pbs", dry_run=True,
+                      parallel=parallel, project_dir=tmp_path)
+
+
+def test_a_sweep_over_max_array_size_is_queued_as_arrays_chained_stage_by_stage(
+        tmp_path, monkeypatch):
+    import re
+
+    result = _sweep(tmp_path, monkeypatch, 5, 2, parallel=4)
+    plans = result.plans
+    arrays = [re.search(r"#PBS -J (\S+)", p.script).group(1) for p in plans]
+    assert [(p.stage, p.offset) for p in plans] == [
+        (stage, offset) for offset in (0, 2, 4) for stage in ("pretrain", "finetune", "eval")]
+    assert arrays == ["0-1"] * 3 + ["0-1%1"] * 3 + ["0-0"] * 3
+    assert len({p.script_path for p in plans}) == 9  # no array overwrites another's script
+    server = Server()
+    natives = PbsBackend(runner=server).submit(plans)
+    qsub = [c for c in server.calls if c[0] == "qsub"]
+    # each array's stage waits for the same array's stage before
+    assert "depend=afterok:701[].pbs01" in qsub[1] and "depend=afterok:704[].pbs01" in qsub[4]
+    assert not any(a.startswith("depend") for a in qsub[3])  # a new array starts
+    last = result.jobs[4]
+    assert natives[last.id].native == {"pretrain": "707[0].pbs01", "finetune": "708[0].pbs01",
+                                       "eval": "709[0].pbs01"}
+
+
+def test_a_server_with_a_smaller_max_array_size_is_named_before_anything_is_queued(
+        tmp_path, monkeypatch):
+    plans = _sweep(tmp_path, monkeypatch, 5, 10000).plans
+    server = Server(max_array_size=4)
+    with pytest.raises(BadInput) as error:
+        PbsBackend(runner=server).preflight(plans)
+    assert "max_array_size is 4" in error.value.message
+    assert "resources.pbs.max_array_size=4" in (error.value.hint or "")
+    assert not [c for c in server.calls if c[0] == "qsub"]
+    PbsBackend(runner=Server(max_array_size=5)).preflight(plans)
+    PbsBackend(runner=Server(max_array_size=None)).preflight(plans)  # not told: qsub decides

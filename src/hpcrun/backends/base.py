@@ -8,18 +8,20 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from .. import rundir
 from ..bundle import Bundle
+from ..errors import BadInput
 from ..job import JobRecord, JobStatus, Submission, is_terminal
 from ..render import JobSpec, SubmitPlan
 from ..shell import LocalRunner
 from .files import LocalFiles, RemoteFiles, files_for
 
 if TYPE_CHECKING:
-    from ..config import RemoteConfig
+    from ..config import RemoteConfig, ResourcesConfig
     from ..shell import SshRunner
 
 
@@ -214,6 +216,54 @@ class SchedulerBackend(Backend):
     @abstractmethod
     def _submit_one(self, argv: Sequence[str]) -> str:
         """Queue one script; its native job id."""
+
+    @abstractmethod
+    def _max_array_size(self, resources: ResourcesConfig) -> int:
+        """The most tasks one array job may have on this cluster (as configured)."""
+
+    @abstractmethod
+    def _render_part(self, specs: Sequence[JobSpec], offset: int, owner: str, script_dir: str,
+                     parallel: int | None, project_dir: Path | None, swept: bool
+                     ) -> list[SubmitPlan]:
+        """The stages of one array job (its task i runs point ``offset + i``; ``swept``) or
+        of one job: plans chained stage by stage, scripts in ``script_dir``."""
+
+    def render(self, specs: Sequence[JobSpec], *, group: JobRecord | None = None,
+               parallel: int | None = None, project_dir: Path | None = None) -> list[SubmitPlan]:
+        """One script per stage; with several specs (a sweep) each stage is one array job
+        whose task i runs point i: several arrays of at most the cluster's array size when
+        the sweep is larger (schedulers refuse larger arrays), each chained stage by stage
+        on its own; ``parallel`` is shared out between the arrays."""
+        specs = [self._placed(s) for s in specs]
+        first = specs[0]
+        owner = group.id if group is not None else first.id
+        script_dir = self.place(group.run_dir) if group is not None else first.run_dir
+        size = self._max_array_size(first.resources) if len(specs) > 1 else 1
+        offsets = range(0, len(specs), size)
+        plans: list[SubmitPlan] = []
+        for index, offset in enumerate(offsets):
+            share = None  # --parallel shared out, the remainder to the first arrays
+            if parallel:
+                share = max(1, parallel // len(offsets) + (index < parallel % len(offsets)))
+            plans += self._render_part(specs[offset:offset + size], offset, owner, script_dir,
+                                       share, project_dir, swept=len(specs) > 1)
+        return plans
+
+    def _placed(self, spec: JobSpec) -> JobSpec:
+        """The spec as the cluster sees it (its run directory and python there)."""
+        if self.remote is None:
+            return spec
+        run = self.place(spec.run_dir)
+        return replace(spec, run_dir=run, config_path=posixpath.join(run, rundir.CONFIG),
+                       python=self.remote.interpreter)
+
+    def _check_array_size(self, plans: Sequence[SubmitPlan], limit: int | None,
+                          what: str, key: str) -> None:
+        """Refuse, before anything is queued, arrays larger than the cluster's ``limit``."""
+        largest = max((len(p.members) for p in plans if p.kind == "array"), default=0)
+        if limit is not None and largest > limit:
+            raise BadInput(f"this cluster's {what} is {limit}: an array of {largest} tasks "
+                           "would be refused", hint=f"--set resources.{key}={limit}")
 
     @abstractmethod
     def _task_id(self, array_id: str, task: int) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import rundir
-from ..config import RemoteConfig
+from ..config import RemoteConfig, ResourcesConfig
 from ..errors import BadInput, OperationFailed
 from ..job import JobRecord, JobStatus, State, combine
 from ..render import JobSpec, SubmitPlan, render_template, scheduler_context
@@ -127,21 +127,27 @@ class PbsBackend(SchedulerBackend):
                            "login node, or use --backend slurm/pod")
         super().__init__(runner=runner)
 
-    def render(self, specs: Sequence[JobSpec], *, group: JobRecord | None = None,
-               parallel: int | None = None, project_dir: Path | None = None) -> list[SubmitPlan]:
+    def _max_array_size(self, resources: ResourcesConfig) -> int:
+        return resources.pbs.max_array_size
+
+    def _render_part(self, specs: Sequence[JobSpec], offset: int, owner: str, script_dir: str,
+                     parallel: int | None, project_dir: Path | None, swept: bool
+                     ) -> list[SubmitPlan]:
+        """One script per stage, each ``depend=afterok`` on the one before (of the same
+        array: an array's dependency is on the whole array before it)."""
         first = specs[0]
         resources = first.resources
-        array = f"0-{len(specs) - 1}" if len(specs) > 1 else None
+        array = f"0-{len(specs) - 1}" if swept else None
         if array and parallel and parallel < len(specs):
             array += f"%{parallel}"
-        owner = group.id if group is not None else first.id
-        base = Path(group.run_dir if group is not None else first.run_dir)
+        base = Path(script_dir)
         shared = scheduler_context(specs)
-        plans = []
+        plans: list[SubmitPlan] = []
         previous = None
+        suffix = f"-{offset}" if offset else ""
         for stage in first.stages:
-            script_path = base / f"job-{stage}.pbs"
-            output = base / rundir.LOGS / f"pbs-{stage}.out"
+            script_path = base / f"job-{stage}{suffix}.pbs"
+            output = base / rundir.LOGS / f"pbs-{stage}{suffix}.out"
             script = render_template("pbs.pbs.j2", {
                 **shared, "name": f"{first.experiment}-{stage}"[:236], "array": array,
                 "walltime": pbs_walltime(resources.time), "pbs_mem": pbs_mem(resources.mem),
@@ -153,15 +159,23 @@ class PbsBackend(SchedulerBackend):
             if previous is not None:
                 argv += ["-W", f"depend=afterok:{{{previous}}}"]
             argv.append(str(script_path))
-            plans.append(SubmitPlan(job_id=owner, script=script, script_path=str(script_path),
-                                    argv=tuple(argv), files={"output": str(output)},
-                                    stage=stage, kind="array" if array else "job",
-                                    members=tuple(s.id for s in specs) if array else ()))
-            previous = stage
+            plan = SubmitPlan(job_id=owner, script=script, script_path=str(script_path),
+                              argv=tuple(argv), files={"output": str(output)},
+                              stage=stage, kind="array" if array else "job",
+                              members=tuple(s.id for s in specs) if array else (),
+                              offset=offset)
+            plans.append(plan)
+            previous = plan.key
         return plans
 
     def preflight(self, plans: Sequence[SubmitPlan]) -> None:
-        """PBS has no dry-run submission; the config's own validation is the check."""
+        """PBS has no dry-run submission: the config's own validation is the check, and
+        arrays larger than the server's ``max_array_size`` (``qstat -Bf``) are refused."""
+        if any(p.kind == "array" for p in plans):
+            result = self.runner.run(["qstat", "-B", "-f"], check=False, timeout=60)
+            found = re.search(r"^\s*max_array_size\s*=\s*(\d+)\s*$", result.stdout, re.M)
+            self._check_array_size(plans, int(found.group(1)) if found else None,
+                                   "max_array_size", "pbs.max_array_size")
 
     def _rerun_argv(self, plan: SubmitPlan, argv: list[str], tasks: Sequence[int],
                     after: str | None) -> list[str]:

@@ -13,11 +13,11 @@ import re
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import rundir
-from ..config import RemoteConfig
+from ..config import RemoteConfig, ResourcesConfig
 from ..errors import BadInput, OperationFailed
 from ..job import JobRecord, JobStatus, State, combine, is_terminal
 from ..render import JobSpec, SubmitPlan, render_template, scheduler_context
@@ -213,32 +213,14 @@ class SlurmBackend(SchedulerBackend):
 
     # -- rendering ------------------------------------------------------------------------
 
-    def render(self, specs: Sequence[JobSpec], *, group: JobRecord | None = None,
-               parallel: int | None = None, project_dir: Path | None = None) -> list[SubmitPlan]:
-        """One script per stage; with several specs (a sweep) each stage is one array job
-        whose task i runs point i: several arrays of at most ``slurm.max_array_size`` tasks
-        when the sweep is larger (SLURM refuses task indices from MaxArraySize up). Stages
-        are chained: ``afterok`` on the previous stage (``aftercorr`` between arrays, task by
-        task); ``parallel`` is shared out between the arrays."""
-        specs = [self._placed(s) for s in specs]
-        first = specs[0]
-        owner = group.id if group is not None else first.id
-        script_dir = self.place(group.run_dir) if group is not None else first.run_dir
-        size = first.resources.slurm.max_array_size if len(specs) > 1 else 1
-        offsets = range(0, len(specs), size)
-        plans: list[SubmitPlan] = []
-        for index, offset in enumerate(offsets):
-            share = None  # --parallel shared out, the remainder to the first arrays
-            if parallel:
-                share = max(1, parallel // len(offsets) + (index < parallel % len(offsets)))
-            plans += self._render_part(specs[offset:offset + size], offset, owner, script_dir,
-                                       share, project_dir, swept=len(specs) > 1)
-        return plans
+    def _max_array_size(self, resources: ResourcesConfig) -> int:
+        return resources.slurm.max_array_size
 
     def _render_part(self, specs: Sequence[JobSpec], offset: int, owner: str, script_dir: str,
                      parallel: int | None, project_dir: Path | None, swept: bool
                      ) -> list[SubmitPlan]:
-        """The stages of one array (points ``offset`` on), or of one job."""
+        """One script per stage, chained with ``afterok`` (``aftercorr`` between arrays:
+        task by task)."""
         first = specs[0]
         array = None
         if swept:
@@ -278,27 +260,16 @@ class SlurmBackend(SchedulerBackend):
             previous = plan.key
         return plans
 
-    def _placed(self, spec: JobSpec) -> JobSpec:
-        """The spec as the cluster sees it (its run directory and python there)."""
-        if self.remote is None:
-            return spec
-        run = self.place(spec.run_dir)
-        return replace(spec, run_dir=run, config_path=posixpath.join(run, rundir.CONFIG),
-                       python=self.remote.interpreter)
-
     # -- submission -----------------------------------------------------------------------
 
     def preflight(self, plans: Sequence[SubmitPlan]) -> None:
         """``sbatch --test-only`` of the first stage (the later ones only add a dependency):
         a bad partition, account, time or resource request is refused here, queueing
         nothing."""
-        largest = max((len(p.members) for p in plans if p.kind == "array"), default=0)
-        if largest:
-            limit = rundir.to_int(self._cluster_config().get("MaxArraySize"))
-            if limit is not None and largest > limit:
-                raise BadInput(f"this cluster's MaxArraySize is {limit}: an array of {largest} "
-                               "tasks would be refused",
-                               hint=f"--set resources.slurm.max_array_size={limit}")
+        if any(p.kind == "array" for p in plans):
+            self._check_array_size(plans, rundir.to_int(
+                self._cluster_config().get("MaxArraySize")), "MaxArraySize",
+                "slurm.max_array_size")
         plan = plans[0]
         argv = ["sbatch", "--test-only", *(a for a in plan.argv[2:-1]
                                            if not a.startswith("--dependency="))]
