@@ -38,6 +38,10 @@ class Selection:
     min_delta: float = 0.0
     #: the stage's pipeline mode (``train``, ``eval_only``, ...) where the config says
     stage_mode: str | None = None
+    #: whether the stage trains a classifier: False for hpcrun's trainer with a
+    #: classification weight of 0 (pretraining on reconstruction alone), whose probabilities,
+    #: separation and evaluation metrics mean nothing
+    classifies: bool = True
 
     def improves(self, value: float | None, best: float | None) -> bool:
         return improves(value, best, self.mode, self.min_delta)
@@ -86,9 +90,12 @@ def _from_config(config_text: str) -> dict[str, Selection]:
         config = load_config_text(config_text, source=rundir.CONFIG)
         out = {}
         for stage in config.pipeline:
-            es = config.for_stage(stage.name).training.early_stopping
+            training = config.for_stage(stage.name).training
+            es = training.early_stopping
+            classifies = config.run is not None \
+                or training.loss.components.get("classification", 0) > 0
             out[stage.name] = Selection(column_of(es.metric), es.resolved_mode, es.min_delta,
-                                        stage.mode)
+                                        stage.mode, classifies)
         return out
     except Exception:  # noqa: BLE001 - a damaged config only costs the metric choice
         return {}
@@ -117,11 +124,14 @@ def read_config(run: rundir.RunDir) -> RunConfig | None:
 
 
 def _key(text: str, data: Any) -> str:
-    """What decides the best epoch: early stopping and the pipeline (stage modes and their
-    overrides). A sweep's runs differ elsewhere (lr, dropout, seed)."""
+    """What decides the selection: early stopping, the loss components, whether it runs
+    an own script and the pipeline (stage modes and their overrides). A sweep's runs differ
+    elsewhere (lr, dropout, seed)."""
     if isinstance(data, dict) and isinstance(data.get("training") or {}, dict):
-        return json.dumps([(data.get("training") or {}).get("early_stopping"),
-                           data.get("pipeline")], sort_keys=True, default=str)
+        training = data.get("training") or {}
+        return json.dumps([training.get("early_stopping"), training.get("loss"),
+                           data.get("run") is not None, data.get("pipeline")],
+                          sort_keys=True, default=str)
     return text
 
 

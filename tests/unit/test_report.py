@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hpcrun import report, rundir
 from hpcrun.config import load_config
@@ -87,12 +88,22 @@ def write_training_stage(stage: Path, values: dict[str, list[float]], *, ranks: 
     rundir.write_csv(stage / rundir.GPU_MEMORY, rundir.MEMORY_COLUMNS, memory)
 
 
+def v3_yaml(pretrain_classifies: bool = True) -> str:
+    """The shipped v3 config; by default its pretraining also trains the classifier (the
+    shipped one pretrains on reconstruction alone)."""
+    data = yaml.safe_load(load_config("v3").to_yaml())
+    if pretrain_classifies:
+        components = data["pipeline"][0]["overrides"]["training"]["loss"]["components"]
+        components["classification"] = 0.5
+    return yaml.safe_dump(data)
+
+
 def make_run(root: Path, *, experiment: str = "v3", state: str = "SUCCEEDED",
-             config: bool = True) -> Path:
+             config: bool = True, pretrain_classifies: bool = True) -> Path:
     run = root / "runs" / "v3" / "20260101-000000-abcd"
     run.mkdir(parents=True)
     if config:
-        (run / rundir.CONFIG).write_text(load_config("v3").to_yaml())
+        (run / rundir.CONFIG).write_text(v3_yaml(pretrain_classifies))
     stages = {"pretrain": "SUCCEEDED", "finetune": "SUCCEEDED", "eval": "SUCCEEDED"}
     rundir.write_json(run / rundir.STATUS, {
         "state": state, "run_id": run.name, "experiment": experiment, "stage": "eval",
@@ -174,6 +185,28 @@ def test_evaluation_tables_and_final_evaluation_equal_evaluation_csv(run):
     assert list(summary.stage("finetune").evaluation) == evaluation_csv(
         run / "finetune" / rundir.EVALUATION)
     assert math.isnan(summary.stage("pretrain").evaluation[0]["mcc"])
+
+
+def test_a_stage_that_trains_no_classifier_shows_no_separation_metrics_or_evaluation(
+        tmp_path):
+    run = make_run(tmp_path, pretrain_classifies=False)  # v3 as shipped: reconstruction only
+    summary = report.summarize(run)
+    pretrain, finetune = summary.stage("pretrain"), summary.stage("finetune")
+    assert not pretrain.classifies and finetune.classifies
+    assert pretrain.evaluation == () and math.isnan(pretrain.separation_best)
+    assert pretrain.best_epoch == 2 and pretrain.loss_decrease == pytest.approx(0.5)
+    assert finetune.evaluation and finetune.separation_best == 0.3
+    text = "\n".join(report.format_summary(summary))
+    pretrain_text = text.split("Stage finetune")[0]
+    assert "val separation" not in pretrain_text and "auroc" not in pretrain_text
+    assert "classifier            not trained (classification weight 0)" in pretrain_text
+    old = run / "report" / "pretrain_separation.png"  # drawn by an earlier report
+    old.parent.mkdir()
+    old.write_bytes(PNG_SIGNATURE)
+    files = report.write_report(run)
+    assert {p.name for p in files.pngs if p.name.startswith("pretrain_")} == {
+        "pretrain_losses.png", "pretrain_gradients.png", "pretrain_memory.png"}
+    assert not old.exists()
 
 
 def test_eval_only_stage_has_no_training_figures(run):

@@ -25,6 +25,7 @@ from hpcrun.report.plots import (
     _safe_name,
     _system_png,
     _with_key,
+    stage_plots,
 )
 from hpcrun.report.summary import ReportFiles, RunSummary, StageSummary, _load
 from hpcrun.report.text import _cell, _num, _table_columns
@@ -151,8 +152,11 @@ def write_report(run_dir: Path, out_dir: Path | None = None,
         flags = diagnose(run_dir)
     summary, data = _load(run_dir)
     files = ReportFiles(pngs=[], html=out_dir / REPORT_HTML, summary=summary, flags=list(flags))
-    tasks = [(kind, stage, data[stage.name]) for stage in summary.stages if stage.trained
-             for kind in _PLOTS]
+    tasks = [(kind, stage, data[stage.name]) for stage in summary.stages
+             for kind in stage_plots(stage)]
+    for stage in summary.stages:  # plots an earlier report drew that no longer apply
+        for kind in set(_PLOTS) - set(stage_plots(stage)):
+            (out_dir / f"{_safe_name(stage.name)}_{kind}.png").unlink(missing_ok=True)
     paths = [out_dir / f"{_safe_name(stage.name)}_{kind}.png" for kind, stage, _ in tasks]
     keys = [_plot_key(*task) for task in tasks]
     pngs = [_drawn_before(path, key) for path, key in zip(paths, keys, strict=True)]

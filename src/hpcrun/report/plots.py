@@ -318,6 +318,17 @@ _PLOTS: dict[str, tuple[str, Callable[[StageSummary, _StageData, _Canvas], bytes
     "gradients": ("Gradient norms", _plot_gradients),
     "memory": ("Memory", _plot_memory),
 }
+#: plots of a classifier's probabilities and metrics, left out for a stage that trains none
+_CLASSIFIER_PLOTS = ("metrics", "separation")
+
+
+def stage_plots(stage: StageSummary) -> list[str]:
+    """The kinds of plot a stage has (none for a stage that does not train)."""
+    if not stage.trained:
+        return []
+    return [kind for kind in _PLOTS if stage.classifies or kind not in _CLASSIFIER_PLOTS]
+
+
 #: the files of its stage each plot is drawn from (besides the stage's name, and for the
 #: metrics the best epoch it marks)
 _PLOT_INPUTS = {

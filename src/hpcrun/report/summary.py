@@ -58,8 +58,11 @@ class StageSummary:
     median_epoch_time: float = math.nan
     peak_host_rss_mb: float = math.nan
     peak_gpu_mb: float = math.nan
-    #: rows of evaluation.csv: ``{"split": str, "<metric>": float, ...}``
+    #: rows of evaluation.csv: ``{"split": str, "<metric>": float, ...}`` (none for a stage
+    #: that trains no classifier: its metrics would read as failures)
     evaluation: tuple[dict[str, Any], ...] = ()
+    #: False for a stage that trains no classifier (``Selection.classifies``)
+    classifies: bool = True
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,8 @@ def _summarize_stage(name: str, data: _StageData, state: str | None,
         name=name, state=state, mode=chosen.stage_mode, trained=data.has_training,
         epochs=len(rows), metric=chosen.column if data.has_training else None,
         metric_mode=chosen.mode, best_epoch=best_epoch, best_value=best_value,
-        evaluation=_evaluation_table(data.evaluation.rows()))
+        evaluation=_evaluation_table(data.evaluation.rows()) if chosen.classifies else (),
+        classifies=chosen.classifies)
     if not detail:
         return ranked
 
@@ -216,7 +220,8 @@ def _summarize_stage(name: str, data: _StageData, state: str | None,
     decrease = first - last
     pct = 100.0 * decrease / first if math.isfinite(decrease) and first != 0 else math.nan
 
-    sep_epochs, seps = _phase_series(data.probabilities, "val", "separation")
+    sep_epochs, seps = _phase_series(data.probabilities, "val", "separation") \
+        if chosen.classifies else ([], [])
     by_epoch = dict(zip(sep_epochs, seps, strict=True))
     sep_best = by_epoch.get(best_epoch, math.nan) if best_epoch is not None else math.nan
     last_epoch = next((e for e in reversed(epochs) if e is not None), None)

@@ -80,8 +80,12 @@ def format_summary(summary: RunSummary) -> list[str]:
             lines.append(f"  train loss            {_num(stage.first_train_loss)} -> "
                          f"{_num(stage.last_train_loss)}  (decrease {_num(stage.loss_decrease)}"
                          f"{pct})")
-            lines.append(f"  val separation        best {_num(stage.separation_best)}  last "
-                         f"{_num(stage.separation_last)}")
+            if stage.classifies:
+                lines.append(f"  val separation        best {_num(stage.separation_best)}  "
+                             f"last {_num(stage.separation_last)}")
+            else:
+                lines.append("  classifier            not trained (classification weight 0): "
+                             "no separation or metrics")
             lines.append(f"  epoch time (median)   {_num(stage.median_epoch_time, 3)} s")
         memory = [f"host RSS {_num(stage.peak_host_rss_mb, 1)} MB"]
         if math.isfinite(stage.peak_gpu_mb):
