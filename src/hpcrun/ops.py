@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -26,10 +26,12 @@ from .bundle import Bundle, describe
 from .config import ExperimentConfig, load_config
 from .errors import BadInput, HpcrunError, OperationFailed
 from .job import JobInfo, JobRecord, JobStatus, State, combine, is_terminal
-from .monitor import Event, Monitor, run_flags
 from .render import JobSpec, SubmitPlan
 from .shell import LocalRunner
 from .store import JobStore
+
+if TYPE_CHECKING:  # the monitor is imported by the commands that watch or check a run
+    from .monitor import Event, Monitor
 
 # --------------------------------------------------------------------------- config
 
@@ -758,6 +760,8 @@ def cancel(ref: str | None, project_dir: Path, store: JobStore | None = None) ->
 def open_monitor(ref: str | None, project_dir: Path, store: JobStore | None = None) -> Monitor:
     """A ``Monitor`` of one job: one backend (one ssh connection for a remote) for all its
     refreshes, and the job store kept up to date with the states it sees."""
+    from .monitor import Monitor
+
     store = store or JobStore()
     record = store.resolve(ref, str(project_dir.resolve()))
     _single(record)
@@ -822,6 +826,8 @@ class ReportResult:
 
 def flags_of(view: JobView) -> list[Any]:
     """The run's red flags, with the job's state and, for a failure, the end of its log."""
+    from .monitor import run_flags
+
     sweep = view.record.sweep  # a sweep has no log of its own
     return run_flags(view.record, view.status.state, None if sweep else backend_for(view.record))
 

@@ -6,7 +6,8 @@ TensorBoard, W&B and Lightning beside them, and the system sampler's CPU share.
 Trainer rows: epoch time with every diagnostic on vs off (gradient clipping on in both), and
 training throughput with 1 vs 2 ranks, each the median over epochs 2..N of several alternating
 runs, read from the runs' own training.csv. CLI rows: `hpcrun --help` against a minimal Typer
-app, and `hpcrun submit --backend slurm` against raw sbatch on the hpc/slurm sandbox.
+app, `hpcrun submit --backend slurm` against raw sbatch on the hpc/slurm sandbox, and the
+3-stage `hpcrun submit v3` against submitit and raw sbatch there.
 """
 
 from __future__ import annotations
@@ -152,6 +153,91 @@ def bench_slurm(table: list[tuple[str, str, str]], repeats: int = 5) -> None:
     arrays = [p for p in sweep["plans"] if "--array=0-99" in p["script"]]
     table.append(("100-point sweep on slurm", f"{len(sweep['plans'])} sbatch call(s)",
                   "one array job" if len(arrays) == 1 == len(sweep["plans"]) else "NOT one array"))
+
+
+SUBMITIT_JOB = """\
+import sys
+
+import submitit
+
+
+def add(a, b):
+    return a + b
+
+
+executor = submitit.AutoExecutor(folder=sys.argv[1], cluster="slurm")
+executor.update_parameters(timeout_min=5, cpus_per_task=1)
+print(executor.submit(add, 1, 2).job_id)
+"""
+
+
+def bench_submit_v3(table: list[tuple[str, str, str]], repeats: int = 5) -> None:
+    """`hpcrun submit v3 --backend slurm` (the shipped 3-stage pipeline: 3 chained sbatch
+    calls after one `sbatch --test-only`) against a fresh Python process submitting a trivial
+    function with submitit, and raw sbatch of the same three scripts, alternating runs on
+    the hpc/slurm sandbox. Every job is cancelled after each round (untimed), so no
+    training competes for the CPUs."""
+    import json
+    import re
+
+    up = subprocess.run([str(REPO / "hpc" / "slurm" / "up.sh")], capture_output=True,
+                        text=True)
+    if up.returncode != 0:
+        table.append(("submit v3 vs submitit", "SLURM sandbox did not start", "-"))
+        return
+    env = {**os.environ, **dict(re.findall(r"^export (\w+)=(.*)$", up.stdout, re.M))}
+    hpcrun = str(Path(sys.executable).parent / "hpcrun")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "project"  # an empty project: the bundle stays the same each time
+        work.mkdir()
+        env.update(XDG_STATE_HOME=str(Path(tmp) / "state"),
+                   XDG_CACHE_HOME=str(Path(tmp) / "cache"))
+        argv = [hpcrun, "submit", "v3", "--backend", "slurm"]
+        plans = json.loads(subprocess.run([hpcrun, "--json", *argv[1:], "--dry-run"], cwd=work,
+                                          env=env, capture_output=True, text=True).stdout)
+        scripts = []
+        for plan in plans["plans"]:
+            scripts.append(Path(tmp) / f"raw-{plan['stage']}.sbatch")
+            scripts[-1].write_text(plan["script"])
+        job = Path(tmp) / "submitit_job.py"
+        job.write_text(SUBMITIT_JOB)
+        submitit = [sys.executable, str(job), str(Path(tmp) / "submitit")]
+        if subprocess.run([*submitit[:1], "-c", "import submitit"],
+                          capture_output=True).returncode != 0:
+            table.append(("submit v3 vs submitit", "submitit is not installed (bench extra)",
+                          "-"))
+            return
+
+        def raw() -> float:
+            began = time.perf_counter()
+            previous = None
+            for script in scripts:
+                after = [f"--dependency=afterok:{previous}"] if previous else []
+                answer = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", *after,
+                                         str(script)], cwd=work, env=env, check=True,
+                                        capture_output=True, text=True).stdout
+                previous = answer.strip().split(";")[0]
+            return time.perf_counter() - began
+
+        def cancel() -> None:
+            ids = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True,
+                                 text=True).stdout.split()
+            if ids:
+                subprocess.run(["scancel", *ids], env=env, capture_output=True)
+
+        ours, theirs, plain = [], [], []
+        for i in range(repeats + 1):  # the first round warms caches (bytecode, templates)
+            times = (timed(argv, work, env), timed(submitit, work, env), raw())
+            cancel()
+            if i:
+                ours.append(times[0])
+                theirs.append(times[1])
+                plain.append(times[2])
+    a, b, c = statistics.median(ours), statistics.median(theirs), statistics.median(plain)
+    table.append((f"`hpcrun submit v3 --backend slurm` ({len(scripts)} stages) vs a fresh "
+                  "Python process submitting a function with submitit, vs raw sbatch of the "
+                  f"{len(scripts)} scripts", f"{a * 1000:.0f} ms vs {b * 1000:.0f} ms vs "
+                  f"{c * 1000:.0f} ms", f"{a / b:.2f}x submitit"))
 
 
 def bench_pod(table: list[tuple[str, str, str]], repeats: int = 5) -> None:
@@ -498,8 +584,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=60000)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", choices=["trainer", "cli", "slurm", "pod", "reader", "reports",
-                                           "own"], action="append")
+    parser.add_argument("--only", choices=["trainer", "cli", "slurm", "submit", "pod", "reader",
+                                           "reports", "own"], action="append")
     args = parser.parse_args()
     chosen = set(args.only or ["trainer", "cli", "slurm", "pod", "reader", "reports", "own"])
     train_rows = int(args.rows * 0.7)
@@ -508,6 +594,8 @@ def main() -> None:
         bench_cli(table)
     if "slurm" in chosen:
         bench_slurm(table)
+    if chosen & {"slurm", "submit"}:
+        bench_submit_v3(table)
     if "pod" in chosen:
         bench_pod(table)
     if "reader" in chosen:

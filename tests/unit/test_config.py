@@ -140,3 +140,20 @@ def test_a_config_shows_the_keys_of_its_own_data_source_only(tmp_path):
     synthetic = yaml.safe_load(load_config("v3", project_dir=tmp_path).to_yaml())["data"]
     assert "path" not in synthetic and "label_column" not in synthetic
     assert synthetic["rows"] == 8000
+
+
+def test_config_yaml_is_the_text_of_pyyamls_own_safe_dumper(tmp_path):
+    """to_yaml uses libyaml's emitter where PyYAML has it: the same text as yaml.safe_dump,
+    also for long, quoted, multi-line and non-ASCII values."""
+    import yaml
+
+    write(tmp_path, "odd", "extends: v3\nexperiment: odd\nparams:\n"
+          "  long: '" + "word " * 40 + "'\n  quoted: 'yes'\n  lines: \"a\\nb\"\n"
+          "  accents: 'été, naïve'\n  empty: ''\n  tiny: 1.0e-07\n  zeros: '010'\n")
+    odd = load_config("odd", project_dir=tmp_path)
+    assert odd.params["accents"] == "été, naïve" and "\n" in odd.params["lines"]
+    for cfg in (load_config("v3"), odd):
+        unused = {"data": {k for k in type(cfg.data).model_fields if k not in
+                           yaml.safe_load(cfg.to_yaml())["data"]}}
+        assert cfg.to_yaml() == yaml.safe_dump(cfg.model_dump(mode="json", exclude=unused),
+                                               sort_keys=False)
