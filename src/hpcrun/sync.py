@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .backends.agent_client import agent
 from .bundle import MANIFEST_NAME, Bundle, manifest_text
 from .errors import OperationFailed
 from .shell import SshRunner
@@ -156,12 +157,3 @@ def missing_remote_paths(ssh: SshRunner, paths: Sequence[str]) -> list[str]:
         return []
     check = 'for p do [ -e "$p" ] || printf "%s\\n" "$p"; done'
     return ssh.run(["sh", "-c", check, "sh", *paths]).stdout.splitlines()
-
-
-def agent(ssh: SshRunner, command: str, request: dict, python: str | None = None) -> dict:
-    """One call of ``python -m hpcrun.agent COMMAND`` on the remote, JSON in and out."""
-    python = python or ssh.remote.interpreter
-    result = ssh.run([python, "-m", "hpcrun.agent", command], input=json.dumps(request),
-                     timeout=300)
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
-    return json.loads(lines[-1]) if lines else {}

@@ -12,7 +12,8 @@ from .. import rundir
 from ..bundle import Bundle, cache_dir, snapshot
 from ..job import JobRecord
 from ..shell import LocalRunner, SshRunner
-from ..sync import agent, push, remote_paths
+from ..sync import push, remote_paths
+from .agent_client import agent
 
 
 class LocalFiles:

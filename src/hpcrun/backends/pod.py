@@ -20,7 +20,7 @@ from ..errors import BadInput
 from ..job import JobRecord, JobStatus, State, Submission
 from ..render import JobSpec, SubmitPlan, job_files, render_template, steps
 from ..shell import LocalRunner
-from ..sync import agent
+from .agent_client import agent
 from .base import Backend
 
 
