@@ -139,8 +139,8 @@ def test_ssh_options_that_choose_the_expected_host_key_are_refused(option):
 
 
 def test_job_ids_are_drawn_again_on_a_collision(tmp_path, monkeypatch):
-    from hpcrun import ops
     from hpcrun.job import JobRecord
+    from hpcrun.ops import submission as ops
     from hpcrun.store import JobStore
 
     store = JobStore(tmp_path / "jobs.sqlite")

@@ -43,7 +43,7 @@ class Scheduler:
 def world(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     scheduler = Scheduler()
-    monkeypatch.setattr(ops, "backend_for", lambda record, project_dir=None: scheduler)
+    monkeypatch.setattr(ops.jobs, "backend_for", lambda record, project_dir=None: scheduler)
     return tmp_path, scheduler, JobStore()
 
 

@@ -16,7 +16,7 @@ from conftest import REPO
 from hpcrun import probe, provision
 from hpcrun.config import RemoteConfig, load_config
 from hpcrun.errors import BadInput
-from hpcrun.ops import _data_paths
+from hpcrun.ops.submission import _data_paths
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hpcrun.ops import _signal_of, _trainer_lines
+from hpcrun.ops.jobs import _signal_of, _trainer_lines
 
 TORCHRUN_END = """\
 hpcrun launcher: host=n1 nnodes=1 node_rank=0 nproc=2 rdzv=standalone
