@@ -7,6 +7,10 @@ overrides any key (the value is parsed as YAML and typed by the schema). ``${VAR
 
 Every error names the file (or ``--set``) that supplied the key, the dotted key path, the
 bad value and what is allowed, with a did-you-mean for misspelt keys and choices.
+
+One module on purpose (about 1,400 lines, most of them field declarations): the schema, its
+loader and its error messages are one contract, and a key's type, default, check and message
+stay next to each other.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ from the rows seen so far, so a live view that keeps one between refreshes pays 
 new rows; ``diagnose()`` is the same code over a run directory read whole. Cells that cannot
 be read (empty, damaged) count as NaN, and a row whose epoch cannot be read is left out of the
 checks that name an epoch.
+
+Long (over 600 lines) because every red flag's check lives here beside its thresholds and its
+advice, so adding or changing a flag touches one place (docs/red-flags.md explains each).
 """
 
 from __future__ import annotations

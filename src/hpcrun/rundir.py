@@ -10,6 +10,10 @@ layout (see docs/run-directory.md)::
 
 CSVs are append-only with one row per epoch (per phase where stated), flushed and fsynced at
 the end of each epoch, so a reader never sees a torn row. Pure Python: no torch, no pandas.
+
+One module on purpose (about 1,000 lines): it is the whole contract of a run directory (every
+file name and schema, the typed readers of its JSON files, atomic writers, the manifest), so
+no other module needs to know how a file is laid out.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""``hpcrun.track.Run``: the writer of one stage of a run directory from your own loop."""
+"""``hpcrun.track.Run``: the writer of one stage of a run directory from your own loop.
+
+Long (about 600 lines) because ``Run`` is the whole public API a training loop calls (step,
+observe, epoch, save/resume, should_stop, evaluate, finish) and each method keeps its
+distributed and crash-safety rules next to it; the files it writes through and the
+diagnostics it sums are in ``records`` and ``diagnostics``.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,9 @@ Epoch semantics: a checkpoint is taken at the end of every epoch, after that epo
 are durable. A run stopped mid-epoch (preemption or a crash) resumes from the last completed
 epoch: the partial epoch is run again from its start, and rows past the checkpoint are dropped
 so that no epoch appears twice.
+
+Over 500 lines because one stage's loop is one story (model, data, optimiser, the epoch,
+checkpoints, early stopping, evaluation): split, each part would need the others' state.
 """
 
 from __future__ import annotations
