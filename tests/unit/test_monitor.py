@@ -276,16 +276,16 @@ def test_a_snapshot_keeps_its_curves_and_a_resume_starts_them_again(tmp_path):
 def test_an_evaluation_stage_reads_evaluating_only_while_the_job_runs():
     from types import SimpleNamespace
 
-    from hpcrun.cli import _progress_text
+    from hpcrun.cli.views import progress_text
 
     running = SimpleNamespace(epochs=0, stage="eval", stages={"eval": "RUNNING"},
                               state="RUNNING")
-    assert _progress_text(running) == "stage eval: evaluating"
+    assert progress_text(running) == "stage eval: evaluating"
     done = SimpleNamespace(epochs=0, stage="eval", stages={"eval": "SUCCEEDED"},
                            state="SUCCEEDED")
-    assert _progress_text(done) == "stage eval: succeeded"
+    assert progress_text(done) == "stage eval: succeeded"
     failed = SimpleNamespace(epochs=0, stage="eval", stages={}, state="FAILED")
-    assert _progress_text(failed) == "stage eval: failed"
+    assert progress_text(failed) == "stage eval: failed"
 
 
 # --------------------------------------------------------------------------- the watch loop
