@@ -1,13 +1,14 @@
-"""The Typer app itself: the global ``--json``, the one place where expected
+"""The Typer app itself: its help style, the global ``--json``, the one place where expected
 errors become a message and an exit code, and the console script's entry point."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 
 from ..errors import HpcrunError
 from . import views
@@ -15,6 +16,46 @@ from . import views
 T = TypeVar("T")
 
 
+def _usage(param: TyperArgument) -> str:
+    """An argument as click writes it: NAME when required, [NAME] when not, ``...`` after
+    one that takes several values."""
+    label = param.metavar or (param.name or "").upper()
+    if not param.required:
+        label = f"[{label}]"
+    return label + ("..." if param.nargs != 1 else "")
+
+
+class Command(TyperCommand):
+    """A command whose help names its arguments the way its usage line does (``NAME``,
+    ``[JOB]``, ``RUN...``), with no Python type beside them."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                pieces.append(_usage(param))
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+    def format_options(self, ctx: typer.Context, formatter: Any) -> None:
+        arguments, options = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if isinstance(param, TyperArgument):
+                arguments.append((_usage(param), record[1]))
+            else:
+                options.append(record)
+        for title, rows in (("Arguments", arguments), ("Options", options)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+# Help is plain text (rich_markup_mode=None): no markup is read in it, a paragraph is
+# re-wrapped to the terminal, a flag shows no metavar, and rich is not imported for --help.
 app = typer.Typer(
     name="hpcrun",
     help="Submit, watch and fetch PyTorch training jobs on this machine, SLURM/PBS clusters "
@@ -22,9 +63,11 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-config_app = typer.Typer(help="Inspect experiment configs.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect experiment configs.", no_args_is_help=True,
+                         rich_markup_mode=None)
 app.add_typer(config_app, name="config")
 
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 def status(
     ctx: typer.Context,
     jobs: Annotated[list[str] | None, typer.Argument(
-        help="Job ids, unique prefixes, handles or 'latest' (default).")] = None,
+        metavar="JOB", help="Job ids, unique prefixes, handles or 'latest' (default).")] = None,
 ) -> None:
     """Show the state of jobs (per stage, with the failure reason)."""
     from .. import ops
@@ -40,7 +40,7 @@ def list_jobs(
     all_projects: Annotated[bool, typer.Option(
         "--all", "-a", help="Jobs of every project.")] = False,
     limit: Annotated[int, typer.Option(
-        "--limit", "-n", help="At most this many rows (a sweep is one "
+        "--limit", "-n", metavar="N", help="At most this many rows (a sweep is one "
         "row).")] = 50,
 ) -> None:
     """List this project's jobs, newest first."""
@@ -54,16 +54,18 @@ def logs(
     follow: Annotated[bool, typer.Option(
         "--follow", "-f", help="Keep printing until the job ends.")] = False,
     rank: Annotated[int | None, typer.Option(
-        "--rank", "-r", help="Show one rank's trainer log instead of the job's "
+        "--rank", "-r", metavar="N", help="Show one rank's trainer log instead of the job's "
         "output.")] = None,
     tail: Annotated[int, typer.Option(
-        "--tail", "-n", help="Only the last N lines (0: all).")] = 0,
+        "--tail", "-n", metavar="N", help="Only the last N lines (0: all).")] = 0,
     raw: Annotated[bool, typer.Option(
         "--raw", help="Write the log as it is, escape sequences included (the default when "
         "the output is not a terminal).")] = False,
 ) -> None:
-    """Print a job's output (or one rank's log). On a terminal its control characters (escape
-    sequences that could clear the screen or write the clipboard) are shown escaped."""
+    """Print a job's output (or one rank's log).
+
+    On a terminal its control characters (escape sequences that could clear the screen or
+    write the clipboard) are shown escaped."""
     from .. import ops
 
     record, text = run_op(lambda: ops.log_file(job, rank, Path.cwd()))
@@ -79,7 +81,9 @@ def logs(
 
 
 def cancel(ctx: typer.Context, job: JobRef) -> None:
-    """Stop a job (SIGTERM, then SIGKILL after a grace period). Cancelling twice is harmless."""
+    """Stop a job (SIGTERM, then SIGKILL after a grace period).
+
+    Cancelling twice is harmless."""
     from .. import ops
 
     views.cancelled(output(ctx), run_op(lambda: ops.cancel(job, Path.cwd())))
@@ -92,7 +96,7 @@ def monitor(
         "--once", help="Print one snapshot and exit: 0 while the job is on its way or once it "
         "succeeded, 1 once it ended otherwise.")] = False,
     interval: Annotated[float | None, typer.Option(
-        "--interval", min=0.1, help="Seconds between refreshes (default: "
+        "--interval", min=0.1, metavar="SECONDS", help="Seconds between refreshes (default: "
         "the run's monitor.refresh_s).")] = None,
     notify: Annotated[str | None, typer.Option(
         "--notify", metavar="CMD", help="Run CMD (with sh -c) when the job ends or a new red "
@@ -100,10 +104,12 @@ def monitor(
         "HPCRUN_JOB_ID, HPCRUN_JOB_HANDLE, HPCRUN_EXPERIMENT, HPCRUN_RUN_DIR, HPCRUN_STATE, "
         "HPCRUN_STAGE, HPCRUN_FLAG, HPCRUN_RANK, HPCRUN_MESSAGE.")] = None,
 ) -> None:
-    """Watch a job live until it ends: state and scheduler reason, epoch progress with ETA,
-    latest and best metrics, curves, memory per rank and red flags; then the run summary.
-    The exit code reflects the job's outcome: 0 only when it succeeded, 1 when it failed,
-    was cancelled or was preempted (and not requeued)."""
+    """Watch a job live until it ends.
+
+    State and scheduler reason, epoch progress with ETA, latest and best metrics, curves,
+    memory per rank and red flags; then the run summary. The exit code reflects the job's
+    outcome: 0 only when it succeeded, 1 when it failed, was cancelled or was preempted (and
+    not requeued)."""
     raise typer.Exit(follow_job(output(ctx), job, once, interval, notify))
 
 

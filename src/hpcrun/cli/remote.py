@@ -17,7 +17,7 @@ def sync(
     ctx: typer.Context,
     remote: Remote,
     experiment: Annotated[str | None, typer.Option(
-        "--config", "-c", help="Take the bundle rules (bundle:) and the data "
+        "--config", "-c", metavar="NAME", help="Take the bundle rules (bundle:) and the data "
         "to ship (data.path, sync.data) from this experiment.")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="List what would change; send nothing.")] = False,
@@ -25,9 +25,11 @@ def sync(
         "--delete", help="Also delete remote files that are gone here.")] = False,
     allow: Allow = (),
 ) -> None:
-    """Ship this project's code bundle and its declared data to a remote with rsync over ssh
-    (code into a frozen snapshot per content, data into <workdir>/data once and
-    incrementally), setting hpcrun up there first when it is missing or of another build."""
+    """Ship this project's code and data to a remote.
+
+    rsync over ssh: the code bundle into a frozen snapshot per content, the data it declares
+    into <workdir>/data once and incrementally; hpcrun is set up there first when it is
+    missing or of another build."""
     from .. import ops
 
     out = output(ctx)
@@ -48,10 +50,11 @@ def setup(
         "--force", help="Install again even when the remote already runs this "
         "build.")] = False,
 ) -> None:
-    """Install this hpcrun on a remote: a wheel of it, in a venv under the remote's workdir
-    made with --system-site-packages (the remote's own torch is used), with the train extra.
-    sync and submit do this by themselves when the remote's hpcrun is missing or another
-    build."""
+    """Install this hpcrun on a remote.
+
+    A wheel of it, in a venv under the remote's workdir made with --system-site-packages (the
+    remote's own torch is used), with the train extra. sync and submit do this by themselves
+    when the remote's hpcrun is missing or another build."""
     from .. import ops
 
     out = output(ctx)
@@ -65,7 +68,9 @@ def doctor(
         "Check a remote from configs/remotes.yaml instead: its python, hpcrun build, torch, "
         "CUDA, GPUs, NVML, scheduler commands and free disk in the workdir.")] = None,
 ) -> None:
-    """Check which tools hpcrun can use here: ssh, rsync, sbatch, qsub, torch, CUDA, NVML."""
+    """Check which tools hpcrun can use here.
+
+    ssh, rsync, sbatch, qsub, torch, CUDA, NVML."""
     from .. import ops
 
     views.checks(output(ctx), run_op(lambda: ops.doctor(remote=remote, project_dir=Path.cwd())))

@@ -34,13 +34,13 @@ def submit(
     script_args: ScriptArgs = None,
     overrides: Overrides = (),
     sweeps: Annotated[list[str], typer.Option(
-        "--sweep", help="Sweep a key: KEY=V1,V2,... (repeatable; "
+        "--sweep", metavar="KEY=V1,V2,...", help="Sweep a key: KEY=V1,V2,... (repeatable; "
         "points are the cartesian product).")] = (),
     parallel: Annotated[int | None, typer.Option(
-        "--parallel", "-P", help="Sweep points run at once (default: 1 locally, "
+        "--parallel", "-P", metavar="N", help="Sweep points run at once (default: 1 locally, "
         "no limit on a scheduler).")] = None,
     backend: Annotated[str | None, typer.Option(
-        "--backend", "-b", help="local, slurm, pbs, pod (default: the "
+        "--backend", "-b", metavar="BACKEND", help="local, slurm, pbs, pod (default: the "
         "config's `backend`).")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the exact script and command; write and start "
@@ -61,8 +61,10 @@ def submit(
         "the scheduler that works there). hpcrun sets itself up there first when needed; not "
         "for --backend local.")] = None,
 ) -> None:
-    """Render and start an experiment or your own script (a pipeline, or one job per sweep
-    point): `hpcrun submit v3`, `hpcrun submit train.py -- --lr 0.01`."""
+    """Render and start an experiment or your own script.
+
+    A pipeline, or one job per sweep point: `hpcrun submit v3`, `hpcrun submit train.py --
+    --lr 0.01`."""
     from .. import ops
     from .jobs import follow_job, follow_sweep
 
