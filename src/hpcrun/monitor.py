@@ -4,8 +4,12 @@ A ``Monitor`` keeps, between refreshes, one ``CsvTail`` per CSV of the run direc
 refresh reads and converts only the rows added since the last one), the red-flag checks'
 running state (``diagnose.Diagnosis``) and, for a job on a remote, the offsets of what it
 already copied (a refresh is one round trip carrying only the new bytes). It never prints:
-``refresh()`` returns a ``Snapshot`` and ``events()`` says what is worth a notification. Pure
-Python: no torch, no pandas.
+``refresh()`` returns a ``Snapshot`` and ``events()`` says what is worth a notification.
+
+``watch`` is the one loop that follows a job (a ``Monitor``) or a sweep (a ``SweepWatch``)
+until it ends: it refreshes, backs off while the machine cannot be reached, and hands each
+snapshot to a sink, which shows it (JSON lines, plain lines or a live dashboard: the
+caller's choice). Pure Python: no torch, no pandas.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from . import rundir
 from .diagnose import Diagnosis, log_tail
@@ -293,3 +297,92 @@ class Monitor:
         from .report import summarize
 
         return summarize(self.run.root)
+
+
+@dataclass(frozen=True)
+class SweepSnapshot:
+    """One refresh of a sweep: its view (ops.JobView), with the points' states combined."""
+
+    view: Any
+    #: a sweep's state comes from the job store and the schedulers in one request; there is
+    #: no machine of its own to lose
+    connection: str | None = None
+
+    @property
+    def state(self) -> str:
+        return self.view.status.state
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.view.to_dict()
+
+
+class SweepWatch:
+    """Refreshes of a sweep: ``view_of`` asks for the sweep's view (its points' states)."""
+
+    def __init__(self, view_of: Callable[[], Any]):
+        self._view_of = view_of
+
+    def refresh(self) -> SweepSnapshot:
+        return SweepSnapshot(self._view_of())
+
+    def events(self, snap: SweepSnapshot) -> list[Event]:
+        return []
+
+
+class Polled(Protocol):
+    """What a refresh returns: the state, and why the machine cannot be reached (if so)."""
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def connection(self) -> str | None: ...
+
+
+S = TypeVar("S", bound=Polled)
+
+
+class Watched(Protocol[S]):
+    def refresh(self) -> S: ...
+
+    def events(self, snap: S) -> list[Event]: ...
+
+
+class Sink(Protocol[S]):
+    """Where a watch's snapshots go: ``show`` while it goes on, ``end`` for the last one
+    (the job has ended, or the watch looks once), ``close`` always, even after an error."""
+
+    def show(self, snap: S) -> None: ...
+
+    def end(self, snap: S) -> None: ...
+
+    def close(self) -> None: ...
+
+
+#: the longest wait between refreshes while the job's machine cannot be reached
+MAX_BACKOFF_S = 30.0
+
+
+def watch(source: Watched[S], sink: Sink[S], *, interval: float, once: bool = False,
+          notify: Callable[[Event], None] | None = None,
+          sleep: Callable[[float], None] = time.sleep) -> S:
+    """Refresh ``source`` every ``interval`` seconds until what it watches has ended (or
+    just once), handing each snapshot to ``sink``; ``notify`` gets each new event. While the
+    machine cannot be reached the wait doubles, up to ``MAX_BACKOFF_S``. Returns the last
+    snapshot; an error of a refresh propagates (the sink is closed first)."""
+    failures = 0
+    try:
+        while True:
+            snap = source.refresh()
+            failures = failures + 1 if snap.connection else 0
+            if notify is not None:
+                for event in source.events(snap):
+                    notify(event)
+            if once or (snap.connection is None and is_terminal(snap.state)):
+                sink.end(snap)
+                return snap
+            sink.show(snap)
+            sleep(min(interval * 2 ** min(failures, 5), MAX_BACKOFF_S) if failures
+                  else interval)
+    finally:
+        sink.close()

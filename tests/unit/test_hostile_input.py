@@ -627,11 +627,12 @@ def test_generated_job_records_print_as_text_through_list_and_status(
 
     from rich.console import Console
 
-    from hpcrun import cli, ops
+    from hpcrun import ops
+    from hpcrun.cli import views
 
     terminal = io.StringIO()
     snap = ops.open_monitor(job, project).refresh()
     Console(file=terminal, force_terminal=True, width=100).print(
-        cli.Escaped(cli._render_snapshot(snap)))
+        views.Escaped(views.render_snapshot(snap)))
     raw = re.sub(r"\x1b\[[0-9;]*m", "", terminal.getvalue())
     assert "\x1b" not in raw and "\x07" not in raw, raw

@@ -276,13 +276,80 @@ def test_a_snapshot_keeps_its_curves_and_a_resume_starts_them_again(tmp_path):
 def test_an_evaluation_stage_reads_evaluating_only_while_the_job_runs():
     from types import SimpleNamespace
 
-    from hpcrun.cli import _progress_text
+    from hpcrun.cli.views import progress_text
 
     running = SimpleNamespace(epochs=0, stage="eval", stages={"eval": "RUNNING"},
                               state="RUNNING")
-    assert _progress_text(running) == "stage eval: evaluating"
+    assert progress_text(running) == "stage eval: evaluating"
     done = SimpleNamespace(epochs=0, stage="eval", stages={"eval": "SUCCEEDED"},
                            state="SUCCEEDED")
-    assert _progress_text(done) == "stage eval: succeeded"
+    assert progress_text(done) == "stage eval: succeeded"
     failed = SimpleNamespace(epochs=0, stage="eval", stages={}, state="FAILED")
-    assert _progress_text(failed) == "stage eval: failed"
+    assert progress_text(failed) == "stage eval: failed"
+
+
+# --------------------------------------------------------------------------- the watch loop
+
+
+class _Polls:
+    """A source whose refreshes are given in advance: (state, connection) pairs."""
+
+    def __init__(self, *polls, fail_at=None):
+        from types import SimpleNamespace
+
+        self.snaps = [SimpleNamespace(state=s, connection=c) for s, c in polls]
+        self.fail_at, self.calls = fail_at, 0
+
+    def refresh(self):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            from hpcrun.errors import HpcrunError
+
+            raise HpcrunError("lost for good")
+        return self.snaps[self.calls - 1]
+
+    def events(self, snap):
+        return [f"event {self.calls}"]
+
+
+class _Sink:
+    def __init__(self):
+        self.seen = []
+
+    def show(self, snap):
+        self.seen.append(("show", snap.state))
+
+    def end(self, snap):
+        self.seen.append(("end", snap.state))
+
+    def close(self):
+        self.seen.append(("close", None))
+
+
+def test_a_watch_shows_each_refresh_backs_off_while_lost_and_ends_with_the_job():
+    from hpcrun.monitor import watch
+
+    source = _Polls(("PENDING", None), ("RUNNING", "ssh: timed out"), ("RUNNING", "again"),
+                    ("SUCCEEDED", "still lost"), ("SUCCEEDED", None))
+    sink, waits, events = _Sink(), [], []
+    last = watch(source, sink, interval=2.0, sleep=waits.append, notify=events.append)
+    assert last is source.snaps[-1]
+    # an ended state seen while the machine cannot be reached is not the end yet
+    assert sink.seen == [("show", "PENDING"), ("show", "RUNNING"), ("show", "RUNNING"),
+                         ("show", "SUCCEEDED"), ("end", "SUCCEEDED"), ("close", None)]
+    assert waits == [2.0, 4.0, 8.0, 16.0]
+    assert events == [f"event {n}" for n in range(1, 6)]
+
+
+def test_a_watch_once_ends_at_the_first_refresh_and_an_error_still_closes_the_sink():
+    from hpcrun.errors import HpcrunError
+    from hpcrun.monitor import watch
+
+    sink, waits = _Sink(), []
+    watch(_Polls(("RUNNING", None)), sink, interval=1.0, once=True, sleep=waits.append)
+    assert sink.seen == [("end", "RUNNING"), ("close", None)] and waits == []
+
+    sink = _Sink()
+    with pytest.raises(HpcrunError):
+        watch(_Polls(("RUNNING", None), fail_at=2), sink, interval=1.0, sleep=lambda s: None)
+    assert sink.seen == [("show", "RUNNING"), ("close", None)]

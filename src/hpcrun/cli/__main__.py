@@ -1,0 +1,5 @@
+"""``python -m hpcrun.cli``: the same as the ``hpcrun`` command."""
+
+from . import main
+
+main()
