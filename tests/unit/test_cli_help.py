@@ -61,3 +61,14 @@ def test_a_usage_line_names_arguments_the_click_way():
     assert "Usage: hpcrun compare [OPTIONS] RUN...\n" in invoke("compare", "--help").out
     flags = invoke("monitor", "--help").out
     assert re.search(r"^  --once +Print one snapshot", flags, re.M), flags
+
+
+def test_compare_help_names_the_metrics_hpcrun_computes():
+    """The help is static text (no import of the run-directory contract for --help): it
+    must list exactly ``rundir.METRICS``."""
+    from hpcrun import rundir
+
+    text = " ".join(invoke("compare", "--help").out.split())
+    listed = re.search(r"an evaluation metric \(([a-z0-9, ]+);", text)
+    assert listed, text
+    assert tuple(listed.group(1).split(", ")) == rundir.METRICS
