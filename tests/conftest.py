@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -255,3 +256,41 @@ def stub_calls(folder: Path, samplers: bool = False,
         pairs = argv_file.with_suffix(".env").read_bytes().decode().split("\0")[:-1]
         calls.append((argv, dict(p.split("=", 1) for p in pairs if "=" in p)))
     return calls
+
+
+# --------------------------------------------------------------------------- security
+
+SECRET = "s3cr3t-token-123"
+TINY = """\
+extends: v3
+experiment: tiny
+data: {rows: 600}
+training: {epochs: 1}
+resources: {cpus_per_task: 1}
+pipeline:
+  - {name: train, mode: full_pipeline}
+"""
+REMOTES = """\
+remotes:
+  gpu:
+    host: 127.0.0.1
+    port: 22022
+    workdir: /tmp/hpcrun-security-pod
+    env: [HF_TOKEN]
+"""
+
+
+@pytest.fixture
+def secret_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A project as the cwd, its job store and caches isolated, a secret in the environment
+    and a remote that forwards it by name."""
+    root = tmp_path / "project"
+    (root / "configs").mkdir(parents=True)
+    write_config(root / "configs" / "tiny.yaml", TINY)
+    write_config(root / "configs" / "remotes.yaml", REMOTES)
+    for key, value in {"XDG_STATE_HOME": str(tmp_path / "state"),
+                       "XDG_CACHE_HOME": str(tmp_path / "cache"), "HF_TOKEN": SECRET,
+                       "NO_COLOR": "1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(root)
+    yield root

@@ -161,3 +161,13 @@ def test_what_extends_base_changes_is_documented():
     changed = [key for key, value in leaves(base) if not _same(value, _schema_default(key))]
     section = DOC.split("### What `extends: base` changes")[1].split("\n## ")[0]
     assert changed and [k for k in changed if f"`{k}`" not in section] == []
+
+
+def test_every_test_docs_security_md_names_exists():
+    """docs/security.md names in brackets the test that holds each statement: each exists."""
+    doc = (REPO / "docs" / "security.md").read_text()
+    named = set(re.findall(r"\b(test_\w+)", " ".join(re.findall(r"\[([^\]]*)\]", doc))))
+    defined = set()
+    for path in (REPO / "tests").rglob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_\w+)", path.read_text(), re.M))
+    assert len(named) > 30 and named - defined == set()

@@ -14,17 +14,18 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import (
+    REMOTES,
     REPO,
+    SECRET,
+    TINY,
     invoke,
     stub_calls,
     stub_python,
     wait_for,
-    wait_job,
     write_config,
 )
 
@@ -34,46 +35,17 @@ from hpcrun.job import JobRecord
 from hpcrun.shell import SshRunner
 from hpcrun.store import JobStore
 
-SECRET = "s3cr3t-token-123"
-TINY = """\
-extends: v3
-experiment: tiny
-data: {rows: 600}
-training: {epochs: 1}
-resources: {cpus_per_task: 1}
-pipeline:
-  - {name: train, mode: full_pipeline}
-"""
-REMOTES = """\
-remotes:
-  gpu:
-    host: 127.0.0.1
-    port: 22022
-    workdir: /tmp/hpcrun-security-pod
-    env: [HF_TOKEN]
-"""
-
-
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A project as the cwd, its job store and caches isolated, a secret in the environment
-    and a remote that forwards it by name."""
-    root = tmp_path / "project"
-    (root / "configs").mkdir(parents=True)
-    write_config(root / "configs" / "tiny.yaml", TINY)
-    write_config(root / "configs" / "remotes.yaml", REMOTES)
-    for key, value in {"XDG_STATE_HOME": str(tmp_path / "state"),
-                       "XDG_CACHE_HOME": str(tmp_path / "cache"), "HF_TOKEN": SECRET,
-                       "NO_COLOR": "1"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(root)
-    yield root
-
 
 def dry_run(*argv: str) -> dict:
     answer = invoke("--json", "submit", "tiny", "--dry-run", *argv)
     assert answer.code == 0, answer.err
     return json.loads(answer.out)
+
+@pytest.fixture
+def project(secret_project: Path) -> Path:
+    """A project as the cwd with a secret in the environment (tests/conftest.py)."""
+    return secret_project
+
 
 
 # --------------------------------------------------------------------------- bundles
@@ -270,44 +242,6 @@ def test_a_local_job_inherits_a_secret_that_nothing_writes_down(
     assert env["HF_TOKEN"] == SECRET
     outputs = [answer.out, *(invoke("--json", *c).out for c in (["status"], ["list"], ["logs"]))]
     assert not [o for o in outputs if SECRET in o]
-    written = [p for p in (*run.rglob("*"), *(tmp_path / "state").rglob("*"))
-               if p.is_file() and SECRET.encode() in p.read_bytes()]
-    assert written == []
-
-
-@pytest.mark.slow
-def test_a_slurm_job_inherits_a_secret_that_no_script_holds(
-        project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        slurm_env: dict[str, str]) -> None:
-    """sbatch exports the submitting environment: the job sees HF_TOKEN, the sbatch script,
-    SLURM's log and the job store do not hold it."""
-    for key, value in slurm_env.items():
-        monkeypatch.setenv(key, value)
-    stub = stub_python(tmp_path / "stub")
-    monkeypatch.setattr(sys, "executable", str(stub))
-    answer = invoke("--json", "submit", "tiny", "--backend", "slurm")
-    assert answer.code == 0, answer.err
-    job = json.loads(answer.out)["jobs"][0]
-    view = wait_job(project, job["id"], {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=180)
-    assert view["state"] == "SUCCEEDED", view.get("reason")
-    ((_, env),) = stub_calls(stub.parent)
-    assert env["HF_TOKEN"] == SECRET
-    run = Path(job["run_dir"])
-    written = [p for p in (*run.rglob("*"), *(tmp_path / "state").rglob("*"))
-               if p.is_file() and SECRET.encode() in p.read_bytes()]
-    assert written == [] and list(run.glob("*.sbatch"))
-
-
-@pytest.mark.slow
-def test_a_real_run_writes_no_secret_into_its_run_directory(project: Path,
-                                                            tmp_path: Path) -> None:
-    """The trainer's metadata, logs, CSVs and checkpoints, and the job store, for a real run."""
-    answer = invoke("--json", "submit", "tiny", "--backend", "local")
-    assert answer.code == 0, answer.err
-    run = Path(json.loads(answer.out)["jobs"][0]["run_dir"])
-    assert wait_for(lambda: (run / "job.exit").exists(), timeout=240, interval=0.5)
-    assert (run / "job.exit").read_text().strip() == "0", (run / "logs" / "job.out").read_text()
-    assert (run / "metadata.json").is_file()
     written = [p for p in (*run.rglob("*"), *(tmp_path / "state").rglob("*"))
                if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert written == []

@@ -1,0 +1,294 @@
+"""Red flags on planted run directories: each raises exactly its flag (in-process; the real
+v3 run's check is in tests/integration/test_diagnose.py)."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from pathlib import Path
+
+from hpcrun import rundir
+from hpcrun.config import load_config
+from hpcrun.diagnose import Diagnosis, diagnose, failure_cause
+
+
+def healthy_memory(epoch: int, rank: int) -> dict:
+    return {"allocated_mb": 100.0, "reserved_mb": 150.0, "peak_mb": 200.0,
+            "device_used_mb": 1000.0, "device_total_mb": 80000.0, "utilization_pct": 50.0,
+            "host_rss_mb": 500.0 + 10 * rank, "host_total_mb": 64000.0}
+
+
+def plant(root: Path, *, epochs: int = 8, loss=None, grads=None, separation=None,
+          memory=healthy_memory, status="SUCCEEDED", updated_at: float | None = None,
+          failure: dict | None = None, overrides: tuple[str, ...] = ()) -> Path:
+    """A run directory with one classification stage 'train', two ranks on host n1."""
+    run = rundir.RunDir(root)
+    stage = run.stage("train")
+    stage.mkdir(parents=True)
+    rundir.write_atomic(run.config, load_config("v3", overrides).to_yaml().encode())
+    rundir.write_json(run.status, {"state": status, "stage": "train", "epoch": epochs,
+                                   "stages": {"train": status},
+                                   "updated_at": updated_at or time.time()})
+    training = rundir.CsvLog(stage / rundir.TRAINING, rundir.training_columns(["auroc"]))
+    comps = rundir.CsvLog(stage / rundir.LOSS_COMPONENTS,
+                          rundir.loss_component_columns(["classification"], False))
+    gstats = rundir.CsvLog(stage / rundir.GRADIENT_STATS, rundir.GRADIENT_COLUMNS)
+    probs = rundir.CsvLog(stage / rundir.PROBABILITY_STATS, rundir.PROBABILITY_COLUMNS)
+    mem = rundir.CsvLog(stage / rundir.GPU_MEMORY, rundir.MEMORY_COLUMNS)
+    for e in range(1, epochs + 1):
+        train_loss = loss(e) if loss else 0.6 / e
+        training.write({"Epoch": e, "Epoch Time": 1.0, "Train Loss": train_loss,
+                        "Val Loss": 0.65 / e, "Val AUROC": 0.7 + 0.02 * e,
+                        "Learning Rate": 1e-3})
+        comps.write({"epoch": e, "phase": "train", "classification": train_loss,
+                     "total": train_loss})
+        norm = grads(e) if grads else 0.5
+        gstats.write({"epoch": e, "steps": 10, "norm_mean": norm, "norm_std": 0.1,
+                      "norm_min": norm / 2, "norm_max": norm * 1.5, "norm_last": norm,
+                      "clipped_fraction": 0.0, "nonfinite_steps": 0})
+        sep = separation(e) if separation else 0.2 + 0.04 * e
+        probs.write({"epoch": e, "phase": "val", "pos_mean": 0.3 + sep, "pos_std": 0.1,
+                     "neg_mean": 0.3, "neg_std": 0.1, "separation": sep})
+        for rank in (0, 1):
+            mem.write({"epoch": e, "rank": rank, "host": "n1", "device": f"cuda:{rank}",
+                       **memory(e, rank)})
+    for log in (training, comps, gstats, probs, mem):
+        log.close()
+    if failure:
+        rundir.write_json(run.failure, failure)
+    return root
+
+
+def codes(flags) -> list[str]:
+    return sorted(f.code for f in flags)
+
+
+def test_healthy_planted_run_has_no_flags(tmp_path):
+    assert codes(diagnose(plant(tmp_path / "ok"))) == []
+
+
+def test_nan_loss(tmp_path):
+    run = plant(tmp_path / "nan", loss=lambda e: math.nan if e >= 5 else 0.6 / e)
+    flags = diagnose(run)
+    assert codes(flags) == ["nan_loss"] and flags[0].epoch == 5
+
+
+def test_exploding_gradients(tmp_path):
+    run = plant(tmp_path / "boom", grads=lambda e: 50.0 if e == 6 else 0.5)
+    flags = diagnose(run)
+    assert codes(flags) == ["exploding_gradients"] and flags[0].epoch == 6
+
+
+def reference_jump(means: list[float], factor: float) -> int | None:
+    """The rule as first written: each epoch against the median of every earlier one."""
+    for i, mean in enumerate(means):
+        earlier = [m for m in means[:i] if math.isfinite(m)]
+        if len(earlier) >= 2 and math.isfinite(mean) and mean > factor * statistics.median(
+                earlier):
+            return i + 1
+    return None
+
+
+def test_the_gradient_jump_rule_matches_the_median_of_every_earlier_epoch(tmp_path):
+    rng = random.Random(7)
+    for case in range(6):
+        means = [rng.choice([math.nan, 0.01, 0.2, 1.0, 5.0, 30.0]) if rng.random() < 0.3
+                 else rng.uniform(0.3, 0.6) for _ in range(40)]
+        expected = reference_jump(means, 10.0)
+        run = plant(tmp_path / f"case{case}", epochs=len(means),
+                    grads=lambda e, means=means: means[e - 1])
+        found = [f for f in diagnose(run) if f.code == "exploding_gradients"]
+        assert [f.epoch for f in found] == ([expected] if expected else []), means
+
+
+def test_the_gradient_jump_check_is_not_quadratic(tmp_path):
+    """Ten times the epochs costs about ten times the time (a median of every earlier epoch
+    recomputed per epoch would cost a hundred times): a ratio within one run, not a clock."""
+    def seconds(epochs: int) -> float:
+        run = plant(tmp_path / f"long{epochs}", epochs=epochs,
+                    grads=lambda e: 0.5 + (e % 7) * 0.01)
+        best = math.inf
+        for _ in range(3):
+            began = time.perf_counter()
+            assert "exploding_gradients" not in codes(diagnose(run))
+            best = min(best, time.perf_counter() - began)
+        return best
+
+    assert seconds(20_000) / seconds(2_000) < 35
+
+
+def test_damaged_cells_are_read_as_missing_not_raised(tmp_path):
+    run = plant(tmp_path / "damaged")
+    stage = run / "train"
+    with open(stage / rundir.TRAINING, "a") as handle:
+        handle.write(",1.0,0.5,0.4,0.7,0.001\n")  # no epoch
+        handle.write("x,1.0,nan,nan,0.7,0.001\n")  # an epoch that is not a number
+    with open(stage / rundir.GRADIENT_STATS, "a") as handle:
+        handle.write("9,10,0.5,0.1,0.2,0.9,0.5,0.0,nan\n")
+        handle.write("10,ten,,,,,,,\n")
+        handle.write("\0\0\0\n")
+    with open(stage / rundir.PROBABILITY_STATS, "a") as handle:
+        handle.write("nine,val,0.1,0.1,0.1,0.1,0.0\n")
+    with open(stage / rundir.GPU_MEMORY, "a") as handle:
+        handle.write("9,one,n1,cpu,,,,,,,NaN,\n9,1,n1,cpu,,,,,,,big,\n,0,n1,cpu\n")
+    rundir.write_json(run / rundir.STATUS, {"state": "RUNNING", "stage": "train",
+                                            "epoch": "eight", "updated_at": "soon"})
+    assert codes(diagnose(run)) == []
+    # the rows that cannot be placed in an epoch do not hide what the others show
+    with open(stage / rundir.TRAINING, "a") as handle:
+        handle.write("10,1.0,nan,0.3,0.7,0.001\n")
+    flags = diagnose(run)
+    assert codes(flags) == ["nan_loss"] and flags[0].epoch == 10
+
+
+def test_stall(tmp_path):
+    run = plant(tmp_path / "stall", status="RUNNING", updated_at=time.time() - 600)
+    flags = diagnose(run)
+    assert codes(flags) == ["stalled"] and "no heartbeat" in flags[0].message
+
+
+def test_the_stall_floor_is_a_threshold(tmp_path):
+    # 1 s epochs: 5x the median is 5 s, so 90 s of silence is over the 60 s floor ...
+    run = plant(tmp_path / "short", status="RUNNING", updated_at=time.time() - 90)
+    assert codes(diagnose(run)) == ["stalled"]
+    # ... and under a floor of 120 s
+    run = plant(tmp_path / "patient", status="RUNNING", updated_at=time.time() - 90,
+                overrides=("monitor.stall_min_s=120",))
+    assert codes(diagnose(run)) == []
+
+
+def test_separation_collapse_and_its_thresholds(tmp_path):
+    collapse = lambda e: 0.4 if e < 6 else 0.15  # noqa: E731
+    flags = diagnose(plant(tmp_path / "collapse", separation=collapse))
+    assert codes(flags) == ["separation_collapsed"] and "0.400 to 0.150" in flags[0].message
+    lenient = plant(tmp_path / "lenient", separation=collapse,
+                    overrides=("monitor.separation_collapse_ratio=0.3",))
+    assert codes(diagnose(lenient)) == []
+    high_bar = plant(tmp_path / "bar", separation=collapse,
+                     overrides=("monitor.separation_collapse_min=0.5",))
+    assert codes(diagnose(high_bar)) == []
+
+
+def test_host_memory_growth_on_one_rank(tmp_path):
+    def leak(e, rank):
+        row = healthy_memory(e, rank)
+        return {**row, "host_rss_mb": 500.0 + 40 * e} if rank == 1 else row
+
+    flags = diagnose(plant(tmp_path / "leak", memory=leak))
+    assert codes(flags) == ["memory_growth"]
+    assert flags[0].rank == 1 and "rank 1 host memory grew from 580 to 820 MB" in \
+        flags[0].message
+
+
+def test_gpu_memory_creeping_up(tmp_path):
+    def creep(e, rank):  # torch's peak grows every epoch on both ranks
+        return {**healthy_memory(e, rank), "peak_mb": 200.0 + 15 * e}
+
+    flags = diagnose(plant(tmp_path / "creep", memory=creep))
+    assert codes(flags) == ["gpu_memory_growth", "gpu_memory_growth"]
+    assert [f.rank for f in flags] == [0, 1] and "(peak_mb)" in flags[0].message
+
+    def nvml_only(e, rank):  # no torch counters: NVML's view of the device
+        return {**healthy_memory(e, rank), "peak_mb": None,
+                "device_used_mb": 1000.0 + 100 * e * rank}
+
+    flags = diagnose(plant(tmp_path / "nvml", memory=nvml_only))
+    assert codes(flags) == ["gpu_memory_growth"] and flags[0].rank == 1
+    assert "(device_used_mb)" in flags[0].message
+
+
+def test_host_memory_near_capacity_sums_the_ranks_of_one_host(tmp_path):
+    def full(e, rank):  # each rank alone holds 48 % of the host, both 96 %
+        return {**healthy_memory(e, rank), "host_rss_mb": 30720.0, "host_total_mb": 64000.0}
+
+    flags = diagnose(plant(tmp_path / "full", memory=full))
+    assert codes(flags) == ["host_memory_near_capacity"]
+    assert "host n1 memory at 96% of 64000 MB" in flags[0].message and "ranks 0, 1" in \
+        flags[0].message
+
+    def old_file(e, rank):  # written before host_total_mb: nothing to compare against
+        return {**full(e, rank), "host_total_mb": None}
+
+    assert codes(diagnose(plant(tmp_path / "old", memory=old_file))) == []
+
+
+def test_a_file_without_the_host_total_column_is_still_read(tmp_path):
+    run = plant(tmp_path / "old")
+    path = run / "train" / rundir.GPU_MEMORY
+    old_columns = rundir.MEMORY_COLUMNS[:-1]
+    rows = [[r.get(c) for c in old_columns] for r in rundir.read_rows(path)]
+    rundir.write_csv(path, old_columns, rows)
+    assert codes(diagnose(run)) == []
+
+
+def test_gpu_memory_near_capacity_names_the_rank(tmp_path):
+    def busy(e, rank):
+        return {**healthy_memory(e, rank), "device_used_mb": 79000.0 if rank else 1000.0}
+
+    flags = diagnose(plant(tmp_path / "busy", memory=busy))
+    assert codes(flags) == ["memory_near_capacity"] and flags[0].rank == 1
+
+
+def test_oom_in_the_log(tmp_path):
+    run = plant(tmp_path / "oom", status="FAILED", failure={
+        "rank": 1, "host": "gpu07", "stage": "train", "epoch": 3,
+        "exception": "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+        "traceback": ["..."]})
+    flags = diagnose(run, log_text="torch.OutOfMemoryError: CUDA out of memory.")
+    assert codes(flags) == ["failed"]
+    assert "rank 1 on gpu07" in flags[0].message and "lower the batch size" in flags[0].message
+
+
+def test_the_signature_nearest_the_end_of_the_log_wins():
+    log = ("RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB\n"
+           "...\nslurmstepd: error: *** JOB 41 ON n1 CANCELLED AT 2024-05-01T10:00:00 DUE TO "
+           "TIME LIMIT ***\n")
+    assert failure_cause(log) == "the scheduler's time limit was reached"
+    assert "CUDA out of memory" in failure_cause(log.splitlines()[0])
+
+
+def test_slurm_oom_kill_wording():
+    log = ("slurmstepd: error: Detected 1 oom_kill event in StepId=1234.batch. Some of the "
+           "step tasks have been OOM Killed.\n")
+    assert failure_cause(log) == "killed by the kernel's OOM killer: host memory ran out"
+
+
+def test_nccl_info_lines_are_not_a_cause_but_its_errors_are():
+    chatter = ("n1:101:101 [0] NCCL INFO Bootstrap : Using eth0:10.0.0.1<0>\n"
+               "n1:101:101 [0] NCCL INFO NET/Plugin: No plugin found (libnccl-net.so)\n"
+               "[rank0]:[I ProcessGroupNCCL.cpp:852] [PG 0 Rank 0] ProcessGroupNCCL "
+               "initialization options: TORCH_NCCL_ASYNC_ERROR_HANDLING: 1, TIMEOUT(ms): 600000\n")
+    assert failure_cause(chatter) is None
+    for line in ("torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970, "
+                 "unhandled system error",
+                 "[rank1]:[E1015 12:00:00.000000 ProcessGroupNCCL.cpp:616] [Rank 1] Watchdog "
+                 "caught collective operation timeout: WorkNCCL(SeqNum=5, OpType=ALLREDUCE)",
+                 "[E ProcessGroupNCCL.cpp:475] Some NCCL operations have failed or timed out."):
+        assert failure_cause(chatter + line + "\n").startswith("NCCL error or timeout"), line
+
+
+def test_failure_json_exception_text_is_searched(tmp_path):
+    run = plant(tmp_path / "disk", status="FAILED", failure={
+        "rank": 0, "host": "n1", "stage": "train", "epoch": 2,
+        "exception": "OSError: [Errno 28] No space left on device", "traceback": "not a list"})
+    flags = diagnose(run)
+    assert codes(flags) == ["failed"] and "the disk of the run directory is full" in \
+        flags[0].message and flags[0].epoch == 2
+
+
+def test_checks_kept_between_refreshes_agree_with_a_whole_read(tmp_path):
+    """What ``monitor`` does (one Diagnosis, rows arriving) and what ``fetch`` does (a fresh
+    read) find the same flags, also after a resume rewrote the CSVs."""
+    run = plant(tmp_path / "live", epochs=3, status="RUNNING")
+    live = Diagnosis(run)
+    assert live.flags() == []
+    with open(run / "train" / rundir.GRADIENT_STATS, "a") as handle:
+        handle.write("4,10,60.0,0.1,30.0,90.0,60.0,0.0,0\n")
+    live.tables.refresh()
+    assert codes(live.flags()) == codes(diagnose(run)) == ["exploding_gradients"]
+    rundir.truncate_epochs(run / "train" / rundir.GRADIENT_STATS, 3)  # a resume from epoch 3
+    live.tables.refresh()
+    assert live.flags() == diagnose(run) == []
+
