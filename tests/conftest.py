@@ -16,6 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+#: in CI every run tries the same examples (a failure there is reproducible); locally hypothesis
+#: keeps exploring new ones
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -132,6 +139,15 @@ def pid_alive(pidfile: Path) -> bool:
         return True
     except (OSError, ValueError):
         return False
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def start_sandbox(script: str, env: dict[str, str] | None = None) -> dict[str, str]:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, hp, hpj, start_sandbox, stop_sandbox, wait_job
+from conftest import REPO, free_port, hp, hpj, start_sandbox, stop_sandbox, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -256,7 +256,7 @@ def test_resubmit_failed_runs_only_the_failed_array_tasks(project):
 def login_node(slurm_env, tmp_path_factory):
     """A second private sshd in front of the same SLURM cluster: a login node."""
     state = tmp_path_factory.mktemp("login")
-    env = {**os.environ, "HPCRUN_POD_DIR": str(state), "HPCRUN_POD_PORT": "22023",
+    env = {**os.environ, "HPCRUN_POD_DIR": str(state), "HPCRUN_POD_PORT": str(free_port()),
            "HPCRUN_POD_SETENV": f"SLURM_CONF={slurm_env['SLURM_CONF']}"}
     found = start_sandbox("pod/up.sh", env)
     yield {"LOGIN_PORT": found["RUNPOD_PORT"], "LOGIN_KEY": found["RUNPOD_SSH_KEY"]}
