@@ -38,7 +38,7 @@ from ..track.preemption import StopRequest
 from ..track.writes import CsvLog, writing
 from .data import Dataset, Split
 from .losses import TrainModule
-from .models import build_model
+from .models import build_model, normalize_output
 
 log = logging.getLogger("hpcrun.train")
 
@@ -103,6 +103,49 @@ def _scheduler(cfg: TrainingConfig, optimizer: torch.optim.Optimizer) -> Any:
 def _layer_names(module: torch.nn.Module) -> list[str]:
     return [name.removeprefix("model.") for name, p in module.named_parameters()
             if p.requires_grad]
+
+
+def unreachable_parameters(module: TrainModule, x: torch.Tensor) -> list[str]:
+    """The trainable parameters of ``module.model`` (named as in ``module``) that feed only
+    model outputs the loss ignores: the logits when classification has weight 0, a
+    reconstruction when reconstruction has, an ``aux`` term that is not a component.
+
+    It follows the autograd graph from each output of one forward pass on ``x``: a parameter
+    that feeds an output the loss uses is never listed, and one that a batch happens not to
+    reach (a gated branch, an expert) is not listed either. The pass runs in eval mode with
+    the RNG and the buffers (batch-norm statistics) left as they were.
+    """
+    model = module.model
+    components = set(module.components)
+    params = [(f"model.{name}", p) for name, p in model.named_parameters() if p.requires_grad]
+    was_training = model.training
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    devices = [x.device] if x.device.type == "cuda" else []
+    try:
+        model.eval()
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            out = normalize_output(model(x))
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+    outputs = [(out["logits"], "classification" in components)]
+    if out["reconstruction"] is not None:
+        outputs.append((out["reconstruction"], "reconstruction" in components))
+    outputs += [(value, name in components) for name, value in out["aux"].items()]
+
+    def reached(tensors: list[torch.Tensor]) -> set[str]:
+        tensors = [t for t in tensors if isinstance(t, torch.Tensor) and t.requires_grad]
+        if not tensors or not params:
+            return set()
+        grads = torch.autograd.grad([t.float().sum() for t in tensors], [p for _, p in params],
+                                    allow_unused=True, retain_graph=True)
+        return {name for (name, _), g in zip(params, grads, strict=True) if g is not None}
+
+    used = reached([t for t, wanted in outputs if wanted])
+    ignored = reached([t for t, wanted in outputs if not wanted])
+    return [name for name, _ in params if name in ignored and name not in used]
 
 
 # --------------------------------------------------------------------------- the stage
@@ -170,24 +213,21 @@ class StageRunner:
                      ", ".join(result.unexpected_keys) or "none")
         self.init_epoch = int(state.get("epoch", 0))
 
-    def _freeze_unused(self, split: Split, micro: int) -> None:
-        """Freeze parameters the stage's loss never reaches (e.g. the classifier head while
-        pretraining on reconstruction alone): DDP requires every trainable parameter to get a
-        gradient. Found with one forward/backward on a few rows, RNG state untouched."""
-        rows = torch.arange(min(len(split), max(micro, 2)))
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            total, _, _ = self.module(split.x[rows].to(self.device),
-                                      split.y[rows].to(self.device))
-            total.backward()
-        unused = [name for name, p in self.module.named_parameters()
-                  if p.requires_grad and p.grad is None]
+    def _freeze_unreachable(self, split: Split) -> None:
+        """Under DDP, freeze the parameters the stage's loss cannot reach (e.g. the classifier
+        head while pretraining on reconstruction alone): DDP requires every trainable
+        parameter to get a gradient. One process needs no such thing and freezes nothing."""
+        if not self.ctx.distributed:
+            return
+        rows = torch.arange(min(len(split), 8))
+        unused = set(unreachable_parameters(self.module, split.x[rows].to(self.device)))
         for name, p in self.module.named_parameters():
-            p.grad = None
             if name in unused:
                 p.requires_grad_(False)
         if unused:
             log.info("[%s] not trained in this stage (the loss does not use them): %s",
-                     self.stage.name, ", ".join(n.removeprefix("model.") for n in unused))
+                     self.stage.name, ", ".join(n.removeprefix("model.") for n, _ in
+                                                self.module.named_parameters() if n in unused))
 
     def _sampler(self, split: Split, shuffle: bool) -> DistributedSampler:
         return DistributedSampler(range(len(split)), num_replicas=self.ctx.world_size,
@@ -238,11 +278,12 @@ class StageRunner:
                 f"({ctx.world_size}) x grad_accum_steps ({tcfg.grad_accum_steps})")
         micro = tcfg.batch_size // per_step
 
-        self._freeze_unused(train, micro)
+        self._freeze_unreachable(train)
         module: torch.nn.Module = self.module
         if ctx.distributed:
             module = DistributedDataParallel(
-                self.module, device_ids=[self.device] if self.device.type == "cuda" else None)
+                self.module, device_ids=[self.device] if self.device.type == "cuda" else None,
+                find_unused_parameters=tcfg.find_unused_parameters)
         params = [p for p in self.module.parameters() if p.requires_grad]
         optimizer = _optimizer(tcfg, params)
         scheduler = _scheduler(tcfg, optimizer)

@@ -1,0 +1,151 @@
+"""The trainer's stages run in this process (one rank, tiny data): what a stage freezes,
+which epoch it keeps, what an evaluation stage loads, and what it refuses."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import signal
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+TINY = """\
+experiment: tiny
+seed: 3
+data: {rows: 600, features: 6, informative: 3, noise: 0.5}
+model: {hidden: [16], dropout: 0.0}
+training:
+  epochs: 3
+  batch_size: 32
+  lr: 0.01
+  scheduler: {type: none}
+  logging: {per_layer_gradients: true}
+"""
+
+
+@pytest.fixture
+def trainer(tmp_path, monkeypatch, capsys):
+    """``trainer(yaml_text, *args)`` -> (exit code, stdout, stderr), run in this process from
+    ``tmp_path``; the logging handlers and signal handlers it installs are undone after."""
+    from hpcrun.train.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    log = logging.getLogger("hpcrun.train")
+    handlers = list(log.handlers)
+    signals = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+
+    def run(text: str, *args: str) -> tuple[int, str, str]:
+        config = tmp_path / "config.in.yaml"
+        config.write_text(text)
+        capsys.readouterr()
+        code = main(["--config", str(config), *args])
+        for handler in log.handlers[len(handlers):]:
+            handler.close()
+        log.handlers[:] = handlers
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    yield run
+    log.handlers[:] = handlers
+    for sig, handler in signals.items():
+        signal.signal(sig, handler)
+
+
+def only_run(tmp_path: Path, experiment: str = "tiny") -> Path:
+    runs = sorted((tmp_path / "runs" / experiment).iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# --------------------------------------------------------------------------- freezing
+
+
+class Routed(nn.Module):
+    """Two experts; a whole batch goes to one of them, chosen by its data."""
+
+    def __init__(self, n_features: int):
+        super().__init__()
+        self.a = nn.Linear(n_features, 1)
+        self.b = nn.Linear(n_features, 1)
+        self.norm = nn.BatchNorm1d(n_features, affine=False)
+
+    def forward(self, x):
+        x = self.norm(x)
+        expert = self.a if x[:, 0].mean() > 0 else self.b
+        return expert(x)
+
+
+class TwoHeads(nn.Module):
+    """A classifier head and a decoder the loss may or may not use, and an aux term."""
+
+    def __init__(self, n_features: int, reconstruction: bool):
+        super().__init__()
+        self.body = nn.Linear(n_features, 8)
+        self.head = nn.Linear(8, 1)
+        self.decoder = nn.Linear(8, n_features)  # built whatever the loss says
+        self.extra = nn.Linear(8, 1)
+
+    def forward(self, x):
+        h = self.body(x)
+        return {"logits": self.head(h), "reconstruction": self.decoder(h),
+                "aux": {"penalty": self.extra(h).pow(2).mean()}}
+
+
+@pytest.fixture
+def models(monkeypatch):
+    module = types.ModuleType("stage_test_models")
+    module.routed = lambda n_features, *, reconstruction: Routed(n_features)
+    module.two_heads = lambda n_features, *, reconstruction: TwoHeads(n_features, reconstruction)
+    monkeypatch.setitem(sys.modules, "stage_test_models", module)
+    return module
+
+
+def test_a_data_dependent_branch_trains_in_one_process(trainer, tmp_path, models):
+    code, out, err = trainer(TINY, "--set", "model.name=stage_test_models:routed",
+                             "--set", "training.epochs=2", "--set", "training.batch_size=8")
+    assert code == 0, err[-2000:]
+    assert "not trained in this stage" not in out + err
+    layers = {r["layer"]: float(r["norm_mean"]) for r in csv_rows(
+        only_run(tmp_path) / "train" / "gradient_layers.csv") if r["epoch"] == "2"}
+    assert layers["a.weight"] > 0 and layers["b.weight"] > 0
+
+
+def test_unreachable_parameters_follow_the_loss_components_not_a_batch():
+    from hpcrun.config import LossConfig
+    from hpcrun.train.loop import unreachable_parameters
+    from hpcrun.train.losses import TrainModule
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 5)
+
+    def frozen(components: dict[str, float]) -> list[str]:
+        module = TrainModule(TwoHeads(5, True), LossConfig(components=components))
+        return unreachable_parameters(module, x)
+
+    assert frozen({"classification": 1.0}) == [
+        "model.decoder.weight", "model.decoder.bias", "model.extra.weight", "model.extra.bias"]
+    assert frozen({"reconstruction": 1.0, "classification": 0.0}) == [
+        "model.head.weight", "model.head.bias", "model.extra.weight", "model.extra.bias"]
+    assert frozen({"classification": 1.0, "reconstruction": 0.5, "penalty": 0.1}) == []
+
+    # neither branch is an output the loss ignores: nothing frozen, whichever the batch takes
+    routed = TrainModule(Routed(5), LossConfig())
+    stats = routed.model.norm.running_mean.clone(), routed.model.norm.num_batches_tracked.clone()
+    assert unreachable_parameters(routed, x) == []
+    assert unreachable_parameters(routed, -x) == []
+    # the look at the outputs leaves batch-norm statistics and the training mode alone
+    assert torch.equal(routed.model.norm.running_mean, stats[0])
+    assert torch.equal(routed.model.norm.num_batches_tracked, stats[1])
+    assert routed.training
