@@ -14,6 +14,8 @@ import pytest
 import torch
 from torch import nn
 
+from hpcrun.track import checkpoint
+
 TINY = """\
 experiment: tiny
 seed: 3
@@ -149,3 +151,41 @@ def test_unreachable_parameters_follow_the_loss_components_not_a_batch():
     assert torch.equal(routed.model.norm.running_mean, stats[0])
     assert torch.equal(routed.model.norm.num_batches_tracked, stats[1])
     assert routed.training
+
+
+# --------------------------------------------------------------------------- learned weights
+
+LEARNED = """\
+experiment: tiny
+seed: 1
+data: {rows: 240, features: 24, informative: 2, noise: 3.0, val_fraction: 0.25}
+model: {hidden: [64, 64], dropout: 0.0}
+training:
+  epochs: 12
+  batch_size: 8
+  lr: 0.01
+  scheduler: {type: none}
+  early_stopping: {enabled: false, metric: val_loss}
+  loss: {components: {classification: 1.0, reconstruction: 0.5}, learned_weights: true}
+"""
+
+
+def raw_val_losses(stage_dir: Path) -> dict[int, float]:
+    """Per epoch, the validation loss under the configured weights (from the components)."""
+    return {int(r["epoch"]): float(r["classification"]) + 0.5 * float(r["reconstruction"])
+            for r in csv_rows(stage_dir / "loss_components.csv") if r["phase"] == "val"}
+
+
+def test_learned_weights_select_best_epoch_on_the_raw_validation_loss(trainer, tmp_path):
+    code, _, err = trainer(LEARNED, "--set", "pipeline=[{name: train, mode: train_only}]")
+    assert code == 0, err[-2000:]
+    stage = only_run(tmp_path) / "train"
+    raw = raw_val_losses(stage)
+    totals = {int(r["epoch"]): float(r["total"])
+              for r in csv_rows(stage / "loss_components.csv") if r["phase"] == "val"}
+    # the weighted total keeps falling with the log-variances while the raw loss does not:
+    # the two choose different epochs
+    assert min(totals, key=totals.get) != min(raw, key=raw.get)
+    best = checkpoint.load(stage / "checkpoints" / "best.pt")
+    assert best["epoch"] == min(raw, key=raw.get)
+    assert best["best_metric"] == pytest.approx(min(raw.values()), rel=1e-5)

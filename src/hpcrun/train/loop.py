@@ -374,7 +374,7 @@ class StageRunner:
 
                 decision = torch.zeros(2, device=self.device)
                 if ctx.is_main:
-                    metric = (val_eval["loss"] if es.metric == "val_loss"
+                    metric = (self._selection_loss(val_eval) if es.metric == "val_loss"
                               else val_eval["metrics"][es.metric.removeprefix("val_")])
                     improved = improves(metric, best_metric, mode, es.min_delta)
                     if improved:
@@ -396,7 +396,8 @@ class StageRunner:
                             logs[rundir.GPU_MEMORY].write(row)
                         logs[rundir.GPU_MEMORY].sync()
                 if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    scheduler.step(val_eval["loss"])  # reduced over ranks: equal everywhere
+                    # reduced over ranks: equal everywhere
+                    scheduler.step(self._selection_loss(val_eval))
                 else:
                     scheduler.step()
                 save(epoch, improved, stopped_early=stop_now)
@@ -420,6 +421,16 @@ class StageRunner:
             handle.close()
         return StageResult(state_name, epochs_run=epoch, best_epoch=best_epoch,
                            best_metric=best_metric)
+
+    def _selection_loss(self, evaluation: dict[str, Any]) -> float:
+        """The validation loss that early stopping, best.pt and the plateau scheduler follow.
+        With learned weights it is the loss under the configured weights, sum w_c L_c: the
+        trained total also holds the learned weighting and its log-variance terms, which
+        fall while the model gets no better."""
+        if self.module.log_vars is None:
+            return evaluation["loss"]
+        weights = self.module.weights.detach().cpu().tolist()
+        return float(sum(w * c for w, c in zip(weights, evaluation["components"], strict=True)))
 
     def _metric_text(self, metrics: dict[str, float]) -> str:
         return "  ".join(f"{m} {metrics[m]:.4f}" for m in self.metrics[:3])
