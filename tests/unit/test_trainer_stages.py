@@ -189,3 +189,18 @@ def test_learned_weights_select_best_epoch_on_the_raw_validation_loss(trainer, t
     best = checkpoint.load(stage / "checkpoints" / "best.pt")
     assert best["epoch"] == min(raw, key=raw.get)
     assert best["best_metric"] == pytest.approx(min(raw.values()), rel=1e-5)
+
+
+def test_eval_only_stage_loads_the_learned_loss_weights(trainer, tmp_path):
+    code, _, err = trainer(LEARNED, "--set", "training.epochs=3", "--set",
+                           "pipeline=[{name: train, mode: train_only}, "
+                           "{name: eval, mode: eval_only, init_from: train, "
+                           "init_checkpoint: last}]")
+    assert code == 0, err[-2000:]
+    run = only_run(tmp_path)
+    last = [r for r in csv_rows(run / "train" / "loss_components.csv") if r["phase"] == "val"][-1]
+    evaluated = csv_rows(run / "eval" / "loss_components.csv")[0]
+    assert evaluated["phase"] == "eval_test"
+    for column in ("weight_classification", "weight_reconstruction", "sigma_classification"):
+        assert float(evaluated[column]) == pytest.approx(float(last[column]), rel=1e-6)
+    assert float(evaluated["weight_classification"]) != pytest.approx(1.0)

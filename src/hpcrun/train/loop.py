@@ -212,6 +212,28 @@ class StageRunner:
                      ", ".join(result.missing_keys) or "none",
                      ", ".join(result.unexpected_keys) or "none")
         self.init_epoch = int(state.get("epoch", 0))
+        if self.stage.mode == "eval_only" and self.module.log_vars is not None:
+            self._load_loss_weights(state, path)
+
+    def _load_loss_weights(self, state: dict[str, Any], path: Path) -> None:
+        """An evaluation stage's learned loss weights are those of the checkpoint it
+        evaluates (its ``module`` holds them), not fresh ones."""
+        saved = (state.get("module") or {}).get("log_vars")
+        names = state.get("components")
+        target = self.module.log_vars
+        if saved is None:
+            log.warning("[%s] %s holds no learned loss weights: evaluating with the configured "
+                        "weights", self.stage.name, path)
+            return
+        if tuple(saved.shape) != tuple(target.shape) or (
+                names is not None and list(names) != self.components):
+            log.warning("[%s] %s holds learned loss weights for other components (%s) than this "
+                        "stage's loss (%s): evaluating with the configured weights",
+                        self.stage.name, path, ", ".join(names) if names else
+                        f"{saved.numel()} of them", ", ".join(self.components))
+            return
+        with torch.no_grad():
+            target.copy_(saved.to(target.device, target.dtype))
 
     def _freeze_unreachable(self, split: Split) -> None:
         """Under DDP, freeze the parameters the stage's loss cannot reach (e.g. the classifier
@@ -340,6 +362,7 @@ class StageRunner:
                 "scaler": scaler.state_dict(), "epoch": epoch, "best_metric": best_metric,
                 "best_epoch": best_epoch, "stale_epochs": stale, "rng": rng,
                 "stopped_early": stopped_early, "stage": self.stage.name,
+                "components": list(self.components),
                 "world_size": ctx.world_size,
             }
             checkpoint.save(state, last)
