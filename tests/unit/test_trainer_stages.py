@@ -204,3 +204,15 @@ def test_eval_only_stage_loads_the_learned_loss_weights(trainer, tmp_path):
     for column in ("weight_classification", "weight_reconstruction", "sigma_classification"):
         assert float(evaluated[column]) == pytest.approx(float(last[column]), rel=1e-6)
     assert float(evaluated["weight_classification"]) != pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def test_early_stopping_message_formats_an_unknown_best():
+    from hpcrun.train.loop import early_stopping_message
+
+    assert early_stopping_message("train", 4, "val_loss", None, None) == (
+        "[train] early stopping after epoch 4 (best val_loss=n/a at epoch n/a)")
+    assert early_stopping_message("train", 4, "val_auroc", 0.912346, 2) == (
+        "[train] early stopping after epoch 4 (best val_auroc=0.91235 at epoch 2)")

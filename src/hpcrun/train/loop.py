@@ -148,6 +148,15 @@ def unreachable_parameters(module: TrainModule, x: torch.Tensor) -> list[str]:
     return [name for name, _ in params if name in ignored and name not in used]
 
 
+def early_stopping_message(stage: str, epoch: int, metric: str, best: float | None,
+                           best_epoch: int | None) -> str:
+    """The log line when early stopping fires; ``best`` is None on ranks other than 0."""
+    best_text = "n/a" if best is None else f"{best:.5f}"
+    epoch_text = "n/a" if best_epoch is None else str(best_epoch)
+    return (f"[{stage}] early stopping after epoch {epoch} (best {metric}={best_text} at epoch "
+            f"{epoch_text})")
+
+
 # --------------------------------------------------------------------------- the stage
 
 
@@ -432,9 +441,9 @@ class StageRunner:
                 if self.stop.agree():
                     state_name = "PREEMPTED"
                     break
-                if stop_now:
-                    log.info("[%s] early stopping after epoch %d (best %s=%.5f at epoch %s)",
-                             self.stage.name, epoch, es.metric, best_metric, best_epoch)
+                if stop_now:  # only rank 0 knows the best metric; the others say n/a
+                    log.info("%s", early_stopping_message(self.stage.name, epoch, es.metric,
+                                                          best_metric, best_epoch))
                     break
         except BaseException:
             for handle in logs.values():
