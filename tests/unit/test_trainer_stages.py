@@ -4,6 +4,7 @@ which epoch it keeps, what an evaluation stage loads, and what it refuses."""
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import signal
 import sys
@@ -204,6 +205,32 @@ def test_eval_only_stage_loads_the_learned_loss_weights(trainer, tmp_path):
     for column in ("weight_classification", "weight_reconstruction", "sigma_classification"):
         assert float(evaluated[column]) == pytest.approx(float(last[column]), rel=1e-6)
     assert float(evaluated["weight_classification"]) != pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_an_empty_synthetic_split_is_bad_input_naming_the_split(trainer, tmp_path):
+    code, out, err = trainer(TINY, "--set", "data.rows=20", "--set", "data.val_fraction=0.02")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, out[-1500:] + err[-1500:]
+    assert len(lines) == 1 and "Traceback" not in out + err, err
+    assert "val" in lines[0] and "data.val_fraction" in lines[0] and "data.rows" in lines[0]
+
+
+def test_failure_json_names_the_stage_that_failed_before_its_first_epoch(
+        trainer, tmp_path, monkeypatch):
+    from hpcrun.train import pipeline
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("data loader broke")
+
+    monkeypatch.setattr(pipeline, "load_data", broken)
+    code, _, err = trainer(TINY, "--stage", "train")
+    assert code == 1, err[-2000:]
+    failure = json.loads((only_run(tmp_path) / "failure.json").read_text())
+    assert failure["stage"] == "train"
+    assert "data loader broke" in failure["exception"]
 
 
 # --------------------------------------------------------------------------- logging

@@ -118,7 +118,10 @@ def _record_failure(holder: dict[str, Any], ctx: Any, exc: BaseException,
         info.update(ended[0], exception=_peer_message(ended, ctx, exc), reported_by=reporter,
                     ended_ranks=[peer["rank"] for peer in ended])
     status = rundir.read_json(run.status) or {}
-    info["stage"], info["epoch"] = status.get("stage"), status.get("epoch")
+    # the stage this process was working on; status.json may still name an earlier one
+    info["stage"] = holder.get("stage") or status.get("stage")
+    if status.get("stage") == info["stage"]:
+        info["epoch"] = status.get("epoch")
     cause = info["exception"]
     try:
         run.root.mkdir(parents=True, exist_ok=True)

@@ -170,11 +170,13 @@ def run_pipeline(ctx: DistContext, cfg: ExperimentConfig, stage_arg: str, run: r
     stage_cfgs = {name: cfg.for_stage(name) for name in names}
     datasets: dict[str, Dataset] = {}
     for name, scfg in stage_cfgs.items():
+        holder["stage"] = name  # what a failure from here on is recorded against
         key = scfg.data.model_dump_json() + f"/{scfg.seed}"
         if key not in datasets:
             datasets[key] = load_data(scfg.data, scfg.seed)
         datasets[name] = datasets[key]
 
+    holder["stage"] = names[0]
     hosts = sorted(set(ctx.gather_objects(ctx.host)))
     state = Run(ctx, cfg, run)
     if ctx.is_main:
@@ -196,6 +198,7 @@ def run_pipeline(ctx: DistContext, cfg: ExperimentConfig, stage_arg: str, run: r
             continue
         stage = cfg.stage(name)
         scfg = stage_cfgs[name]
+        holder["stage"] = name
         if ctx.is_main:
             state.status["stages"][name] = "RUNNING"
             state.write_status(stage=name, epoch=0, epochs=scfg.training.epochs
