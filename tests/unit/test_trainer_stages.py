@@ -233,6 +233,51 @@ def test_failure_json_names_the_stage_that_failed_before_its_first_epoch(
     assert "data loader broke" in failure["exception"]
 
 
+# --------------------------------------------------------------------------- config of a run
+
+
+def test_a_stage_started_with_another_config_than_the_run_is_refused(trainer, tmp_path):
+    code, _, err = trainer(TINY, "--set", "training.epochs=1")
+    assert code == 0, err[-2000:]
+    run = only_run(tmp_path)
+    config = (run / "config.yaml").read_text()
+    status = (run / "status.json").read_text()
+    code, out, err = trainer(TINY, "--run-dir", str(run), "--set", "training.epochs=1",
+                             "--set", "training.lr=0.5")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, out + err
+    assert len(lines) == 1 and "training.lr" in lines[0] and "config.yaml" in lines[0], err
+    assert (run / "config.yaml").read_text() == config
+    assert (run / "status.json").read_text() == status
+    assert not (run / "failure.json").exists()
+    # the same config goes on
+    code, _, err = trainer(TINY, "--run-dir", str(run), "--set", "training.epochs=1")
+    assert code == 0, err[-2000:]
+
+
+def test_resume_without_run_dir_refuses_a_set_that_changes_the_run(trainer, tmp_path):
+    code, _, err = trainer(TINY, "--set", "training.epochs=1")
+    assert code == 0, err[-2000:]
+    run = only_run(tmp_path)
+    code, out, err = trainer(TINY, "--resume", "--set", "training.epochs=5")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, out + err
+    assert len(lines) == 1 and "training.epochs" in lines[0], err
+    assert "epochs: 1" in (run / "config.yaml").read_text()
+    # a --set that agrees with the run's config is no change
+    code, _, err = trainer(TINY, "--resume", "--set", "training.epochs=1")
+    assert code == 0, err[-2000:]
+
+
+def test_resume_help_says_what_happens_to_set(capsys):
+    from hpcrun.train.__main__ import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--set" in text and "config.yaml" in text and "refused" in text
+
+
 # --------------------------------------------------------------------------- logging
 
 
