@@ -244,6 +244,8 @@ class TrainingConfig(_Section):
     checkpoint_every: int = Field(0, ge=0)
     threshold: float = Field(0.5, gt=0, lt=1)
     deterministic: bool = False
+    #: DDP's find_unused_parameters: for models that leave parameters out depending on the data
+    find_unused_parameters: bool = False
     loss: LossConfig = LossConfig()
     logging: LoggingConfig = LoggingConfig()
 

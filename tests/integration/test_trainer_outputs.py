@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import run_trainer, write_config
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -159,3 +160,23 @@ def test_stdout_names_the_run_directory_and_the_final_evaluation(v3_run):
     assert f"Run directory: runs/v3/{v3_run.name}" in out
     assert "Final evaluation (stage eval)" in out
     assert out.count("Run directory:") == 1  # printed by rank 0 only
+
+
+def test_early_stopping_on_two_ranks_logs_without_a_logging_error(tmp_path):
+    cfg = write_config(tmp_path / "stop.yaml", """\
+experiment: stop
+data: {rows: 800, features: 8, informative: 3}
+model: {hidden: [16]}
+training:
+  epochs: 6
+  batch_size: 64
+  early_stopping: {enabled: true, metric: val_loss, patience: 1, min_delta: 100}
+""")
+    proc = run_trainer(tmp_path, "--config", str(cfg), nproc=2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Logging error" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    run = next((tmp_path / "runs" / "stop").iterdir())
+    assert [r["Epoch"] for r in rows(run / "train" / "training.csv")] == ["1", "2"]
+    rank0 = (run / "logs" / "train.rank0.log").read_text()
+    assert "early stopping after epoch 2 (best val_loss=" in rank0
+    assert "at epoch 1)" in rank0

@@ -66,8 +66,12 @@ class GradientTracker:
             torch.where(finite, torch.maximum(s[4], total64), s[4]),
             total64, s[6] + clipped.double(), s[7] + (~finite).double(),
         ])
-        if self.per_layer and len(grads) == len(self.names):
-            layer = norms.detach().double()
+        if self.per_layer and len(params) == len(self.names):
+            # a parameter without a gradient in this step (a branch the batch did not take)
+            # counts as norm 0
+            layer = torch.zeros(len(params), dtype=torch.float64, device=self.device)
+            present = [i for i, p in enumerate(params) if p.grad is not None]
+            layer[present] = norms.detach().double().to(self.device)
             self._layer_sum += layer
             self._layer_max = torch.maximum(self._layer_max, layer)
         return total

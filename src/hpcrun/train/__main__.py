@@ -36,9 +36,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "one under runs_dir/<experiment>/)")
     parser.add_argument("--resume", action="store_true",
                         help="resume the latest run of the experiment (or --run-dir); a run "
-                        "directory holding last.pt is always resumed")
+                        "directory holding last.pt is always resumed. Without --run-dir the "
+                        "run continues with its own config.yaml: --set is checked against it, "
+                        "and one that changes it is refused")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config key (repeatable)")
+    parser.epilog = ("Every stage of a run uses the run's config.yaml: a stage started in an "
+                     "existing run directory with a config whose seed, data, model, training "
+                     "or pipeline differ from it (another --config or --set) is refused with "
+                     "exit code 2; start a new run for other values.")
     return parser.parse_args(argv)
 
 
@@ -118,7 +124,10 @@ def _record_failure(holder: dict[str, Any], ctx: Any, exc: BaseException,
         info.update(ended[0], exception=_peer_message(ended, ctx, exc), reported_by=reporter,
                     ended_ranks=[peer["rank"] for peer in ended])
     status = rundir.read_json(run.status) or {}
-    info["stage"], info["epoch"] = status.get("stage"), status.get("epoch")
+    # the stage this process was working on; status.json may still name an earlier one
+    info["stage"] = holder.get("stage") or status.get("stage")
+    if status.get("stage") == info["stage"]:
+        info["epoch"] = status.get("epoch")
     cause = info["exception"]
     try:
         run.root.mkdir(parents=True, exist_ok=True)
@@ -173,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = False
 
     from .context import init_distributed
-    from .pipeline import choose_run_dir, run_pipeline
+    from .pipeline import check_run_config, choose_run_dir, resume_config, run_pipeline
 
     holder: dict[str, Any] = {}
     ctx = None
@@ -181,12 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctx = init_distributed(cfg.distributed)
         run = choose_run_dir(ctx, cfg, args.run_dir, args.resume)
+        if run.config.exists() and args.run_dir is None and args.resume:
+            cfg = resume_config(run, args.overrides)
+        check_run_config(ctx, cfg, run)  # before anything is written into the run
         holder["run_dir"] = run
-        existing = run.config if run.config.exists() else None
-        if existing is not None and args.run_dir is None and args.resume:
-            from ..config import load_config_text
-
-            cfg = load_config_text(existing.read_text(), str(existing))
         code = run_pipeline(ctx, cfg, args.stage, run, holder)
     except BadInput as exc:
         if ctx is None or ctx.is_main:

@@ -75,6 +75,12 @@ def synthetic(cfg: DataConfig, seed: int) -> Dataset:
     n_val = int(round(cfg.rows * cfg.val_fraction))
     parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val],
              "train": order[n_test + n_val:]}
+    for name, idx in parts.items():
+        if len(idx) == 0:  # train keeps >10% of the rows (config), so val or test
+            raise DataError(
+                f"data: the synthetic {name} split is empty: data.rows {cfg.rows} x "
+                f"data.{name}_fraction {getattr(cfg, f'{name}_fraction')} rounds to 0 rows",
+                hint=f"raise data.rows or data.{name}_fraction")
     arrays = {name: (x[idx], y[idx]) for name, idx in parts.items()}
     names = [f"f{i:03d}" for i in range(cfg.features)]
     info = {"source": "synthetic", "informative_features": sorted(int(i) for i in informative)}

@@ -38,7 +38,7 @@ from ..track.preemption import StopRequest
 from ..track.writes import CsvLog, writing
 from .data import Dataset, Split
 from .losses import TrainModule
-from .models import build_model
+from .models import build_model, normalize_output
 
 log = logging.getLogger("hpcrun.train")
 
@@ -105,6 +105,58 @@ def _layer_names(module: torch.nn.Module) -> list[str]:
             if p.requires_grad]
 
 
+def unreachable_parameters(module: TrainModule, x: torch.Tensor) -> list[str]:
+    """The trainable parameters of ``module.model`` (named as in ``module``) that feed only
+    model outputs the loss ignores: the logits when classification has weight 0, a
+    reconstruction when reconstruction has, an ``aux`` term that is not a component.
+
+    It follows the autograd graph from each output of one forward pass on ``x``: a parameter
+    that feeds an output the loss uses is never listed, and one that a batch happens not to
+    reach (a gated branch, an expert) is not listed either. The pass runs in eval mode with
+    the RNG and the buffers (batch-norm statistics) left as they were.
+    """
+    model = module.model
+    components = set(module.components)
+    params = [(f"model.{name}", p) for name, p in model.named_parameters() if p.requires_grad]
+    was_training = model.training
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    devices = [x.device] if x.device.type == "cuda" else []
+    try:
+        model.eval()
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            out = normalize_output(model(x))
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+    outputs = [(out["logits"], "classification" in components)]
+    if out["reconstruction"] is not None:
+        outputs.append((out["reconstruction"], "reconstruction" in components))
+    outputs += [(value, name in components) for name, value in out["aux"].items()]
+
+    def reached(tensors: list[torch.Tensor]) -> set[str]:
+        tensors = [t for t in tensors if isinstance(t, torch.Tensor) and t.requires_grad]
+        if not tensors or not params:
+            return set()
+        grads = torch.autograd.grad([t.float().sum() for t in tensors], [p for _, p in params],
+                                    allow_unused=True, retain_graph=True)
+        return {name for (name, _), g in zip(params, grads, strict=True) if g is not None}
+
+    used = reached([t for t, wanted in outputs if wanted])
+    ignored = reached([t for t, wanted in outputs if not wanted])
+    return [name for name, _ in params if name in ignored and name not in used]
+
+
+def early_stopping_message(stage: str, epoch: int, metric: str, best: float | None,
+                           best_epoch: int | None) -> str:
+    """The log line when early stopping fires; ``best`` is None on ranks other than 0."""
+    best_text = "n/a" if best is None else f"{best:.5f}"
+    epoch_text = "n/a" if best_epoch is None else str(best_epoch)
+    return (f"[{stage}] early stopping after epoch {epoch} (best {metric}={best_text} at epoch "
+            f"{epoch_text})")
+
+
 # --------------------------------------------------------------------------- the stage
 
 
@@ -169,25 +221,44 @@ class StageRunner:
                      ", ".join(result.missing_keys) or "none",
                      ", ".join(result.unexpected_keys) or "none")
         self.init_epoch = int(state.get("epoch", 0))
+        if self.stage.mode == "eval_only" and self.module.log_vars is not None:
+            self._load_loss_weights(state, path)
 
-    def _freeze_unused(self, split: Split, micro: int) -> None:
-        """Freeze parameters the stage's loss never reaches (e.g. the classifier head while
-        pretraining on reconstruction alone): DDP requires every trainable parameter to get a
-        gradient. Found with one forward/backward on a few rows, RNG state untouched."""
-        rows = torch.arange(min(len(split), max(micro, 2)))
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            total, _, _ = self.module(split.x[rows].to(self.device),
-                                      split.y[rows].to(self.device))
-            total.backward()
-        unused = [name for name, p in self.module.named_parameters()
-                  if p.requires_grad and p.grad is None]
+    def _load_loss_weights(self, state: dict[str, Any], path: Path) -> None:
+        """An evaluation stage's learned loss weights are those of the checkpoint it
+        evaluates (its ``module`` holds them), not fresh ones."""
+        saved = (state.get("module") or {}).get("log_vars")
+        names = state.get("components")
+        target = self.module.log_vars
+        if saved is None:
+            log.warning("[%s] %s holds no learned loss weights: evaluating with the configured "
+                        "weights", self.stage.name, path)
+            return
+        if tuple(saved.shape) != tuple(target.shape) or (
+                names is not None and list(names) != self.components):
+            log.warning("[%s] %s holds learned loss weights for other components (%s) than this "
+                        "stage's loss (%s): evaluating with the configured weights",
+                        self.stage.name, path, ", ".join(names) if names else
+                        f"{saved.numel()} of them", ", ".join(self.components))
+            return
+        with torch.no_grad():
+            target.copy_(saved.to(target.device, target.dtype))
+
+    def _freeze_unreachable(self, split: Split) -> None:
+        """Under DDP, freeze the parameters the stage's loss cannot reach (e.g. the classifier
+        head while pretraining on reconstruction alone): DDP requires every trainable
+        parameter to get a gradient. One process needs no such thing and freezes nothing."""
+        if not self.ctx.distributed:
+            return
+        rows = torch.arange(min(len(split), 8))
+        unused = set(unreachable_parameters(self.module, split.x[rows].to(self.device)))
         for name, p in self.module.named_parameters():
-            p.grad = None
             if name in unused:
                 p.requires_grad_(False)
         if unused:
             log.info("[%s] not trained in this stage (the loss does not use them): %s",
-                     self.stage.name, ", ".join(n.removeprefix("model.") for n in unused))
+                     self.stage.name, ", ".join(n.removeprefix("model.") for n, _ in
+                                                self.module.named_parameters() if n in unused))
 
     def _sampler(self, split: Split, shuffle: bool) -> DistributedSampler:
         return DistributedSampler(range(len(split)), num_replicas=self.ctx.world_size,
@@ -238,11 +309,12 @@ class StageRunner:
                 f"({ctx.world_size}) x grad_accum_steps ({tcfg.grad_accum_steps})")
         micro = tcfg.batch_size // per_step
 
-        self._freeze_unused(train, micro)
+        self._freeze_unreachable(train)
         module: torch.nn.Module = self.module
         if ctx.distributed:
             module = DistributedDataParallel(
-                self.module, device_ids=[self.device] if self.device.type == "cuda" else None)
+                self.module, device_ids=[self.device] if self.device.type == "cuda" else None,
+                find_unused_parameters=tcfg.find_unused_parameters)
         params = [p for p in self.module.parameters() if p.requires_grad]
         optimizer = _optimizer(tcfg, params)
         scheduler = _scheduler(tcfg, optimizer)
@@ -299,6 +371,7 @@ class StageRunner:
                 "scaler": scaler.state_dict(), "epoch": epoch, "best_metric": best_metric,
                 "best_epoch": best_epoch, "stale_epochs": stale, "rng": rng,
                 "stopped_early": stopped_early, "stage": self.stage.name,
+                "components": list(self.components),
                 "world_size": ctx.world_size,
             }
             checkpoint.save(state, last)
@@ -333,7 +406,7 @@ class StageRunner:
 
                 decision = torch.zeros(2, device=self.device)
                 if ctx.is_main:
-                    metric = (val_eval["loss"] if es.metric == "val_loss"
+                    metric = (self._selection_loss(val_eval) if es.metric == "val_loss"
                               else val_eval["metrics"][es.metric.removeprefix("val_")])
                     improved = improves(metric, best_metric, mode, es.min_delta)
                     if improved:
@@ -355,7 +428,8 @@ class StageRunner:
                             logs[rundir.GPU_MEMORY].write(row)
                         logs[rundir.GPU_MEMORY].sync()
                 if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    scheduler.step(val_eval["loss"])  # reduced over ranks: equal everywhere
+                    # reduced over ranks: equal everywhere
+                    scheduler.step(self._selection_loss(val_eval))
                 else:
                     scheduler.step()
                 save(epoch, improved, stopped_early=stop_now)
@@ -367,9 +441,9 @@ class StageRunner:
                 if self.stop.agree():
                     state_name = "PREEMPTED"
                     break
-                if stop_now:
-                    log.info("[%s] early stopping after epoch %d (best %s=%.5f at epoch %s)",
-                             self.stage.name, epoch, es.metric, best_metric, best_epoch)
+                if stop_now:  # only rank 0 knows the best metric; the others say n/a
+                    log.info("%s", early_stopping_message(self.stage.name, epoch, es.metric,
+                                                          best_metric, best_epoch))
                     break
         except BaseException:
             for handle in logs.values():
@@ -379,6 +453,16 @@ class StageRunner:
             handle.close()
         return StageResult(state_name, epochs_run=epoch, best_epoch=best_epoch,
                            best_metric=best_metric)
+
+    def _selection_loss(self, evaluation: dict[str, Any]) -> float:
+        """The validation loss that early stopping, best.pt and the plateau scheduler follow.
+        With learned weights it is the loss under the configured weights, sum w_c L_c: the
+        trained total also holds the learned weighting and its log-variance terms, which
+        fall while the model gets no better."""
+        if self.module.log_vars is None:
+            return evaluation["loss"]
+        weights = self.module.weights.detach().cpu().tolist()
+        return float(sum(w * c for w, c in zip(weights, evaluation["components"], strict=True)))
 
     def _metric_text(self, metrics: dict[str, float]) -> str:
         return "  ".join(f"{m} {metrics[m]:.4f}" for m in self.metrics[:3])

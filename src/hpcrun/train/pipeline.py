@@ -53,6 +53,81 @@ def choose_run_dir(ctx: DistContext, cfg: ExperimentConfig, run_dir: str | None,
     return rundir.RunDir(path)
 
 
+#: the sections that decide what a run computes: every stage of a run must see the same ones
+#: (resources, backend, monitor, ... may differ between the jobs of one run)
+RUN_CONFIG_KEYS = ("seed", "data", "model", "training", "pipeline")
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        items = ((str(i), v) for i, v in enumerate(value))  # pipeline stages by index
+    else:
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in items:
+        flat.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_differences(recorded: ExperimentConfig,
+                       cfg: ExperimentConfig) -> list[tuple[str, Any, Any]]:
+    """(key, value in ``recorded``, value in ``cfg``) for each key of ``RUN_CONFIG_KEYS`` where
+    the two configs, as config.yaml writes them, differ."""
+    import yaml
+
+    def flat(config: ExperimentConfig) -> dict[str, Any]:
+        data = yaml.safe_load(config.to_yaml()) or {}
+        return _flat({key: data.get(key) for key in RUN_CONFIG_KEYS})
+
+    old, new = flat(recorded), flat(cfg)
+    return [(key, old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key)]
+
+
+def resume_config(run: rundir.RunDir, overrides: list[str]) -> ExperimentConfig:
+    """The config of the run that ``--resume`` continues: its config.yaml, with ``--set``
+    applied over it (``check_run_config`` then refuses any that changes it)."""
+    from ..config import apply_set, load_config_text, parse_set, safe_load, validate
+
+    text = run.config.read_text()
+    if not overrides:
+        return load_config_text(text, str(run.config))
+    data = safe_load(text, str(run.config))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{run.config}: a config must be a mapping of sections")
+    for expression in overrides:
+        parts, value = parse_set(expression)
+        apply_set(data, parts, value)
+    return validate(data, source=str(run.config))
+
+
+def check_run_config(ctx: DistContext, cfg: ExperimentConfig, run: rundir.RunDir) -> None:
+    """Refuse to run a stage of ``run`` with another config than the run's config.yaml (what
+    its earlier stages ran with, and what its report and resumes read): rank 0 compares,
+    every rank raises the same ``ConfigError``."""
+    from ..config import load_config_text
+
+    error: tuple[str, str] | None = None
+    if ctx.is_main and run.config.exists():
+        try:
+            recorded = load_config_text(run.config.read_text(), str(run.config))
+            diffs = config_differences(recorded, cfg)
+        except (OSError, ConfigError) as exc:
+            diffs, error = [], (f"cannot read the run's {run.config}: {exc}", None)
+        if diffs:
+            key, was, now = diffs[0]
+            more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+            error = (f"{run.root} ran with another config: {key} is {now!r} here but {was!r} "
+                     f"in its config.yaml{more}",
+                     "every stage of a run uses the run's config.yaml; start a new run for "
+                     "other values")
+    error = ctx.broadcast_object(error)
+    if error:
+        raise ConfigError(*error)
+
+
 class Run(records.RunRecords):
     """Rank 0's view of the run's shared files (metadata.json, status.json), written
     through hpcrun.track's records like any program's."""
@@ -170,11 +245,13 @@ def run_pipeline(ctx: DistContext, cfg: ExperimentConfig, stage_arg: str, run: r
     stage_cfgs = {name: cfg.for_stage(name) for name in names}
     datasets: dict[str, Dataset] = {}
     for name, scfg in stage_cfgs.items():
+        holder["stage"] = name  # what a failure from here on is recorded against
         key = scfg.data.model_dump_json() + f"/{scfg.seed}"
         if key not in datasets:
             datasets[key] = load_data(scfg.data, scfg.seed)
         datasets[name] = datasets[key]
 
+    holder["stage"] = names[0]
     hosts = sorted(set(ctx.gather_objects(ctx.host)))
     state = Run(ctx, cfg, run)
     if ctx.is_main:
@@ -196,6 +273,7 @@ def run_pipeline(ctx: DistContext, cfg: ExperimentConfig, stage_arg: str, run: r
             continue
         stage = cfg.stage(name)
         scfg = stage_cfgs[name]
+        holder["stage"] = name
         if ctx.is_main:
             state.status["stages"][name] = "RUNNING"
             state.write_status(stage=name, epoch=0, epochs=scfg.training.epochs
