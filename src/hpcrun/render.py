@@ -8,7 +8,6 @@ reaches a shell line goes through the ``q`` filter (``shlex.quote``).
 from __future__ import annotations
 
 import functools
-import os
 import posixpath
 import shlex
 from collections.abc import Sequence
@@ -84,48 +83,24 @@ def _quote(value: Any) -> str:
 def environment(project_dir: Path | None = None) -> jinja2.Environment:
     """Templates from the project's own ``templates/`` first, then hpcrun's. One environment
     per set of folders and process: a template is compiled once (the stages of a pipeline and
-    the points of a sweep render the same one), and its compiled code is kept in the user's
-    cache for the next command (checked against the template's text, so an edited template is
-    compiled again)."""
+    the points of a sweep render the same one). Nothing is cached on disk: ``--dry-run``
+    writes nothing, and no compiled code is loaded from a file."""
     folders = []
     if project_dir is not None and (project_dir / "templates").is_dir():
         folders.append(str(project_dir / "templates"))
     folders.append(str(templates_dir()))
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return _environment(tuple(folders), str(Path(cache) / "hpcrun" / "templates"))
+    return _environment(tuple(folders))
 
 
 @functools.lru_cache(maxsize=16)
-def _environment(folders: tuple[str, ...], cache_dir: str) -> jinja2.Environment:
+def _environment(folders: tuple[str, ...]) -> jinja2.Environment:
     import jinja2  # only the commands that render import it
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(list(folders)), autoescape=False,
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                             trim_blocks=False, bytecode_cache=_bytecode_cache(cache_dir))
+                             trim_blocks=False)
     env.filters["q"] = _quote
     return env
-
-
-def _bytecode_cache(directory: str) -> jinja2.BytecodeCache:
-    """Compiled templates kept in ``directory``; a cache that cannot be read or written is no
-    cache (the template is compiled as before)."""
-    import jinja2
-
-    class Cache(jinja2.FileSystemBytecodeCache):
-        def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-            try:
-                super().load_bytecode(bucket)
-            except (OSError, ValueError, EOFError, TypeError):  # unreadable: compile
-                bucket.reset()
-
-        def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-            try:
-                os.makedirs(self.directory, mode=0o700, exist_ok=True)
-                super().dump_bytecode(bucket)
-            except OSError:
-                pass
-
-    return Cache(directory)
 
 
 def render_template(name: str, context: dict[str, Any], project_dir: Path | None = None) -> str:

@@ -226,7 +226,7 @@ def bench_submit_v3(table: list[tuple[str, str, str]], repeats: int = 5) -> None
                 subprocess.run(["scancel", *ids], env=env, capture_output=True)
 
         ours, theirs, plain = [], [], []
-        for i in range(repeats + 1):  # the first round warms caches (bytecode, templates)
+        for i in range(repeats + 1):  # the first round warms caches (bytecode)
             times = (timed(argv, work, env), timed(submitit, work, env), raw())
             cancel()
             if i:
