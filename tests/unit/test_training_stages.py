@@ -24,7 +24,7 @@ from trainer_harness import (
 from hpcrun import rundir
 from hpcrun.errors import EXIT_REQUEUE
 from hpcrun.track import checkpoint
-from hpcrun.train import pipeline
+from hpcrun.train import loop, pipeline
 
 
 @pytest.fixture
@@ -178,6 +178,52 @@ def test_resume_after_preemption_continues_without_repeating_epochs(trainer, mon
                         load(reference / "train/checkpoints/last.pt")["model"])
     meta = json.loads((run / "metadata.json").read_text())
     assert [start["resumed"] for start in meta["runs"]] == [False, True]
+
+
+def test_a_stop_in_the_middle_of_an_epoch_repeats_that_epoch(trainer, monkeypatch):
+    exp = trainer.experiment(model={"dropout": 0.3}, training={"epochs": 3})
+    reference = trainer.run(exp, run_dir=trainer.root / "reference")
+    # 210 rows in steps of 32: 7 optimizer steps an epoch; stop in epoch 2's third step
+    real_clip = loop.GradientTracker.clip
+    steps = []
+
+    def clip(self, params):
+        steps.append(1)
+        if len(steps) == 10:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real_clip(self, params)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop.GradientTracker, "clip", clip)
+        run = trainer.run(exp, expect=EXIT_REQUEUE)
+    assert len(steps) == 10
+    assert epochs(run / "train" / "training.csv") == [1]
+    assert load(run / "train/checkpoints/last.pt")["epoch"] == 1
+
+    trainer.run(exp, "--resume", run_dir=run)
+    for name in PER_EPOCH:
+        assert stable_rows(run / "train" / name) == stable_rows(reference / "train" / name), \
+            name
+
+
+@pytest.mark.xfail(strict=True, reason="--resume picks the run whose id sorts last, not the "
+                   "one started last: two runs started in the same second sort by a random "
+                   "token")
+def test_resume_picks_the_run_started_last(trainer, monkeypatch):
+    exp = trainer.experiment(training={"epochs": 3})
+    # two runs of the experiment start within the same second; their ids differ by the
+    # random token only
+    ids = iter(["20250101-120000-ffff", "20250101-120000-0000"])
+    monkeypatch.setattr(rundir, "new_run_id", lambda now, token: next(ids))
+    assert trainer.main("--config", str(exp)) == 0
+    with monkeypatch.context() as patch:
+        preempt_after(patch, 1)
+        assert trainer.main("--config", str(exp)) == EXIT_REQUEUE
+    later = trainer.root / "runs" / "exp" / "20250101-120000-0000"
+    assert epochs(later / "train" / "training.csv") == [1]
+
+    assert trainer.main("--config", str(exp), "--resume") == 0
+    assert epochs(later / "train" / "training.csv") == [1, 2, 3]
 
 
 def test_resume_drops_rows_past_the_checkpoint_from_every_csv(trainer, monkeypatch):
