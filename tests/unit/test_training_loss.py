@@ -142,3 +142,26 @@ def test_accumulated_micro_batches_take_the_step_of_the_whole_batch(trainer):
     for col in ("Train Loss", "Val Loss"):
         assert column(runs["accumulated"] / "train/training.csv", col) == pytest.approx(
             column(runs["whole"] / "train/training.csv", col), rel=1e-5)
+
+
+@pytest.mark.xfail(strict=True, reason="an eval_only stage loads the checkpoint's `model` "
+                   "only: its loss rows use weight 1 / sigma 1 instead of the learned weights "
+                   "the checkpoint holds")
+def test_eval_only_stage_reports_the_checkpoints_learned_weights(trainer):
+    exp = trainer.experiment(
+        training={"epochs": 3, "lr": 0.05,
+                  "loss": {"components": {"classification": 1.0, "reconstruction": 1.0},
+                           "learned_weights": True}},
+        pipeline=[{"name": "fit", "mode": "train_only"},
+                  {"name": "check", "mode": "eval_only", "init_from": "fit",
+                   "eval_splits": ["val"]}])
+    run = trainer.run(exp)
+    (fit,) = [r for r in rows(run / "fit/loss_components.csv") if r["phase"] == "eval_val"]
+    (check,) = [r for r in rows(run / "check/loss_components.csv")
+                if r["phase"] == "eval_val"]
+    assert float(fit["weight_classification"]) != pytest.approx(1.0, abs=0.05)
+    # the same checkpoint on the same split: the same losses, weights and total
+    for key in ("classification", "reconstruction", "weight_classification",
+                "weight_reconstruction", "sigma_classification", "sigma_reconstruction",
+                "total"):
+        assert float(check[key]) == pytest.approx(float(fit[key]), rel=1e-6), key
