@@ -144,6 +144,19 @@ def test_accumulated_micro_batches_take_the_step_of_the_whole_batch(trainer):
             column(runs["whole"] / "train/training.csv", col), rel=1e-5)
 
 
+def test_grad_clip_zero_or_null_means_no_clipping(trainer):
+    base = {"epochs": 1, "optimizer": "sgd", "lr": 0.1}
+    runs = {str(clip): trainer.run(trainer.experiment(
+        f"clip{i}", training={**base, "grad_clip": clip}))
+        for i, clip in enumerate((None, 0, 1e-3))}
+    model = {name: load(run / "train/checkpoints/last.pt")["model"]
+             for name, run in runs.items()}
+    assert same_weights(model["0"], model["None"])
+    assert not same_weights(model["0.001"], model["None"], atol=1e-3)
+    fractions = {name: float(rows(run / "train/gradient_stats.csv")[0]["clipped_fraction"])
+                 for name, run in runs.items()}
+    assert fractions == {"None": 0.0, "0": 0.0, "0.001": 1.0}
+
 @pytest.mark.xfail(strict=True, reason="an eval_only stage loads the checkpoint's `model` "
                    "only: its loss rows use weight 1 / sigma 1 instead of the learned weights "
                    "the checkpoint holds")
