@@ -157,9 +157,6 @@ def test_grad_clip_zero_or_null_means_no_clipping(trainer):
                  for name, run in runs.items()}
     assert fractions == {"None": 0.0, "0": 0.0, "0.001": 1.0}
 
-@pytest.mark.xfail(strict=True, reason="an eval_only stage loads the checkpoint's `model` "
-                   "only: its loss rows use weight 1 / sigma 1 instead of the learned weights "
-                   "the checkpoint holds")
 def test_eval_only_stage_reports_the_checkpoints_learned_weights(trainer):
     exp = trainer.experiment(
         training={"epochs": 3, "lr": 0.05,

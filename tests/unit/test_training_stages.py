@@ -206,9 +206,6 @@ def test_a_stop_in_the_middle_of_an_epoch_repeats_that_epoch(trainer, monkeypatc
             name
 
 
-@pytest.mark.xfail(strict=True, reason="--resume picks the run whose id sorts last, not the "
-                   "one started last: two runs started in the same second sort by a random "
-                   "token")
 def test_resume_picks_the_run_started_last(trainer, monkeypatch):
     exp = trainer.experiment(training={"epochs": 3})
     # two runs of the experiment start within the same second; their ids differ by the

@@ -23,8 +23,12 @@ log = logging.getLogger("hpcrun.train")
 
 
 def find_latest_run(cfg: ExperimentConfig) -> Path:
+    """The run of the experiment created last: by when its config.yaml was written (run ids
+    have one-second resolution and a random token, so two runs of one second do not sort by
+    their names), then by name."""
     root = Path(cfg.runs_dir) / cfg.experiment
-    runs = sorted(p for p in root.glob("*") if (p / rundir.CONFIG).exists())
+    runs = sorted((p for p in root.glob("*") if (p / rundir.CONFIG).exists()),
+                  key=lambda p: ((p / rundir.CONFIG).stat().st_mtime_ns, p.name))
     if not runs:
         raise ConfigError(f"--resume: no run of {cfg.experiment!r} under {root} to resume",
                           hint="pass --run-dir DIR")
