@@ -118,14 +118,16 @@ def test_v3_submit_status_list_logs_monitor_fetch_report(project):
     assert "Final evaluation" in followed.stdout
     logs = hp(project, "logs", job["id"], check=True)
     assert "nproc=2" in logs.stdout and "Final evaluation" in logs.stdout
-    assert (
-        "[finetune] epoch" in hp(project, "logs", "--rank", "1", check=True).stdout
-        or (run_dir / "logs" / "train.rank1.log").exists()
-    )
+    rank1 = hp(project, "logs", "--rank", "1", check=True).stdout
+    # rank 1's own log (epoch lines are rank 0's): its lines, none of rank 0's
+    assert "[rank 1] init from" in rank1 and "[rank 0]" not in rank1, rank1
 
     fetched = hp(project, "fetch", check=True)
     assert "verified against MANIFEST.sha256" in fetched.stdout
-    assert "test" in fetched.stdout and "auroc" in fetched.stdout.lower()
+    final = fetched.stdout.split("Final evaluation (eval):")[1].splitlines()
+    assert final[1].split()[:2] == ["split", "auroc"], final  # the table's header, then rows
+    assert [row.split()[0] for row in final[2:4]] == ["val", "test"], final
+    assert all(0.5 < float(row.split()[1]) <= 1.0 for row in final[2:4]), final
     _, fetched_json = hpj(project, "fetch")
     assert fetched_json["verified"] is True
     assert fetched_json["report"]["html"] == str(run_dir / "report" / "report.html")

@@ -314,11 +314,45 @@ def test_write_report_writes_valid_pngs_per_training_stage(reported):
                 for kind in TRAINING_PLOTS}
     assert {p.name for p in files.pngs} == expected
     assert all(p.parent == run / "report" for p in files.pngs)
+    from hpcrun.report.plots import _key_of, _plot_key
+    from hpcrun.report.summary import _load
+
+    summary, tables = _load(run)
     for png in files.pngs:
         data = png.read_bytes()
         assert data.startswith(PNG_SIGNATURE), png
         assert len(data) > 3000, png
+        # each records what it was drawn from: its stage's CSVs (size, time), its title's
+        # stage, the best epoch it marks and the drawing code
+        stage, kind = png.stem.rsplit("_", 1)
+        assert _key_of(data) == _plot_key(kind, summary.stage(stage), tables[stage]), png
     assert not list((run / "report").glob(".*"))  # no temporary files left
+
+
+def test_a_plot_is_drawn_again_from_changed_data_and_only_then(tmp_path):
+    run = make_run(tmp_path)
+    first = {p.name: p.read_bytes() for p in report.write_report(run).pngs}
+    again = {p.name: p.read_bytes() for p in report.write_report(run).pngs}
+    assert again == first  # nothing changed: every plot reused as it was
+    grads = run / "finetune" / rundir.GRADIENT_STATS
+    rows = rundir.read_rows(grads)
+    rows[-1]["norm_max"] = str(float(rows[-1]["norm_max"]) * 50)
+    rundir.write_csv(grads, rundir.GRADIENT_COLUMNS, [list(r.values()) for r in rows])
+    changed = {p.name: p.read_bytes() for p in report.write_report(run).pngs}
+    assert [n for n in changed if changed[n] != first[n]] == ["finetune_gradients.png"]
+    # and what was drawn differs, not only the record of its inputs
+    assert _pixels(changed["finetune_gradients.png"]) != _pixels(first["finetune_gradients.png"])
+
+
+def _pixels(png: bytes) -> bytes:
+    """A PNG's image data (its IDAT chunks), without the text chunks around them."""
+    at, out = 8, b""
+    while at + 8 <= len(png):
+        length, kind = int.from_bytes(png[at:at + 4], "big"), png[at + 4:at + 8]
+        if kind == b"IDAT":
+            out += png[at + 8:at + 8 + length]
+        at += 12 + length
+    return out
 
 
 def test_html_is_self_contained_with_every_png_embedded(reported):
