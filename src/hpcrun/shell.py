@@ -36,6 +36,30 @@ class CommandFailed(OperationFailed):
         super().__init__(f"{shlex.join(self.argv)} exited with {returncode}: {tail}")
 
 
+#: how long a command interrupted with Ctrl-C may take to end by itself, then after being
+#: asked once more, before it is killed
+INTERRUPT_GRACE_S = 5.0
+
+
+def _end_after_interrupt(proc: subprocess.Popen) -> None:
+    """Ctrl-C reached hpcrun and, through the terminal's process group, the command too: let
+    the command end by itself first (rsync keeps the part of a file it has, so the next run
+    resumes it), then send it SIGINT (when only hpcrun was interrupted), then kill it."""
+    import signal
+
+    for action in (None, signal.SIGINT, signal.SIGKILL):
+        if action is not None:
+            try:
+                proc.send_signal(action)
+            except ProcessLookupError:
+                return
+        try:
+            proc.wait(timeout=INTERRUPT_GRACE_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 class LocalRunner:
     """Runs commands on this machine."""
 
@@ -44,16 +68,25 @@ class LocalRunner:
             timeout: float | None = None, ok_codes: Sequence[int] = (0,),
             check: bool = True) -> Result:
         try:
-            proc = subprocess.run(list(argv), cwd=cwd, env=dict(env) if env is not None else None,
-                                  input=input, capture_output=True, text=True, timeout=timeout,
-                                  stdin=None if input is not None else subprocess.DEVNULL)
+            proc = subprocess.Popen(list(argv), cwd=cwd,
+                                    env=dict(env) if env is not None else None, text=True,
+                                    stdin=subprocess.PIPE if input is not None
+                                    else subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except FileNotFoundError:
             raise CommandFailed(argv, 127, f"{argv[0]}: command not found") from None
+        try:
+            stdout, stderr = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.communicate()
             raise CommandFailed(argv, 124, f"timed out after {exc.timeout:.0f}s") from None
-        result = Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+        except KeyboardInterrupt:
+            _end_after_interrupt(proc)
+            raise
+        result = Result(tuple(argv), proc.returncode, stdout, stderr)
         if check and proc.returncode not in ok_codes:
-            raise CommandFailed(argv, proc.returncode, proc.stderr)
+            raise CommandFailed(argv, proc.returncode, stderr)
         return result
 
     def stream(self, argv: Sequence[str], *, input: str | None = None,
@@ -76,20 +109,24 @@ class LocalRunner:
         proc.stdin.close()
         out: list[str] = []
         buffer = ""
-        while True:
-            chunk = proc.stdout.read(1)
-            if not chunk:
-                break
-            if chunk in "\r\n":
-                if buffer and on_line:
-                    on_line(buffer)
+        try:
+            while True:
+                chunk = proc.stdout.read(1)
+                if not chunk:
+                    break
+                if chunk in "\r\n":
+                    if buffer and on_line:
+                        on_line(buffer)
+                    out.append(buffer)
+                    buffer = ""
+                else:
+                    buffer += chunk
+            if buffer:
                 out.append(buffer)
-                buffer = ""
-            else:
-                buffer += chunk
-        if buffer:
-            out.append(buffer)
-        proc.wait(timeout=timeout)
+            proc.wait(timeout=timeout)
+        except KeyboardInterrupt:
+            _end_after_interrupt(proc)
+            raise
         reader.join(timeout=5)
         result = Result(tuple(argv), proc.returncode, "\n".join(out), "".join(errors))
         if proc.returncode not in ok_codes:
@@ -148,6 +185,16 @@ def _private_dir(path: Path) -> None:
         os.chmod(path, 0o700)
 
 
+def default_control_dir(state: Path) -> Path:
+    """Where the ssh control sockets of hpcrun's ``state`` directory live: one folder per
+    state directory (so per known_hosts file), with a short path (unix socket paths are
+    limited to ~100 bytes). Each connection's processes name their socket there."""
+    import hashlib
+
+    tag = hashlib.sha256(str(state).encode()).hexdigest()[:8]
+    return Path(f"/tmp/hpcrun-ssh-{os.getuid()}-{tag}")
+
+
 class SshRunner:
     """Runs commands on a remote through the OpenSSH client: one ControlMaster connection
     reused by every call, BatchMode, a connect timeout, and host keys always checked
@@ -164,12 +211,7 @@ class SshRunner:
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not self.known_hosts.exists():
             self.known_hosts.touch(mode=0o600)
-        import hashlib
-
-        # one directory per state directory (so per known_hosts file), with a short path:
-        # unix socket paths are limited to ~100 bytes
-        tag = hashlib.sha256(str(state).encode()).hexdigest()[:8]
-        self.control_dir = Path(control_dir or f"/tmp/hpcrun-ssh-{os.getuid()}-{tag}")
+        self.control_dir = Path(control_dir or default_control_dir(state))
         self.control_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         _private_dir(self.control_dir)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -139,14 +140,34 @@ def running_long_job(project: Path, epochs: int) -> dict:
     return job
 
 
+def _connections() -> list[psutil.Process]:
+    """This test's ssh processes (clients and the master, which renames itself
+    ``ssh: SOCKET [mux]``): those naming a socket in its own control folder. Other tests' and
+    users' connections on this machine are never touched."""
+    from hpcrun.shell import default_control_dir
+    from hpcrun.store import state_dir
+
+    folder = str(default_control_dir(state_dir()))
+    return [p for p in psutil.process_iter(["name", "cmdline"])
+            if p.info["name"] == "ssh" and folder in " ".join(p.info["cmdline"] or [])]
+
+
+def _cut(connections: list[psutil.Process]) -> None:
+    for ssh in connections:
+        with contextlib.suppress(psutil.Error):
+            ssh.kill()
+    _, alive = psutil.wait_procs(connections, timeout=10)
+    assert not alive, alive
+
+
 def test_the_job_survives_every_ssh_connection_closing(project):
     job = running_long_job(project, 200)
-    for ssh in [p for p in psutil.process_iter(["name", "cmdline"])
-                if p.info["name"] == "ssh" and "ControlMaster=auto" in " ".join(
-                    p.info["cmdline"] or [])]:
-        ssh.kill()  # every client connection and master to the pod
-    time.sleep(2)
+    before = _connections()
+    assert any("[mux]" in " ".join(p.info["cmdline"] or []) for p in before), before
+    _cut(before)  # every client connection and the master to the pod: gone
     assert hpj(project, "status", job["id"])[0]["state"] == "RUNNING"
+    again = _connections()  # the status reached the pod over a new master
+    assert again and not {p.pid for p in again} & {p.pid for p in before}
     assert hpj(project, "cancel", job["id"])[0]["state"] == "CANCELLED"
 
 
@@ -178,30 +199,49 @@ def test_a_changed_host_key_is_refused_with_a_hint(project, tmp_path):
     assert "host key" in proc.stderr and "ssh-keygen -R" in proc.stderr
 
 
-def test_a_fetch_killed_mid_transfer_completes_on_rerun(project):
+def test_a_fetch_killed_mid_transfer_completes_on_rerun(project, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of the big file: rsync keeps the part it has (exit 130), and the
+    rerun sends only the rest (rsync's own log of the bytes it received says so)."""
     job = finished_tiny_job(project)
     # a large artifact on the pod, covered by the manifest like any other
     remote = Path(job["info"]["remote_run_dir"])
-    with open(remote / "train" / "big.bin", "wb") as handle:
-        for _ in range(48):
-            handle.write(os.urandom(1 << 22))  # 192 MiB that rsync cannot compress
+    _big_file(remote / "train" / "big.bin")
     subprocess.run([sys.executable, "-c", "import sys; from hpcrun import rundir; "
                     "rundir.write_manifest(sys.argv[1])", str(remote)], check=True)
+    log = tmp_path / "rsync.log"  # every rsync hpcrun runs logs what it received
+    wrapper = tmp_path / "bin" / "rsync"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("rsync")} --log-file={log} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")
     fetch = subprocess.Popen([HPCRUN, "fetch", job["id"]], cwd=project, start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     local = Path(job["run_dir"]) / "train"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list(local.glob(".big.bin.*")):
-        time.sleep(0.05)
+    while time.monotonic() < deadline and fetch.poll() is None \
+            and not any(p.stat().st_size > 8 << 20 for p in local.glob(".big.bin.*")):
+        time.sleep(0.02)
+    held = psutil.Process(fetch.pid).children(recursive=True)
+    for child in held:  # hold the copy where it is: a loopback copy could finish first
+        with contextlib.suppress(psutil.Error):
+            child.suspend()
+    assert fetch.poll() is None, "the transfer ended before it could be interrupted"
     os.killpg(fetch.pid, signal.SIGINT)  # Ctrl-C mid-transfer: rsync keeps what it has
+    for child in held:
+        with contextlib.suppress(psutil.Error):
+            child.resume()
     fetch.wait(timeout=60)
-    assert fetch.returncode != 0
-    partial = local / "big.bin"
-    assert not partial.exists() or partial.stat().st_size < 192 << 20
+    assert fetch.returncode == 130, fetch.stderr.read()
+    kept = (local / "big.bin").stat().st_size
+    assert 8 << 20 <= kept < 192 << 20  # a real part of the file, not all of it
+    log.write_text("")
     again = hp(project, "fetch", job["id"])
     assert again.returncode == 0, again.stderr
     assert "verified against MANIFEST.sha256" in again.stdout
     assert (local / "big.bin").stat().st_size == 192 << 20
+    received = [int(n.replace(",", "")) for n in
+                re.findall(r"received ([\d,]+) bytes", log.read_text())]
+    assert received and sum(received) < (192 << 20) - kept // 2, (received, kept)
 
 
 def _big_file(path: Path) -> None:
@@ -315,7 +355,7 @@ def test_a_monitor_refresh_is_one_round_trip_carrying_only_new_bytes(project, tm
 
 def _cut_the_pod_off() -> None:
     """The pod's sshd stops listening and every live ssh connection to it drops: its
-    sessions end (as when the network goes), and so do hpcrun's shared connections."""
+    sessions end (as when the network goes), and so do this test's shared connections."""
     listener = psutil.Process(int(Path(os.environ.get("HPCRUN_POD_DIR", "/tmp/hpcrun-pod"),
                                        "run", "sshd.pid").read_text()))
     sessions = listener.children(recursive=True)
@@ -323,11 +363,7 @@ def _cut_the_pod_off() -> None:
     for process in sessions:
         with contextlib.suppress(psutil.Error):
             process.kill()
-    for ssh in psutil.process_iter(["name", "cmdline"]):
-        line = " ".join(ssh.info["cmdline"] or [])
-        if ssh.info["name"] == "ssh" and ("ControlMaster=auto" in line or "[mux]" in line):
-            with contextlib.suppress(psutil.Error):
-                ssh.kill()
+    _cut(_connections())
 
 
 def _first_output(proc: subprocess.Popen, timeout: float) -> str:
