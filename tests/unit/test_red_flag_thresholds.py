@@ -1,0 +1,188 @@
+"""Red flags at their thresholds (docs/red-flags.md): ``diverging``, ``vanishing_gradients``,
+``nonfinite_gradients`` and ``separation_stalled`` are each raised, alone, on a planted run
+directory that shows them, and not on one just short of them; a log with SLURM's preemption
+line names the preemption."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcrun import rundir
+from hpcrun.config import load_config
+from hpcrun.diagnose import diagnose, failed_flag, failure_cause
+
+EPOCHS = 8
+
+
+def plant(root: Path, *, train=None, val=None, grads=None, nonfinite=None, separation=None,
+          overrides: tuple[str, ...] = (), status: str = "SUCCEEDED") -> Path:
+    """A healthy run of one classification stage 'train' (two ranks on host n1) over EPOCHS
+    epochs; each keyword replaces one column by a function of the epoch."""
+    run = rundir.RunDir(root)
+    stage = run.stage("train")
+    stage.mkdir(parents=True)
+    rundir.write_atomic(run.config, load_config("v3", overrides).to_yaml().encode())
+    rundir.write_json(run.status, {"state": status, "stage": "train", "epoch": EPOCHS,
+                                   "stages": {"train": status}, "updated_at": time.time()})
+    training = rundir.CsvLog(stage / rundir.TRAINING, rundir.training_columns(["auroc"]))
+    comps = rundir.CsvLog(stage / rundir.LOSS_COMPONENTS,
+                          rundir.loss_component_columns(["classification"], False))
+    gstats = rundir.CsvLog(stage / rundir.GRADIENT_STATS, rundir.GRADIENT_COLUMNS)
+    probs = rundir.CsvLog(stage / rundir.PROBABILITY_STATS, rundir.PROBABILITY_COLUMNS)
+    mem = rundir.CsvLog(stage / rundir.GPU_MEMORY, rundir.MEMORY_COLUMNS)
+    for e in range(1, EPOCHS + 1):
+        train_loss = train(e) if train else 0.6 / e
+        training.write({"Epoch": e, "Epoch Time": 1.0, "Train Loss": train_loss,
+                        "Val Loss": val(e) if val else 0.65 / e, "Val AUROC": 0.7 + 0.02 * e,
+                        "Learning Rate": 1e-3})
+        comps.write({"epoch": e, "phase": "train", "classification": train_loss,
+                     "total": train_loss})
+        norm = grads(e) if grads else 0.5
+        gstats.write({"epoch": e, "steps": 10, "norm_mean": norm, "norm_std": 0.1,
+                      "norm_min": norm / 2, "norm_max": norm * 1.5, "norm_last": norm,
+                      "clipped_fraction": 0.0,
+                      "nonfinite_steps": nonfinite(e) if nonfinite else 0})
+        sep = separation(e) if separation else 0.2 + 0.04 * e
+        probs.write({"epoch": e, "phase": "val", "pos_mean": 0.3 + sep, "pos_std": 0.1,
+                     "neg_mean": 0.3, "neg_std": 0.1, "separation": sep})
+        for rank in (0, 1):
+            mem.write({"epoch": e, "rank": rank, "host": "n1", "device": f"cuda:{rank}",
+                       "allocated_mb": 100.0, "reserved_mb": 150.0, "peak_mb": 200.0,
+                       "device_used_mb": 1000.0, "device_total_mb": 80000.0,
+                       "utilization_pct": 50.0, "host_rss_mb": 500.0 + 10 * rank,
+                       "host_total_mb": 64000.0})
+    for log in (training, comps, gstats, probs, mem):
+        log.close()
+    return root
+
+
+def codes(run: Path) -> list[str]:
+    return sorted(f.code for f in diagnose(run))
+
+
+def test_the_planted_run_is_healthy(tmp_path):
+    assert codes(plant(tmp_path / "ok")) == []
+
+
+# --------------------------------------------------------------------------- diverging
+
+
+def _rising_for(epochs: int):
+    """Validation loss falling, then rising over the last ``epochs`` epochs."""
+    turn = EPOCHS - epochs
+    return lambda e: 0.65 / e if e <= turn else 0.65 / turn + 0.01 * (e - turn)
+
+
+def test_diverging_after_divergence_patience_epochs_of_rising_validation_loss(tmp_path):
+    # divergence_patience is 5: validation loss rose in each of the last 5 epochs
+    flags = diagnose(plant(tmp_path / "div", val=_rising_for(5)))
+    assert [(f.code, f.epoch) for f in flags] == [("diverging", EPOCHS)]
+    assert "5 epochs" in flags[0].message
+
+
+def test_not_diverging_one_epoch_short_of_the_patience(tmp_path):
+    assert codes(plant(tmp_path / "four", val=_rising_for(4))) == []
+
+
+def test_not_diverging_when_training_loss_rose_too(tmp_path):
+    run = plant(tmp_path / "both", val=_rising_for(5), train=lambda e: 0.1 + 0.01 * e)
+    assert codes(run) == []
+
+
+def test_the_divergence_patience_is_read_from_the_runs_config(tmp_path):
+    run = plant(tmp_path / "patient", val=_rising_for(5),
+                overrides=("monitor.divergence_patience=6",))
+    assert codes(run) == []
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+def test_vanishing_gradients_below_grad_norm_min_in_the_latest_epoch(tmp_path):
+    # grad_norm_min is 1e-7
+    flags = diagnose(plant(tmp_path / "tiny", grads=lambda e: 5e-8 if e == EPOCHS else 0.5))
+    assert [(f.code, f.epoch) for f in flags] == [("vanishing_gradients", EPOCHS)]
+
+
+def test_no_vanishing_gradients_just_above_grad_norm_min(tmp_path):
+    assert codes(plant(tmp_path / "small", grads=lambda e: 2e-7 if e == EPOCHS else 0.5)) == []
+
+
+def test_no_vanishing_gradients_once_the_norm_recovered(tmp_path):
+    run = plant(tmp_path / "recovered", grads=lambda e: 5e-8 if e == 4 else 0.5)
+    assert codes(run) == []  # only the latest epoch counts
+
+
+def test_nonfinite_gradients_name_the_first_epoch_with_a_nonfinite_step(tmp_path):
+    flags = diagnose(plant(tmp_path / "inf", nonfinite=lambda e: 1 if e in (3, 6) else 0))
+    assert [(f.code, f.epoch) for f in flags] == [("nonfinite_gradients", 3)]
+
+
+def test_no_nonfinite_gradients_without_a_nonfinite_step(tmp_path):
+    assert codes(plant(tmp_path / "finite", nonfinite=lambda e: 0)) == []
+
+
+# --------------------------------------------------------------------------- separation
+
+
+def test_separation_stalled_below_separation_min(tmp_path):
+    # separation_patience 5, separation_min 0.2: a plateau at 0.19 for the whole run
+    flags = diagnose(plant(tmp_path / "flat", separation=lambda e: 0.19))
+    assert [(f.code, f.epoch) for f in flags] == [("separation_stalled", EPOCHS)]
+    assert "best 0.190" in flags[0].message
+
+
+def test_separation_not_stalled_when_the_plateau_reaches_separation_min(tmp_path):
+    assert codes(plant(tmp_path / "good", separation=lambda e: 0.2)) == []
+
+
+def test_separation_not_stalled_when_the_latest_epoch_beats_the_earlier_best(tmp_path):
+    run = plant(tmp_path / "moving", separation=lambda e: 0.19 if e < EPOCHS else 0.1901)
+    assert codes(run) == []
+
+
+def test_separation_stalled_only_after_separation_patience_epochs(tmp_path):
+    # the best reached in epoch 3 and not beaten in the 5 epochs after it: stalled; reached
+    # in epoch 4, 4 epochs before the end: not yet
+    assert codes(plant(tmp_path / "five", separation=lambda e: 0.1 + 0.01 * min(e, 3))) == [
+        "separation_stalled"]
+    assert codes(plant(tmp_path / "four", separation=lambda e: 0.1 + 0.01 * min(e, 4))) == []
+
+
+
+def test_a_new_best_within_the_patience_window_holds_the_flag_off(tmp_path):
+    # the best (0.15) came in epoch 4, 4 epochs before the end; the later epochs fell back
+    values = {1: 0.11, 2: 0.12, 3: 0.13, 4: 0.15}
+    run = plant(tmp_path / "recent", separation=lambda e: values.get(e, 0.13))
+    assert codes(run) == []
+
+
+def test_the_separation_patience_is_read_from_the_runs_config(tmp_path):
+    run = plant(tmp_path / "patient", separation=lambda e: 0.1 + 0.01 * min(e, 3),
+                overrides=("monitor.separation_patience=6",))
+    assert codes(run) == []
+
+
+# --------------------------------------------------------------------------- preemption
+
+PREEMPTED_LOG = ("epoch 3/10 train_loss=0.41\n"
+                 "slurmstepd: error: *** JOB 4242 ON n1 CANCELLED AT 2024-05-01T10:00:00 DUE "
+                 "TO PREEMPTION ***\n")
+
+
+def test_slurms_preemption_line_names_the_preemption():
+    assert failure_cause(PREEMPTED_LOG) == "preempted by the scheduler"
+    assert failure_cause(PREEMPTED_LOG.replace("PREEMPTION", "NODE FAILURE")) is None
+
+
+@pytest.mark.parametrize("read", ["failed_flag", "diagnose"])
+def test_the_failed_flag_of_a_preempted_job_says_so(tmp_path, read):
+    run = plant(tmp_path / "pre", status="FAILED")
+    if read == "failed_flag":
+        flag = failed_flag(run, PREEMPTED_LOG)
+    else:
+        [flag] = diagnose(run, log_text=PREEMPTED_LOG)
+    assert flag.code == "failed" and "preempted by the scheduler" in flag.message
