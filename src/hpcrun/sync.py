@@ -69,14 +69,13 @@ def remote_paths(workdir: str, bundle_hash: str) -> tuple[str, str]:
     return posixpath.join(workdir, "code"), posixpath.join(workdir, "bundles", bundle_hash[:24])
 
 
-def rsync_options(*, dry_run: bool = False, delete: bool = False) -> list[str]:
+def rsync_options(*, dry_run: bool = False) -> list[str]:
     """What one sync asks of rsync: the files listed on stdin (--files-from=-), stats to
-    parse and progress to show; with ``dry_run`` the changes, with ``delete`` removals."""
+    parse and progress to show; with ``dry_run`` the changes. (rsync cannot delete what a
+    --files-from list does not name: ``sync --delete`` prunes through the agent.)"""
     options = ["--files-from=-", "--from0", "--stats", "--info=progress2"]
     if dry_run:
         options += ["--dry-run", "--itemize-changes"]
-    if delete:
-        options.append("--delete-missing-args")
     return options
 
 
@@ -97,11 +96,13 @@ def push(bundle: Bundle, ssh: SshRunner, workdir: str, *, dry_run: bool = False,
     code, frozen = remote_paths(workdir, bundle.hash)
     if not dry_run:
         ssh.run(["mkdir", "-p", code, posixpath.dirname(frozen)])
-    argv = [*ssh.rsync_argv(*rsync_options(dry_run=dry_run, delete=delete)),
+    argv = [*ssh.rsync_argv(*rsync_options(dry_run=dry_run)),
             str(bundle.project_dir).rstrip("/") + "/", f"{ssh.target}:{code}"]
     result = ssh.rsync(argv, input="\0".join(bundle.files) + "\0",
                        on_line=progress or (lambda line: None))
     sent, transferred, changed = parse_stats(result.stdout)
+    if delete:  # what the bundle no longer has leaves the synced tree (frozen copies stay)
+        changed += [f"deleting {rel}" for rel in prune(ssh, code, bundle, dry_run)]
     verified = 0
     if not dry_run:
         meta = {"hash": bundle.hash, "git": bundle.git.as_dict(), "files": len(bundle.files)}
@@ -118,6 +119,22 @@ def push(bundle: Bundle, ssh: SshRunner, workdir: str, *, dry_run: bool = False,
                                   "the same time)")
         verified = int(answer.get("verified") or 0)
     return SyncResult(bundle, code, frozen, dry_run, sent, transferred, changed, verified)
+
+
+def prune(ssh: SshRunner, code: str, bundle: Bundle, dry_run: bool = False) -> list[str]:
+    """Remove from the synced tree ``code`` the files and links the bundle no longer has,
+    then the folders left empty (one round trip to list, one to remove; links are removed,
+    never followed). Returns what was (or, with ``dry_run``, would be) removed."""
+    listed = ssh.run(["sh", "-c", 'cd "$1" 2>/dev/null || exit 0; '
+                      'find . -mindepth 1 \\( -type f -o -type l \\) -print0', "sh", code])
+    keep = {*bundle.files, MANIFEST_NAME, "bundle.json"}
+    gone = sorted(rel for rel in (p.removeprefix("./") for p in listed.stdout.split("\0") if p)
+                  if rel not in keep)
+    if gone and not dry_run:
+        ssh.run(["sh", "-c", 'cd "$1" && xargs -0 rm -f -- && '
+                 'find . -mindepth 1 -type d -empty -delete', "sh", code],
+                input="\0".join(f"./{rel}" for rel in gone))
+    return gone
 
 
 def push_data(paths: Sequence[str], project_dir: Path, ssh: SshRunner, data_dir: str, *,

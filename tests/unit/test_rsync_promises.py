@@ -154,9 +154,25 @@ def test_sync_delete_removes_data_files_gone_here(tmp_path, ssh, no_agent):
     assert not (data / "data" / "stale.csv").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="sync --delete never removes code files gone here: "
-                   "--delete-missing-args acts only on listed files, and the bundle lists "
-                   "only files that exist here")
 def test_sync_delete_removes_code_files_gone_here(tmp_path, ssh, no_agent):
-    code, _ = _push(tmp_path, ssh, delete=True)
-    assert not (code / "old_module.py").exists()
+    outside = tmp_path / "remote-home" / "notes.txt"
+    outside.parent.mkdir(parents=True)
+    outside.write_text("not the project's\n")
+    code, _ = _remote_from_an_earlier_sync(tmp_path)
+    (code / "old pkg\nname").mkdir()
+    (code / "old pkg\nname" / "mod.py").write_text("gone here\n")
+    (code / "notes").symlink_to(outside)  # a link in the tree: removed, never followed
+    project = _project(tmp_path)
+    bundle = describe(project, BundleConfig(), runner=ssh.local)
+    shown = sync_module.push(bundle, ssh, str(tmp_path / "remote"), dry_run=True, delete=True)
+    gone = ["notes", "old pkg\nname/mod.py", "old_module.py"]
+    assert [c for c in shown.changed if c.startswith("deleting ")] == \
+        [f"deleting {rel}" for rel in gone]
+    assert (code / "old_module.py").exists()  # a dry run removes nothing
+    synced = sync_module.push(bundle, ssh, str(tmp_path / "remote"), delete=True)
+    assert [c for c in synced.changed if c.startswith("deleting ")] == \
+        [f"deleting {rel}" for rel in gone]
+    assert sorted(p.relative_to(code).as_posix() for p in code.rglob("*")
+                  if not p.is_dir() or p.is_symlink()) == sorted(bundle.files)
+    assert not (code / "old pkg\nname").exists()  # the folder it left empty went too
+    assert outside.read_text() == "not the project's\n"
