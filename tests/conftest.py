@@ -310,3 +310,16 @@ def secret_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(root)
     yield root
+
+
+# --------------------------------------------------------------------------- tiers
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/integration and tests/e2e starts real processes (torchrun, the
+    sandboxes, the installed command): all are ``slow``, whatever their module says, so
+    ``-m "not slow"`` (make test-fast) is the in-process tier alone."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts or "e2e" in parts:
+            item.add_marker(pytest.mark.slow)
