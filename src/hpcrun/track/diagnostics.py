@@ -155,6 +155,7 @@ def memory_row(ctx: DistContext, epoch: int) -> dict[str, Any]:
         row["allocated_mb"] = torch.cuda.memory_allocated(ctx.device) / mb
         row["reserved_mb"] = torch.cuda.memory_reserved(ctx.device) / mb
         row["peak_mb"] = torch.cuda.max_memory_allocated(ctx.device) / mb
+        torch.cuda.reset_peak_memory_stats(ctx.device)  # the next row: that epoch's peak
         row.update(_nvml(ctx.device))
     return row
 

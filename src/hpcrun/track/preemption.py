@@ -17,10 +17,15 @@ from .distributed import DistContext
 class StopRequest:
     """SIGUSR1/SIGTERM set a flag; the ranks agree on it through a collective.
 
-    ``poll()`` runs once per step: it reads the result of the all-reduce started at the
-    previous step and starts the next one, so the agreement overlaps with compute and costs
-    no extra synchronisation. Every rank sees the same answer at the same step.
+    ``poll()`` runs once per step and communicates every ``EVERY`` steps: it reads the
+    result of the all-reduce started ``EVERY`` steps before and starts the next one, so the
+    agreement overlaps with compute, and the read (a host synchronisation on a GPU) happens
+    once in ``EVERY`` steps, not each step. Every rank polls the same steps and sees the same
+    answer at the same step.
     """
+
+    #: steps between two agreements (a stop waits at most twice this many steps)
+    EVERY = 16
 
     SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
@@ -28,6 +33,7 @@ class StopRequest:
         self.ctx = ctx
         self.signum: int | None = None
         self._pending: tuple[Any, torch.Tensor] | None = None
+        self._steps = 0
         # Installed for the rest of the process: a SIGTERM that arrives while a failure is
         # being recorded (torchrun stops the survivors of a dead rank) must not kill the
         # process before failure.json is written.
@@ -45,6 +51,9 @@ class StopRequest:
     def poll(self) -> bool:
         if not self.ctx.distributed:
             return self.requested
+        self._steps += 1
+        if self._steps % self.EVERY:
+            return False
         agreed = False
         if self._pending is not None:
             work, flag = self._pending

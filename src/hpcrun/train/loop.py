@@ -63,9 +63,18 @@ def _amp_dtype(cfg: TrainingConfig, device: torch.device) -> torch.dtype | None:
         return None
     if cfg.amp == "fp16":
         return torch.float16
-    if cfg.amp == "bf16" or torch.cuda.is_bf16_supported():
+    if cfg.amp == "bf16" or _native_bf16():
         return torch.bfloat16
     return None
+
+
+def _native_bf16() -> bool:
+    """bf16 in hardware (Ampere and later): T4 and V100 emulate it, slower than fp16; there
+    ``amp: auto`` stays in float32 rather than pick an emulated type."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.4: no emulation counted there
+        return torch.cuda.is_bf16_supported()
 
 
 def _optimizer(cfg: TrainingConfig, params: Any) -> torch.optim.Optimizer:
@@ -513,7 +522,8 @@ class StageRunner:
 
         Each rank takes rows rank, rank+world, ... (no padding); the shards are gathered with
         -1 marking the slots that pad the shorter shards, which rank 0 drops. It runs the
-        unwrapped module: no DDP collectives, so unequal shards cannot hang.
+        unwrapped module: no DDP collectives, so unequal shards cannot hang. In float32 even
+        when training uses AMP: the saved probabilities and metrics are not rounded to bf16.
         """
         ctx = self.ctx
         module = self.module
@@ -528,8 +538,7 @@ class StageRunner:
         for chunk in torch.split(own, batch):
             x = split.x[chunk].to(self.device)
             y = split.y[chunk].to(self.device)
-            with self._autocast():
-                total, components, logits = module(x, y)
+            total, components, logits = module(x, y)
             sums.add(total, components, logits, y)
             probs.append(torch.sigmoid(logits.float()).double())
         p = torch.cat(probs) if probs else torch.zeros(0, dtype=torch.float64, device=self.device)
