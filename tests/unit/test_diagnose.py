@@ -1,5 +1,5 @@
 """Red flags on planted run directories: each raises exactly its flag (in-process; the real
-v3 run's check is in tests/integration/test_diagnose.py)."""
+v3 run's check is in tests/integration/test_red_flags_real_run.py)."""
 
 from __future__ import annotations
 
