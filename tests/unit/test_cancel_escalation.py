@@ -82,11 +82,11 @@ def test_a_process_that_stops_on_sigterm_gets_no_sigkill_and_no_wait(tmp_path):
     proc, ready = _start(tmp_path, POLITE, "polite")
     try:
         began = time.monotonic()
-        LocalBackend._stop_trees([psutil.Process(proc.pid)], grace=5.0)
+        LocalBackend._stop_trees([psutil.Process(proc.pid)], grace=60.0)
         took = time.monotonic() - began
         assert _gone(proc.pid)
         assert Path(str(ready) + ".term").exists()  # its SIGTERM handler ran (a trainer saves)
-        assert took < 4.0  # returned when the tree was gone, not at the end of the grace
+        assert took < 30  # returned when the tree was gone, not at the end of the grace
     finally:
         if proc.poll() is None:
             proc.kill()
