@@ -31,9 +31,10 @@ def combine(states: Iterable[str], *, sequential: bool, cancelled: bool = False)
     when cancelled after that), CANCELLED when the whole was ``cancelled``, else the worst
     end among the parts: FAILED, PREEMPTED, CANCELLED. Parts no one knows any more (UNKNOWN)
     never hold the whole PENDING; only a whole with no known end is UNKNOWN. A state that is
-    not a :class:`State` (a backend's BLOCKED stage) counts as waiting.
+    not a :class:`State` (a backend's BLOCKED stage, whose dependency can never be met) is
+    not known to end by itself: it counts as UNKNOWN, so it never holds the whole PENDING.
     """
-    seen = {State.of(s) or State.PENDING for s in states}
+    seen = {State.of(s) or State.UNKNOWN for s in states}
     if sequential:
         for end in (State.FAILED, State.CANCELLED, State.PREEMPTED):
             if end in seen:

@@ -60,6 +60,16 @@ def _end_after_interrupt(proc: subprocess.Popen) -> None:
             continue
 
 
+def _abandon(proc: subprocess.Popen) -> None:
+    """Kill the command and reap it, without waiting for its output to close (a process it
+    started may keep the pipes open for as long as it runs)."""
+    proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 class LocalRunner:
     """Runs commands on this machine."""
 
@@ -78,11 +88,13 @@ class LocalRunner:
         try:
             stdout, stderr = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
-            proc.kill()
-            proc.communicate()
+            _abandon(proc)  # a child of the command may hold its output open: not waited for
             raise CommandFailed(argv, 124, f"timed out after {exc.timeout:.0f}s") from None
         except KeyboardInterrupt:
             _end_after_interrupt(proc)
+            raise
+        except BaseException:
+            _abandon(proc)
             raise
         result = Result(tuple(argv), proc.returncode, stdout, stderr)
         if check and proc.returncode not in ok_codes:

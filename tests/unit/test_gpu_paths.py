@@ -43,31 +43,63 @@ def test_each_memory_row_holds_that_epochs_peak(monkeypatch):
     assert len(resets) == 2  # the counter starts again after each row
 
 
-def test_the_stop_agreement_is_read_once_in_many_steps(monkeypatch):
-    reads = []
+def _stop_request(monkeypatch) -> tuple[preemption.StopRequest, list, list]:
+    """A StopRequest of one of several ranks, its collectives answered here (a MAX over one
+    rank is its own value)."""
+    reads, started = [], []
 
     class Flag:
-        def __init__(self, value):
-            self.value = value
+        def __init__(self, values):
+            self.values = list(values)
 
         def item(self):  # on a GPU: a host synchronisation
             reads.append(1)
-            return self.value
+            return self.values[0]
 
-    started = []
+        def tolist(self):
+            reads.append(1)
+            return self.values
 
     def all_reduce(flag, op=None, async_op=False):
         started.append(1)
         return types.SimpleNamespace(wait=lambda: None)
 
     monkeypatch.setattr(preemption.dist, "all_reduce", all_reduce)
-    monkeypatch.setattr(preemption.torch, "tensor", lambda values, device=None: Flag(values[0]))
+    monkeypatch.setattr(preemption.torch, "tensor", lambda values, device=None: Flag(values))
     ctx = types.SimpleNamespace(distributed=True, device="cpu")
-    stop = preemption.StopRequest.__new__(preemption.StopRequest)
-    stop.ctx, stop.signum, stop._pending, stop._steps = ctx, None, None, 0
-    answers = [stop.poll() for _ in range(10 * stop.EVERY)]
-    assert not any(answers)
-    assert len(started) == 10 and len(reads) == 9  # one collective and one read per EVERY steps
-    stop.signum = 10  # SIGUSR1 on this rank
-    later = [stop.poll() for _ in range(2 * stop.EVERY)]
-    assert later.index(True) < 2 * stop.EVERY  # every rank stops within two agreements
+    monkeypatch.setattr(preemption.signal, "signal", lambda *args: None)
+    return preemption.StopRequest(ctx), reads, started
+
+
+def test_the_ranks_agree_each_step_until_they_know_the_step_time(monkeypatch):
+    stop, reads, started = _stop_request(monkeypatch)
+    assert not any(stop.poll() for _ in range(10))
+    assert len(started) == 10 and len(reads) == 9  # each step: started, read at the next
+    stop.signum = 10  # SIGUSR1 here
+    assert [stop.poll(), stop.poll()] == [False, True]  # agreed the step after
+
+
+def test_fast_steps_are_polled_every_quarter_second_and_read_once_in_many(monkeypatch):
+    stop, reads, started = _stop_request(monkeypatch)
+    clock = iter([101.0])  # the epoch's 1,000 steps took a second
+    monkeypatch.setattr(preemption.time, "monotonic", lambda: next(clock))
+    stop._since = 100.0
+    for _ in range(1000):
+        stop.poll()
+    reads.clear(), started.clear()
+    assert stop.agree() is False and stop.every == 64  # 250 steps a quarter second: capped
+    polls = [stop.poll() for _ in range(640)]
+    assert not any(polls) and len(started) == 11 and len(reads) == 11  # agree's, then 10
+    stop.signum = 10
+    later = [stop.poll() for _ in range(2 * stop.every)]
+    assert later.index(True) <= stop.every  # within one interval and a step
+
+
+def test_slow_steps_keep_the_ranks_agreeing_every_step(monkeypatch):
+    stop, _, _ = _stop_request(monkeypatch)
+    clock = iter([140.0])  # 10 steps of 4 s
+    monkeypatch.setattr(preemption.time, "monotonic", lambda: next(clock))
+    stop._since = 100.0
+    for _ in range(10):
+        stop.poll()
+    assert stop.agree() is False and stop.every == 1

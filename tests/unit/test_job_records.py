@@ -27,7 +27,9 @@ def test_states_are_strings_that_know_their_end():
     (["CANCELLED", "PENDING"], True, False, S.CANCELLED),
     (["PREEMPTED", "PENDING"], True, False, S.PREEMPTED),
     (["SUCCEEDED", "RUNNING", "PENDING"], True, False, S.RUNNING),
-    (["SUCCEEDED", "BLOCKED"], True, False, S.PENDING),
+    (["SUCCEEDED", "BLOCKED"], True, False, S.UNKNOWN),
+    (["UNKNOWN", "BLOCKED"], True, False, S.UNKNOWN),  # the failed stage forgotten: no PENDING
+    (["RUNNING", "BLOCKED"], True, False, S.RUNNING),
     (["SUCCEEDED", "SUCCEEDED"], True, False, S.SUCCEEDED),
     (["SUCCEEDED", "UNKNOWN"], True, False, S.UNKNOWN),
     (["UNKNOWN", "RUNNING"], True, False, S.RUNNING),

@@ -48,3 +48,13 @@ def test_a_command_that_ignores_the_interrupt_is_asked_again_then_killed(tmp_pat
         shell.LocalRunner().run(["bash", "-c", script], timeout=30)
     assert asked.read_text() == "2\n"  # the terminal's SIGINT, then hpcrun's
     assert not psutil.Process().children()  # then killed: hpcrun does not wait on it
+
+
+def test_a_timeout_does_not_wait_for_what_the_command_started():
+    """``sh`` is killed at the timeout; the ``sleep`` it started keeps the output pipe open
+    for 30 s more, and is not waited for."""
+    began = time.monotonic()
+    with pytest.raises(shell.CommandFailed) as failed:
+        shell.LocalRunner().run(["sh", "-c", "sleep 30; echo late"], timeout=1)
+    assert failed.value.returncode == 124
+    assert time.monotonic() - began < 15  # far from the 30 s a wait for the pipe would take
