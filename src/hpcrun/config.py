@@ -496,8 +496,9 @@ class SlurmExtras(SchedulerExtras):
 
 class PbsExtras(SchedulerExtras):
     #: the server's max_array_size (``qstat -Bf``; PBS Professional's default 10000): a
-    #: larger sweep is queued as several arrays of at most this many subjobs
-    max_array_size: int = Field(10000, ge=2, le=4_000_001)
+    #: larger sweep is queued as several arrays of at most this many subjobs (at least 3:
+    #: the points are spread so that every array has the two subjobs PBS requires)
+    max_array_size: int = Field(10000, ge=3, le=4_000_001)
 
 
 class ResourcesConfig(_Section):

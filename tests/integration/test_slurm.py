@@ -384,7 +384,7 @@ def test_a_1500_point_sweep_is_two_arrays_and_one_cancel_ends_it(project):
     submitted_s = time.monotonic() - began
     group = data["group"]
     arrays = [re.search(r"#SBATCH --array=(\S+)", p["script"]).group(1) for p in data["plans"]]
-    assert arrays == ["0-1000", "0-498"]
+    assert arrays == ["0-749", "0-749"]  # 1,500 points spread evenly over two arrays
     assert wait_for_running(project, group["id"]), "no task started"
     began = time.monotonic()
     cancelled = hp(project, "--json", "cancel", group["id"], timeout=300)

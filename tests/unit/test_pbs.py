@@ -115,12 +115,13 @@ def test_a_sweep_over_max_array_size_is_queued_as_arrays_chained_stage_by_stage(
         tmp_path, monkeypatch):
     import re
 
-    result = _sweep(tmp_path, monkeypatch, 5, 2, parallel=4)
+    result = _sweep(tmp_path, monkeypatch, 7, 3, parallel=4)
     plans = result.plans
     arrays = [re.search(r"#PBS -J (\S+)", p.script).group(1) for p in plans]
+    # 7 points over arrays of at most 3: spread 3, 2, 2 (never a one-subjob array)
     assert [(p.stage, p.offset) for p in plans] == [
-        (stage, offset) for offset in (0, 2, 4) for stage in ("pretrain", "finetune", "eval")]
-    assert arrays == ["0-1"] * 3 + ["0-1%1"] * 3 + ["0-0"] * 3
+        (stage, offset) for offset in (0, 3, 5) for stage in ("pretrain", "finetune", "eval")]
+    assert arrays == ["0-2%2"] * 3 + ["0-1%1"] * 3 + ["0-1%1"] * 3
     assert len({p.script_path for p in plans}) == 9  # no array overwrites another's script
     server = Server()
     natives = PbsBackend(runner=server).submit(plans)
@@ -128,9 +129,29 @@ def test_a_sweep_over_max_array_size_is_queued_as_arrays_chained_stage_by_stage(
     # each array's stage waits for the same array's stage before
     assert "depend=afterok:701[].pbs01" in qsub[1] and "depend=afterok:704[].pbs01" in qsub[4]
     assert not any(a.startswith("depend") for a in qsub[3])  # a new array starts
-    last = result.jobs[4]
-    assert natives[last.id].native == {"pretrain": "707[0].pbs01", "finetune": "708[0].pbs01",
-                                       "eval": "709[0].pbs01"}
+    last = result.jobs[6]
+    assert natives[last.id].native == {"pretrain": "707[1].pbs01", "finetune": "708[1].pbs01",
+                                       "eval": "709[1].pbs01"}
+
+
+@pytest.mark.parametrize("points, limit", [(4, 3), (10_001, 10_000), (13, 4)])
+def test_no_array_of_a_split_sweep_has_a_single_subjob(points, limit):
+    from hpcrun.config import ResourcesConfig
+    from hpcrun.render import JobSpec
+
+    seen = []
+
+    class Recorder(PbsBackend):
+        def _render_part(self, specs, offset, owner, script_dir, parallel, project_dir, swept):
+            seen.append(len(specs))
+            return []
+
+    resources = ResourcesConfig(pbs={"max_array_size": limit})
+    specs = [JobSpec(id=f"{i:x}", experiment="e", run_dir=f"/r/{i}", config_path="c",
+                     bundle_dir="b", nproc="1", cpus=1, python="p", env={}, stages=("t",),
+                     setup=(), resources=resources) for i in range(points)]
+    Recorder().render(specs)
+    assert sum(seen) == points and min(seen) >= 2 and max(seen) <= limit
 
 
 def test_a_server_with_a_smaller_max_array_size_is_named_before_anything_is_queued(

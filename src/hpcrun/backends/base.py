@@ -231,22 +231,26 @@ class SchedulerBackend(Backend):
     def render(self, specs: Sequence[JobSpec], *, group: JobRecord | None = None,
                parallel: int | None = None, project_dir: Path | None = None) -> list[SubmitPlan]:
         """One script per stage; with several specs (a sweep) each stage is one array job
-        whose task i runs point i: several arrays of at most the cluster's array size when
-        the sweep is larger (schedulers refuse larger arrays), each chained stage by stage
-        on its own; ``parallel`` is shared out between the arrays."""
+        whose task i runs point i: several arrays when the sweep is larger than the cluster's
+        array size (schedulers refuse larger arrays), the points spread evenly over them (so
+        none is a one-task array: PBS wants two subjobs at least), each chained stage by
+        stage on its own; ``parallel`` is shared out between the arrays."""
         specs = [self._placed(s) for s in specs]
         first = specs[0]
         owner = group.id if group is not None else first.id
         script_dir = self.place(group.run_dir) if group is not None else first.run_dir
-        size = self._max_array_size(first.resources) if len(specs) > 1 else 1
-        offsets = range(0, len(specs), size)
+        limit = self._max_array_size(first.resources) if len(specs) > 1 else 1
+        count = -(-len(specs) // limit)  # arrays needed
+        sizes = [len(specs) // count + (i < len(specs) % count) for i in range(count)]
         plans: list[SubmitPlan] = []
-        for index, offset in enumerate(offsets):
+        offset = 0
+        for index, size in enumerate(sizes):
             share = None  # --parallel shared out, the remainder to the first arrays
             if parallel:
-                share = max(1, parallel // len(offsets) + (index < parallel % len(offsets)))
+                share = max(1, parallel // count + (index < parallel % count))
             plans += self._render_part(specs[offset:offset + size], offset, owner, script_dir,
                                        share, project_dir, swept=len(specs) > 1)
+            offset += size
         return plans
 
     def _placed(self, spec: JobSpec) -> JobSpec:
