@@ -71,8 +71,11 @@ def logs(
     record, text = run_op(lambda: ops.log_file(job, rank, Path.cwd()))
     as_is = raw or not sys.stdout.isatty()
     if follow:
-        for line in run_op(lambda: ops.follow_logs(record, rank)):
-            views.log(line + "\n", as_is)
+        def follow_all() -> None:  # the lines arrive (and may fail) while it iterates
+            for line in ops.follow_logs(record, rank):
+                views.log(line + "\n", as_is)
+
+        run_op(follow_all)
     elif text is None:
         views.no_log_yet(record.id)
     else:
