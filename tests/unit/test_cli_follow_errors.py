@@ -25,3 +25,9 @@ def test_an_error_while_following_a_log_is_one_line(monkeypatch):
     assert answer.out == "epoch 1\n"
     assert answer.err.strip().splitlines() == [
         "hpcrun: error: cannot reach 127.0.0.1:22022 (Connection refused)"], answer.err
+
+
+def test_a_usage_error_shows_control_characters_escaped():
+    answer = invoke("status", "--\x1b[2Jwipe")
+    assert answer.code == 2
+    assert "\x1b" not in answer.err and "\\x1b[2Jwipe" in answer.err, answer.err

@@ -11,6 +11,7 @@ import typer
 from typer.core import TyperArgument, TyperCommand
 
 from ..errors import HpcrunError
+from ..formats import escape_controls
 from . import views
 
 T = TypeVar("T")
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         command = ctx.command_path if ctx is not None else "hpcrun"
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         if message:  # empty when the help was shown for a bare command group
-            typer.echo(f"hpcrun: error: {message} (hint: {command} --help)", err=True)
+            typer.echo(escape_controls(f"hpcrun: error: {message} (hint: {command} --help)"),
+                       err=True)
         code = getattr(exc, "exit_code", 2)
     sys.exit(code if isinstance(code, int) else 0)
