@@ -157,7 +157,12 @@ def _cut(connections: list[psutil.Process]) -> None:
         with contextlib.suppress(psutil.Error):
             ssh.kill()
     _, alive = psutil.wait_procs(connections, timeout=10)
-    assert not alive, alive
+    running = []
+    for ssh in alive:  # a zombie is gone: its parent (hpcrun) has yet to reap it
+        with contextlib.suppress(psutil.Error):
+            if ssh.status() != psutil.STATUS_ZOMBIE:
+                running.append(ssh)
+    assert not running, running
 
 
 def test_the_job_survives_every_ssh_connection_closing(project):
