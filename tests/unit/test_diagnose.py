@@ -454,3 +454,69 @@ def test_epoch_time_is_the_median_and_the_limits_follow_the_config(tmp_path):
     assert diagnosis.limits().stall_min_s == 7.0
     (run / rundir.CONFIG).write_text("not: [valid")
     assert diagnosis.limits().stall_min_s == 60.0  # the defaults
+
+
+def system_rows(root: Path, samples: list[tuple[str, float, list[float | None]]]) -> None:
+    """system.csv: per (host, time) sample one row per GPU (an empty cell: no GPU)."""
+    lines = [",".join(rundir.SYSTEM_COLUMNS)]
+    for host, when, utils in samples:
+        for gpu, util in enumerate(utils):
+            cells = {"time": when, "host": host, "gpu": gpu,
+                     "gpu_util_pct": "" if util is None else util}
+            lines.append(",".join(str(cells.get(c, "")) for c in rundir.SYSTEM_COLUMNS))
+    rundir.write_atomic(root / rundir.SYSTEM, ("\n".join(lines) + "\n").encode())
+
+
+def idle(run: Path, **kwargs) -> list[Flag]:
+    return [f for f in diagnose(run, **kwargs) if f.code == "gpu_idle"]
+
+
+def test_gpu_idle_names_each_host_and_its_longest_idle_stretch(tmp_path):
+    run = tmp_path / "run"
+    system_rows(run, [
+        # a: idle 0..100, busy, idle 200..600 (the longest: 400 s), still idle at the end
+        ("a", 0, [10, 10]), ("a", 100, [10, 0]), ("a", 150, [10, 80]),
+        ("a", 200, [0, 0]), ("a", 400, [29, 29]), ("a", 600, [0, 0]),
+        # b: idle 0..500, then busy: 500 s, ended
+        ("b", 0, [0]), ("b", 500, [0]), ("b", 550, [30]),
+        # c: idle for exactly the limit (300 s): not over it
+        ("c", 0, [0]), ("c", 300, [0]),
+        # d: no GPU (empty cells), and a row without a time
+        ("d", 0, [None]), ("d", 900, [None]), ("", math.nan, [0]),
+    ])
+    flags = idle(run)
+    assert [f.message for f in flags] == [
+        "the GPUs of a sat below 30% utilisation for 400 s (over 300 s) while the job ran",
+        "the GPUs of b sat below 30% utilisation for 500 s (over 300 s) while the job ran"]
+    assert flags[0].stage is None and flags[0].epoch is None
+
+
+def test_gpu_idle_keeps_the_longest_stretch_and_counts_the_open_one(tmp_path):
+    run = tmp_path / "run"
+    # a long stretch first (0..400), busy, then a shorter open one (500..700)
+    system_rows(run, [("h", 0, [0]), ("h", 400, [0]), ("h", 450, [90]), ("h", 500, [0]),
+                      ("h", 700, [0])])
+    assert [f.message.split(" for ")[1] for f in idle(run)] == [
+        "400 s (over 300 s) while the job ran"]
+    # the open stretch grows longer than the closed one
+    system_rows(run, [("h", 0, [0]), ("h", 400, [0]), ("h", 450, [90]), ("h", 500, [0]),
+                      ("h", 1000, [0])])
+    assert [f.message.split(" for ")[1] for f in idle(run)] == [
+        "500 s (over 300 s) while the job ran"]
+    # one sample in the open stretch only: no stretch at all
+    system_rows(run, [("h", 0, [90]), ("h", 500, [0])])
+    assert idle(run) == []
+
+
+def test_gpu_idle_starts_again_on_a_rewrite_or_new_limits(tmp_path):
+    run = tmp_path / "run"
+    system_rows(run, [("h", 0, [0]), ("h", 400, [0])])
+    diagnosis = Diagnosis(run)
+    assert len([f for f in diagnosis.flags() if f.code == "gpu_idle"]) == 1
+    # a new file (written beside the old one, then renamed over it): what was seen of the
+    # old one is forgotten
+    system_rows(run, [("h", 0, [90]), ("h", 400, [90])])
+    diagnosis.tables.refresh()
+    assert [f for f in diagnosis.flags() if f.code == "gpu_idle"] == []
+    (run / rundir.CONFIG).write_text("experiment: x\nmonitor: {gpu_idle_pct: 95}\n")
+    assert len([f for f in diagnosis.flags() if f.code == "gpu_idle"]) == 1
