@@ -214,3 +214,9 @@ def test_each_stage_of_a_pipeline_gets_its_own_selection(tmp_path):
     # an own program decides its metrics itself: its stages count as classifiers
     own = PIPELINE.replace("experiment: t\n", "experiment: t\nrun: {script: train.py}\n")
     assert read_selections(_run(tmp_path, "b", own))["pretrain"].classifies
+
+
+def test_a_loss_without_a_classification_term_does_not_classify(tmp_path):
+    text = ("experiment: t\ntraining:\n  loss:\n    components: {reconstruction: 1.0}\n")
+    assert read_selections(_run(tmp_path, "a", text)) == {
+        "train": Selection(stage_mode="full_pipeline", classifies=False)}
