@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hpcrun-installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv test test-fast demo demo-slurm bench lint clean
+.PHONY: venv test test-fast demo demo-slurm bench mutation lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,8 +44,19 @@ bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[train,lightning,dev,bench]'
 	$(BIN)/python tests/bench/run.py
 
+## make mutation: mutation score (mutmut 3, configured in pyproject.toml) of the modules in
+## MUTATE, one at a time, each against the unit tests that reach it; prints killed/total per
+## module. Slow (tens of minutes for all four), not part of make test; results stay in ./mutants
+## (`$(BIN)/mutmut results`, `$(BIN)/mutmut show NAME`). One module: make mutation MUTATE=selection
+MUTATE      ?= selection diagnose rundir config
+MUTMUT_JOBS ?= 2
+mutation: $(STAMP)
+	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/pip install -q 'mutmut>=3.8,<4'
+	for m in $(MUTATE); do $(BIN)/mutmut run --max-children $(MUTMUT_JOBS) "hpcrun.$$m.*" || exit 1; done
+	$(BIN)/python tests/mutation/score.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache mutants

@@ -157,3 +157,159 @@ def test_config_yaml_is_the_text_of_pyyamls_own_safe_dumper(tmp_path):
                            yaml.safe_load(cfg.to_yaml())["data"]}}
         assert cfg.to_yaml() == yaml.safe_dump(cfg.model_dump(mode="json", exclude=unused),
                                                sort_keys=False)
+
+
+# --- the validators' rules, one by one ------------------------------------------------------
+
+from pydantic import ValidationError  # noqa: E402
+
+from hpcrun.config import (  # noqa: E402
+    DistributedConfig,
+    ExperimentConfig,
+    ResourcesConfig,
+    RunConfig,
+    StageConfig,
+    SyncConfig,
+    fill_args,
+    load_config_text,
+)
+
+
+def invalid(model, **fields) -> str:
+    with pytest.raises(ValidationError) as info:
+        model(**fields)
+    return str(info.value)
+
+
+def test_fill_args_fills_each_kind_of_placeholder():
+    args = ["--lr={params.lr}", "{stages.pre.dir}/best.pt", "{run_dir}", "{{literal}}",
+            "{ params.flag }", "{params.sizes}", "plain"]
+    assert fill_args(args, {"lr": 0.001, "flag": True, "sizes": [1, 2]}, {"pre": "runs/x/pre"},
+                     "runs/x/fine") == ["--lr=0.001", "runs/x/pre/best.pt", "runs/x/fine",
+                                        "{literal}", "true", "[1, 2]", "plain"]
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("{params.nope}", "{params.nope} names no param (params: a, b)"),
+    ("{stages.other.dir}", "{stages.other.dir} names no stage of the pipeline (pre, fine)"),
+    ("{params}", "{params} is not a placeholder (use {params.NAME}, {stages.NAME.dir} or "
+                 "{run_dir}; {{ and }} for braces)"),
+    ("{stages.pre}", "{stages.pre} is not a placeholder"),
+    ("{stages.pre.path}", "{stages.pre.path} is not a placeholder"),
+    ("{params.a.b}", "{params.a.b} is not a placeholder"),
+    ("{run_dir.x}", "{run_dir.x} is not a placeholder"),
+])
+def test_fill_args_names_a_placeholder_that_names_nothing(arg, message):
+    with pytest.raises(ValueError) as info:
+        fill_args([arg], {"b": 1, "a": 2}, {"pre": "p", "fine": "f"}, "r")
+    assert str(info.value).startswith(message)
+    with pytest.raises(ValueError, match=r"\(params: none\)"):
+        fill_args(["{params.x}"], {}, {}, "r")
+
+
+def test_run_arguments_and_commands_are_text():
+    run = RunConfig(script="train.py", args=["--epochs", 3, 0.5, True, "x"])
+    assert run.args == ["--epochs", "3", "0.5", "true", "x"]
+    assert RunConfig(command=["python", 2]).command == ["python", "2"]
+    assert run.program == "train.py"
+    assert RunConfig(command=["python", "-u"]).program == "python -u"
+
+
+def test_a_run_names_exactly_one_plain_program():
+    assert "run names both script and module" in invalid(RunConfig, script="a.py", module="m")
+    assert "run needs one of script, module or command" in invalid(RunConfig)
+    assert "must be a Python file (.py)" in invalid(RunConfig, script="train.sh")
+    assert "without control characters" in invalid(RunConfig, script="a\n.py")
+    assert "dotted Python module name" in invalid(RunConfig, module="my-pkg")
+    assert RunConfig(module="pkg.train").module == "pkg.train"
+    assert "command must name a program" in invalid(RunConfig, command=[])
+    assert "command must name a program" in invalid(RunConfig, command=[""])
+
+
+def test_paths_and_shell_lines_are_one_line():
+    assert SyncConfig(data=["data/a.csv"]).data == ["data/a.csv"]
+    for bad in ("", "a\nb", "a\rb", "a\x1b[2Jb", "a\tb"):
+        assert "without control characters" in invalid(SyncConfig, data=[bad]), bad
+    assert "without control characters" in invalid(ExperimentConfig, experiment="x",
+                                                    runs_dir="r\nx")
+    assert ResourcesConfig(setup=["module load cuda"]).setup == ["module load cuda"]
+    for bad in ("a\nb", "a\rb"):
+        assert "each setup entry must be one shell line" in invalid(ResourcesConfig,
+                                                                    setup=[bad])
+        assert "one shell line" in invalid(ResourcesConfig, slurm={"setup": [bad]})
+
+
+def test_resource_fields_keep_valid_values_and_refuse_garbled_ones():
+    ok = ResourcesConfig(partition="gpu", queue="q1", account="a_b", qos="high", mem="16G",
+                         time="01:00:00", constraint="a100")
+    assert (ok.partition, ok.queue, ok.account, ok.qos, ok.mem, ok.time, ok.constraint) == (
+        "gpu", "q1", "a_b", "high", "16G", "01:00:00", "a100")
+    for field in ("partition", "queue", "account", "qos", "mem", "time", "constraint"):
+        invalid(ResourcesConfig, **{field: "x\ny"})
+    invalid(ResourcesConfig, slurm={"directives": ["--a\n--b"]})
+    assert ResourcesConfig(slurm={"directives": ["--exclusive"]}).slurm.directives == [
+        "--exclusive"]
+
+
+def test_stage_names_and_modes():
+    for reserved in ("logs", "REPORT", "checkpoints", "work"):
+        assert "is reserved" in invalid(StageConfig, name=reserved), reserved
+    assert "Unsupported run mode: fly" in invalid(StageConfig, name="s", mode="fly")
+    assert StageConfig(name="s", mode="eval_only").splits == ["test"]
+    assert StageConfig(name="s", mode="train_only").splits == ["val"]
+    assert StageConfig(name="s").splits == ["val", "test"]
+    assert StageConfig(name="s", eval_splits=["test"]).splits == ["test"]
+
+
+def test_distributed_accepts_old_and_word_forms():
+    assert DistributedConfig(nnodes=2) == DistributedConfig()
+    assert DistributedConfig(enabled="True").enabled is True
+    assert DistributedConfig(enabled="false").enabled is False
+    invalid(DistributedConfig, enabled="maybe")
+
+
+PIPE = """\
+experiment: t
+params: {lr: 0.1}
+run: {script: train.py, args: ["--lr={params.lr}"]}
+pipeline:
+  - name: pre
+  - name: fine
+    init_from: pre
+    run: {args: ["--from={stages.pre.dir}"]}
+  - name: other
+    run: {module: pkg.other}
+"""
+
+
+def test_each_stage_runs_the_experiments_program_with_its_own_changes():
+    config = load_config_text(PIPE)
+    assert config.stage_run("pre") == RunConfig(script="train.py", args=["--lr={params.lr}"])
+    assert config.stage_run("fine") == RunConfig(script="train.py",
+                                                 args=["--from={stages.pre.dir}"])
+    # naming another program replaces the experiment's (script gives way to module)
+    assert config.stage_run("other") == RunConfig(module="pkg.other", args=["--lr={params.lr}"])
+    assert load_config_text("experiment: t\n").stage_run("train") is None
+
+
+def test_pipeline_and_run_errors_name_the_stage():
+    def error_of(text: str) -> str:
+        with pytest.raises(ConfigError) as info:
+            load_config_text(text)
+        return str(info.value)
+
+    assert "pipeline[1]: stage name 'a' is used twice" in error_of(
+        "experiment: t\npipeline: [{name: a}, {name: a}]\n")
+    assert "pipeline[0].init_from: 'b' is not an earlier stage (earlier: none)" in error_of(
+        "experiment: t\npipeline: [{name: a, init_from: b}]\n")
+    assert "(earlier: a)" in error_of(
+        "experiment: t\npipeline: [{name: a}, {name: c, init_from: b}]\n")
+    assert load_config_text("experiment: t\npipeline: [{name: a, init_from: x.pt}]\n")
+    assert "pipeline[0].run: stage 'a' changes run:, but the experiment has no run:" in \
+        error_of("experiment: t\npipeline: [{name: a, run: {args: [x]}}]\n")
+    assert "pipeline[1].run.args: {params.zz} names no param" in error_of(
+        PIPE.replace("--from={stages.pre.dir}", "{params.zz}"))
+    assert "run.args: {params.zz} names no param" in error_of(
+        PIPE.replace("--lr={params.lr}", "{params.zz}"))
+    assert "stage 'other': run: " in error_of(PIPE.replace("{module: pkg.other}",
+                                                           "{module: not-a-module}"))

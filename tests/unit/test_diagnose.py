@@ -292,3 +292,231 @@ def test_checks_kept_between_refreshes_agree_with_a_whole_read(tmp_path):
     live.tables.refresh()
     assert live.flags() == diagnose(run) == []
 
+
+
+# --- each flag's wording and thresholds, and the pieces the checks are built from ----------
+
+import pytest  # noqa: E402
+
+from hpcrun.diagnose import ADVICE, SIGNATURES, Flag, RunningMedian, failed_flag, log_tail  # noqa: E402,I001
+
+
+def test_the_log_tail_is_its_last_200_lines():
+    tail = log_tail("\n".join(str(i) for i in range(300)))
+    assert tail.splitlines() == [str(i) for i in range(100, 300)]
+
+
+@pytest.mark.parametrize("line, meaning", [
+    ("torch.OutOfMemoryError: boom", "CUDA out of memory: lower the batch size or enable AMP"),
+    ("RuntimeError: NCCL timeout on rank 3", "NCCL error or timeout: a rank stalled or the "
+     "network failed"),
+    ("[  123.4] Out of memory: Killed process 42 (python)", "killed by the kernel's OOM "
+     "killer: host memory ran out"),
+    ("slurmstepd: error: Exceeded job memory limit", "killed by the kernel's OOM killer: host "
+     "memory ran out"),
+    ("*** JOB 7 ON n1 CANCELLED AT 2024 DUE TO PREEMPTION ***", "preempted by the scheduler"),
+    ("torchrun: Signal 9 (SIGKILL) received by PID 5", "a process was killed with SIGKILL"),
+    ("OSError: File too large", "a file-size limit (ulimit -f) was reached"),
+    ("OSError: [Errno 30] Read-only file system: 'x'", "the run directory is on a read-only "
+     "filesystem"),
+])
+def test_each_failure_signature_names_its_cause(line, meaning):
+    assert failure_cause(f"step 1\n{line}\nexiting\n") == meaning
+    assert meaning in {m for _, m in SIGNATURES}
+
+
+def test_running_median_of_odd_even_and_no_values():
+    median = RunningMedian()
+    assert math.isnan(median.median()) and len(median) == 0
+    for value in (5.0, 1.0, 3.0):
+        median.add(value)
+    assert median.median() == 3.0 and len(median) == 3
+    median.add(10.0)
+    assert median.median() == 4.0
+
+
+def test_a_flag_carries_its_advice():
+    flag = Flag("nan_loss", "m", "train", 3, 1)
+    assert flag.advice == ADVICE["nan_loss"]
+    assert flag.to_dict() == {"code": "nan_loss", "message": "m", "stage": "train", "epoch": 3,
+                              "rank": 1, "advice": ADVICE["nan_loss"]}
+    assert Flag("new_flag", "m").advice == "see docs/red-flags.md"
+
+
+def test_vanishing_gradients(tmp_path):
+    flags = diagnose(plant(tmp_path / "tiny", grads=lambda e: 1e-9))
+    assert codes(flags) == ["vanishing_gradients"]
+    assert flags[0].message == "mean gradient norm 1.00e-09 < 1e-07 in epoch 8"
+    assert flags[0].epoch == 8
+    # zero is under the threshold too; a norm that is not a number is not
+    assert codes(diagnose(plant(tmp_path / "zero", grads=lambda e: 0.0))) == [
+        "vanishing_gradients"]
+    assert codes(diagnose(plant(tmp_path / "nan", grads=lambda e: 0.5 if e < 8 else math.nan)
+                          )) == []
+
+
+def test_non_finite_steps_are_flagged_at_their_first_epoch(tmp_path):
+    run = plant(tmp_path / "steps")
+    with open(run / "train" / rundir.GRADIENT_STATS, "a") as handle:
+        handle.write("9,10,0.5,0.1,0.2,0.9,0.5,0.0,3\n10,10,0.5,0.1,0.2,0.9,0.5,0.0,1\n")
+    flags = diagnose(run)
+    assert codes(flags) == ["nonfinite_gradients"] and flags[0].epoch == 9
+    assert flags[0].message == "non-finite gradient norms in epoch 9"
+
+
+def test_exploding_gradients_over_the_absolute_limit(tmp_path):
+    flags = diagnose(plant(tmp_path / "max", grads=lambda e: 1000.0 if e == 1 else 0.5))
+    # norm_max is 1.5x the mean: 1500 > 1000 from the first epoch on
+    assert codes(flags) == ["exploding_gradients"] and flags[0].epoch == 1
+    assert flags[0].message == "gradients exploding in epoch 1: max norm 1.5e+03 > 1000"
+
+
+def test_separation_that_stalled_low(tmp_path):
+    flags = diagnose(plant(tmp_path / "flat", epochs=8, separation=lambda e: 0.1))
+    assert codes(flags) == ["separation_stalled"] and flags[0].epoch == 8
+    assert flags[0].message == ("validation separation has not improved for 5 epochs "
+                                "(best 0.100)")
+    # still improving, or stalled above separation_min: no flag
+    assert codes(diagnose(plant(tmp_path / "up", separation=lambda e: 0.01 * e))) == []
+    assert codes(diagnose(plant(tmp_path / "high", separation=lambda e: 0.3))) == []
+    # as many epochs as the patience: too early to tell
+    assert codes(diagnose(plant(tmp_path / "short", epochs=5, separation=lambda e: 0.1))) == []
+
+
+def test_a_model_without_a_classification_loss_has_no_separation_flags(tmp_path):
+    run = plant(tmp_path / "recon", separation=lambda e: 0.1)
+    rundir.write_csv(run / "train" / rundir.LOSS_COMPONENTS,
+                     ["epoch", "phase", "reconstruction", "total"], [[1, "train", 0.5, 0.5]])
+    assert codes(diagnose(run)) == []
+
+
+def test_diverging_validation_loss(tmp_path):
+    run = plant(tmp_path / "div", epochs=8)
+    path = run / "train" / rundir.TRAINING
+    rows = rundir.read_rows(path)
+    for i, row in enumerate(rows):  # validation rises from epoch 3 on, training keeps falling
+        row["Val Loss"] = str(0.5 + 0.1 * max(0, i - 2))
+    rundir.write_csv(path, list(rows[0]), [list(r.values()) for r in rows])
+    flags = diagnose(run)
+    assert codes(flags) == ["diverging"] and flags[0].epoch == 8
+    assert flags[0].message == ("validation loss rose for 5 epochs while training loss fell "
+                                "(overfitting?)")
+    # a validation loss that rose for only four of the last five epochs is no divergence
+    rows[4]["Val Loss"] = "0.1"
+    rundir.write_csv(path, list(rows[0]), [list(r.values()) for r in rows])
+    assert codes(diagnose(run)) == []
+
+
+def test_nan_loss_names_the_column_and_epoch(tmp_path):
+    run = plant(tmp_path / "nan", loss=lambda e: math.inf if e >= 3 else 0.6 / e)
+    flags = diagnose(run)
+    assert codes(flags) == ["nan_loss"]
+    assert (flags[0].message, flags[0].stage, flags[0].epoch) == (
+        "Train Loss is not finite from epoch 3", "train", 3)
+
+
+def test_the_failed_flag_without_a_failure_record(tmp_path):
+    run = plant(tmp_path / "f", status="FAILED")
+    assert failed_flag(run) == Flag("failed", "the job failed", "train", None)
+    rundir.write_json(run / rundir.STATUS, {"state": "FAILED", "stage": "train",
+                                            "message": "exit 3"})
+    assert failed_flag(run).message == "exit 3"
+    flag = failed_flag(run, log_text="x\nslurmstepd: DUE TO TIME LIMIT\n")
+    assert flag.message == "the scheduler's time limit was reached"
+    rundir.write_json(run / rundir.FAILURE, {"rank": 2, "host": "n3", "exception": "E: x",
+                                             "stage": "other", "epoch": 4,
+                                             "traceback": ["No space left on device"]})
+    flag = failed_flag(run)
+    assert flag == Flag("failed", "rank 2 on n3: E: x; the disk of the run directory is full",
+                        "other", 4)
+
+
+def test_stalled_uses_the_given_state_and_clock(tmp_path):
+    now = time.time()
+    run = plant(tmp_path / "s", status="SUCCEEDED", updated_at=now - 100)
+    assert codes(diagnose(run, now=now)) == []
+    flags = diagnose(run, job_state="RUNNING", now=now)
+    assert codes(flags) == ["stalled"] and flags[0].epoch == 8 and flags[0].stage == "train"
+    assert flags[0].message == ("no heartbeat for 100 s (over 60 s: 5x the median epoch time, "
+                                "at least 60 s)")
+    assert codes(diagnose(run, job_state="RUNNING", now=now - 50)) == []
+
+
+def test_epoch_time_is_the_median_and_the_limits_follow_the_config(tmp_path):
+    run = plant(tmp_path / "t", epochs=3)
+    diagnosis = Diagnosis(run)
+    assert diagnosis.epoch_time("train") == 1.0
+    assert diagnosis.epoch_time("nothing") is None
+    first = diagnosis.limits()
+    assert first.stall_min_s == 60.0 and diagnosis.limits() is first  # read once
+    text = (run / rundir.CONFIG).read_text()
+    (run / rundir.CONFIG).write_text(text.replace("stall_min_s: 60.0", "stall_min_s: 7.0"))
+    assert diagnosis.limits().stall_min_s == 7.0
+    (run / rundir.CONFIG).write_text("not: [valid")
+    assert diagnosis.limits().stall_min_s == 60.0  # the defaults
+
+
+def system_rows(root: Path, samples: list[tuple[str, float, list[float | None]]]) -> None:
+    """system.csv: per (host, time) sample one row per GPU (an empty cell: no GPU)."""
+    lines = [",".join(rundir.SYSTEM_COLUMNS)]
+    for host, when, utils in samples:
+        for gpu, util in enumerate(utils):
+            cells = {"time": when, "host": host, "gpu": gpu,
+                     "gpu_util_pct": "" if util is None else util}
+            lines.append(",".join(str(cells.get(c, "")) for c in rundir.SYSTEM_COLUMNS))
+    rundir.write_atomic(root / rundir.SYSTEM, ("\n".join(lines) + "\n").encode())
+
+
+def idle(run: Path, **kwargs) -> list[Flag]:
+    return [f for f in diagnose(run, **kwargs) if f.code == "gpu_idle"]
+
+
+def test_gpu_idle_names_each_host_and_its_longest_idle_stretch(tmp_path):
+    run = tmp_path / "run"
+    system_rows(run, [
+        # a: idle 0..100, busy, idle 200..600 (the longest: 400 s), still idle at the end
+        ("a", 0, [10, 10]), ("a", 100, [10, 0]), ("a", 150, [10, 80]),
+        ("a", 200, [0, 0]), ("a", 400, [29, 29]), ("a", 600, [0, 0]),
+        # b: idle 0..500, then busy: 500 s, ended
+        ("b", 0, [0]), ("b", 500, [0]), ("b", 550, [30]),
+        # c: idle for exactly the limit (300 s): not over it
+        ("c", 0, [0]), ("c", 300, [0]),
+        # d: no GPU (empty cells), and a row without a time
+        ("d", 0, [None]), ("d", 900, [None]), ("", math.nan, [0]),
+    ])
+    flags = idle(run)
+    assert [f.message for f in flags] == [
+        "the GPUs of a sat below 30% utilisation for 400 s (over 300 s) while the job ran",
+        "the GPUs of b sat below 30% utilisation for 500 s (over 300 s) while the job ran"]
+    assert flags[0].stage is None and flags[0].epoch is None
+
+
+def test_gpu_idle_keeps_the_longest_stretch_and_counts_the_open_one(tmp_path):
+    run = tmp_path / "run"
+    # a long stretch first (0..400), busy, then a shorter open one (500..700)
+    system_rows(run, [("h", 0, [0]), ("h", 400, [0]), ("h", 450, [90]), ("h", 500, [0]),
+                      ("h", 700, [0])])
+    assert [f.message.split(" for ")[1] for f in idle(run)] == [
+        "400 s (over 300 s) while the job ran"]
+    # the open stretch grows longer than the closed one
+    system_rows(run, [("h", 0, [0]), ("h", 400, [0]), ("h", 450, [90]), ("h", 500, [0]),
+                      ("h", 1000, [0])])
+    assert [f.message.split(" for ")[1] for f in idle(run)] == [
+        "500 s (over 300 s) while the job ran"]
+    # one sample in the open stretch only: no stretch at all
+    system_rows(run, [("h", 0, [90]), ("h", 500, [0])])
+    assert idle(run) == []
+
+
+def test_gpu_idle_starts_again_on_a_rewrite_or_new_limits(tmp_path):
+    run = tmp_path / "run"
+    system_rows(run, [("h", 0, [0]), ("h", 400, [0])])
+    diagnosis = Diagnosis(run)
+    assert len([f for f in diagnosis.flags() if f.code == "gpu_idle"]) == 1
+    # a new file (written beside the old one, then renamed over it): what was seen of the
+    # old one is forgotten
+    system_rows(run, [("h", 0, [90]), ("h", 400, [90])])
+    diagnosis.tables.refresh()
+    assert [f for f in diagnosis.flags() if f.code == "gpu_idle"] == []
+    (run / rundir.CONFIG).write_text("experiment: x\nmonitor: {gpu_idle_pct: 95}\n")
+    assert len([f for f in diagnosis.flags() if f.code == "gpu_idle"]) == 1

@@ -188,3 +188,178 @@ def test_a_job_script_asks_rundir_whether_the_run_was_preempted(tmp_path):
         assert rundir.main(["preempted", str(run)]) == code, text
     assert rundir.main(["preempted", str(tmp_path / "none")]) == 1
     assert rundir.main(["other"]) == 2
+
+
+# --- edges of the readers and writers ------------------------------------------------------
+
+import os  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+def test_records_keep_every_field_of_a_good_metadata_file(tmp_path):
+    (tmp_path / rundir.METADATA).write_text(json.dumps({
+        "run_id": "r1", "experiment": "v3", "state": "RUNNING", "pipeline": ["a", 2],
+        "world_size": "4", "hosts": ["n1", "n2"], "job_ids": [17], "extra": {}}))
+    assert rundir.read_metadata(tmp_path / rundir.METADATA) == rundir.Metadata(
+        run_id="r1", experiment="v3", state="RUNNING", pipeline=["a", "2"], world_size=4,
+        hosts=["n1", "n2"], job_ids=["17"])
+    assert rundir.Metadata.of({"hosts": "n1", "pipeline": None}) == rundir.Metadata()
+
+
+def test_status_detail_names_each_field_it_reports():
+    status = rundir.Status.of({"state": "RUNNING", "stage": "s", "epoch": 2, "epochs": 5,
+                               "stages": {"s": "RUNNING"}, "message": "hi"})
+    assert status.detail() == {"stage": "s", "epoch": 2, "epochs": 5,
+                               "stages": {"s": "RUNNING"}, "message": "hi"}
+
+
+def test_the_preempted_check_reads_its_arguments_and_explains_its_usage(tmp_path, capsys,
+                                                                     monkeypatch):
+    (tmp_path / rundir.STATUS).write_text('{"state": "PREEMPTED"}')
+    monkeypatch.setattr(sys, "argv", ["rundir", "preempted", str(tmp_path)])
+    assert rundir.main() == 0
+    for argv in (["preempted"], ["other", str(tmp_path)], ["preempted", str(tmp_path), "x"]):
+        assert rundir.main(argv) == 2
+    assert capsys.readouterr().err == "usage: python -m hpcrun.rundir preempted RUN_DIR\n" * 3
+
+
+def test_filter_rows_counts_every_dropped_row_and_leaves_empty_files_alone(tmp_path):
+    path = tmp_path / "x.csv"
+    assert rundir.filter_rows(path, lambda row: True) == 0  # no file
+    path.write_text("")
+    assert rundir.filter_rows(path, lambda row: False) == 0 and path.read_text() == ""
+    path.write_text("epoch,v\n1,a\nx,b\n2,c\n3,d\n\n")
+    # a row whose epoch is not a number is dropped; a blank line is a row with no epoch
+    assert rundir.truncate_epochs(path, 1) == 4
+    assert path.read_text() == "epoch,v\n1,a\n"
+
+
+def test_empty_and_ragged_csvs_read_without_errors(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("")
+    assert rundir.read_rows(path) == [] and len(rundir.read_table(path)) == 0
+    path.write_text("a,b,c\n1\n1,2,3,4\n")
+    assert rundir.read_rows(path) == [{"a": "1", "b": None, "c": None},
+                                      {"a": "1", "b": "2", "c": "3"}]
+    table = rundir.read_table(path)
+    assert list(table.column("c")) == ["", "3"] and table.rows()[1] == {"a": "1", "b": "2",
+                                                                        "c": "3"}
+    empty = rundir.Table(["a", "b"], [])
+    assert len(empty) == 0 and tuple(empty.column("a")) == () and empty.rows() == []
+
+
+def test_column_names_of_training_and_loss_component_logs():
+    assert rundir.training_columns(["f1", "custom"])[4:6] == ["Val F1", "Val custom"]
+    assert rundir.loss_component_columns(["a", "b"], learned=True) == [
+        "epoch", "phase", "a", "b", "total", "weight_a", "weight_b", "sigma_a", "sigma_b"]
+    assert rundir.loss_component_columns(["a"], learned=False) == ["epoch", "phase", "a",
+                                                                    "total"]
+
+
+def test_write_json_layout_paths_and_non_finite_numbers(tmp_path):
+    path = tmp_path / "x.json"
+    rundir.write_json(path, {"b": 1, "a": [Path("p")]})
+    assert path.read_text() == '{\n  "b": 1,\n  "a": [\n    "p"\n  ]\n}\n'
+    with pytest.raises(ValueError):
+        rundir.write_json(path, {"v": float("nan")})
+    with pytest.raises(TypeError, match="not JSON serialisable: object"):
+        rundir.write_json(path, {"v": object()})
+    assert rundir.read_json(path) == {"b": 1, "a": ["p"]}  # the failed writes changed nothing
+
+
+def test_write_csv_writes_the_header_and_formatted_cells(tmp_path):
+    path = tmp_path / "p.csv"
+    rundir.write_csv(path, ["a", "b", "c"], [[1, 0.1, None], [True, float("nan"), "x"]])
+    assert path.read_bytes() == b"a,b,c\n1,0.1,\n1,nan,x\n"
+
+
+def test_umask_is_read_without_changing_it():
+    old = os.umask(0o027)
+    try:
+        assert rundir._umask() == 0o027 and os.umask(0o027) == 0o027
+    finally:
+        os.umask(old)
+
+
+def test_what_the_manifest_covers():
+    for rel in ("job.sh", "system.csv", "report/a.png", "work/x.py", "logs/job.out",
+                "logs/train.rank0.log", "logs/rank1.pid", "logs/slurm-1.out"):
+        assert not rundir.manifested(rel), rel
+    for rel in ("s/training.csv", "logs/other.log", "abcd/rank_stats.csv", "config.yaml",
+                "logs/"):
+        assert rundir.manifested(rel), rel
+
+
+def test_manifest_entries_skip_what_is_written_after_it_and_sort_by_path(tmp_path):
+    for rel in ("s/training.csv", "s.b/x", "s/.hidden", "report/r.png", "logs/job.out",
+                "logs/note.txt", "job.sh", "z.txt", "MANIFEST.sha256"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    (tmp_path / "s" / "link").symlink_to(tmp_path / "z.txt")
+    rels = [rel for _, rel in rundir.manifest_entries(tmp_path)]
+    assert rels == ["logs/note.txt", "s/training.csv", "s.b/x", "z.txt"]
+
+
+def test_verify_manifest_names_each_problem(tmp_path):
+    (tmp_path / "a  b.csv").write_text("x")
+    rundir.write_manifest(tmp_path)
+    assert rundir.verify_manifest(tmp_path) == []
+    (tmp_path / "MANIFEST.sha256").write_text(
+        "0" * 64 + "  ../outside\n" + "0" * 64 + "  ../other\n" + "0" * 64 + "  gone.csv\n")
+    assert rundir.verify_manifest(tmp_path) == [
+        "'../outside': path outside the run directory",
+        "'../other': path outside the run directory",
+        "gone.csv: missing (or not a regular file)"]
+    (tmp_path / "MANIFEST.sha256").unlink()
+    assert rundir.verify_manifest(tmp_path) == ["MANIFEST.sha256 is missing"]
+    (tmp_path / "MANIFEST.sha256").mkdir()
+    assert rundir.verify_manifest(tmp_path) == [
+        "MANIFEST.sha256 cannot be read: not a regular file"]
+
+
+def test_csv_tail_index_grows_with_appended_rows(tmp_path):
+    path = tmp_path / "gpu_memory.csv"
+    path.write_text("epoch,rank\n1,0\n1,\n")
+    tail = rundir.CsvTail(path)
+    tail.refresh()
+    assert tail.index("rank") == {"0": [0], "": [1]}
+    with open(path, "a") as handle:
+        handle.write("2,0\n")
+    tail.refresh()
+    assert tail.index("rank") == {"0": [0, 2], "": [1]}
+
+
+def test_run_tables_read_each_file_once_per_round(tmp_path):
+    path = tmp_path / "training.csv"
+    path.write_text("Epoch\n1\n")
+    tables = rundir.RunTables()
+    assert len(tables.rows(path)) == 1
+    with open(path, "a") as handle:
+        handle.write("2\n")
+    assert len(tables.rows(path)) == 1  # same round: not read again
+    tables.refresh()
+    assert tables.floats(path, "Epoch") == [1.0, 2.0]
+
+
+def test_run_dir_paths_and_stage_folders_in_pipeline_order(tmp_path):
+    run = rundir.RunDir(tmp_path)
+    assert repr(run) == f"RunDir({str(tmp_path)!r})"
+    assert run.checkpoint("s") == tmp_path / "s" / "checkpoints" / "best.pt"
+    assert run.checkpoint("s", "last") == tmp_path / "s" / "checkpoints" / "last.pt"
+    assert rundir.RunDir(tmp_path / "missing").stages() == []
+    for rel in ("b/training.csv", "a/evaluation.csv", "report/training.csv",
+                "logs/training.csv", "c/other.txt", "d/checkpoints/best.pt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    (tmp_path / "training.csv").write_text("")  # a file, not a stage
+    rundir.write_json(run.status, {"stages": {"d": "SUCCEEDED", "b": "RUNNING"}})
+    assert run.stages() == ["d", "b", "a"]
+
+
+def test_run_ids_start_with_the_local_time():
+    run_id = rundir.new_run_id(1_000_000_000.5, "ab12")
+    assert re.fullmatch(r"\d{8}-\d{6}-ab12", run_id)
+    assert run_id == time.strftime("%Y%m%d-%H%M%S", time.localtime(1_000_000_000)) + "-ab12"
