@@ -8,6 +8,14 @@ them: loading a checkpoint never unpickles arbitrary objects.
 A process killed while writing leaves its temp file behind (``.last.pt.<random>.tmp``, as large
 as a checkpoint); ``remove_partial`` deletes those when the stage starts again, so repeated
 preemptions do not fill the disk.
+
+Only rank 0 writes checkpoints, and rank 0 decides which one a job continues from
+(``load_agreed``): with run directories on node-local disks the other ranks may see no file,
+or an older one left on their node, and would otherwise start from another epoch than rank 0
+(or wait forever in a collective rank 0 never enters). Each save carries a random ``id``; a
+rank whose own copy has another id gets rank 0's state over the process group. Checkpoints are
+loaded onto the CPU: ``load_state_dict`` moves what it loads to where the model and optimizer
+live, and RNG states must stay CPU tensors.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import errno
 import logging
 import os
 import random
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,6 +33,7 @@ import numpy as np
 import torch
 
 from ..rundir import fsync_dir, write_atomic
+from .distributed import DistContext
 from .writes import writing
 
 log = logging.getLogger("hpcrun.train")
@@ -50,16 +60,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())  # a generator's state is a CPU byte tensor
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def save(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` so that ``path`` is always a complete checkpoint.
 
     Raises ``WriteFailed`` naming ``path`` when storage fails; ``path`` is then unchanged.
+    Adds a random ``id`` by which ranks tell their copies apart (``load_agreed``).
     """
+    state = {**state, "id": secrets.token_hex(8)}
     with writing(path):
         write_atomic(path, lambda handle: torch.save(state, handle))
 
@@ -104,5 +116,49 @@ def remove_partial(directory: Path) -> None:
         log.info("removed %s, left by a checkpoint write that was interrupted", path)
 
 
-def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=device, weights_only=True)
+def load(path: Path) -> dict[str, Any]:
+    """A checkpoint's state, on the CPU (see the module's documentation)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _identity(state: dict[str, Any] | None, path: Path) -> tuple[Any, ...] | None:
+    """What tells two copies of a checkpoint apart: its id, or for one written before ids
+    were saved, its epoch and size."""
+    if state is None:
+        return None
+    if "id" in state:
+        return ("id", state["id"])
+    return ("epoch", state.get("epoch"), path.stat().st_size)
+
+
+def load_agreed(ctx: DistContext, *paths: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint every rank continues from: the first of ``paths`` that exists on rank
+    0, with its state; None on every rank when rank 0 has none of them. A rank whose own
+    copy is missing or differs gets rank 0's. Every rank must call it (it is collective)."""
+    chosen = None
+    if ctx.is_main:
+        chosen = next((str(p) for p in paths if p.exists()), None)
+    chosen = ctx.broadcast_object(chosen)
+    if chosen is None:
+        return None
+    path = Path(chosen)
+    try:
+        state: dict[str, Any] | None = load(path)
+    except FileNotFoundError:
+        state = None
+    except Exception as exc:  # another rank's unreadable copy: rank 0's replaces it
+        if ctx.is_main:
+            raise
+        log.info("rank %d: cannot read %s (%s)", ctx.rank, path, exc)
+        state = None
+    identities = ctx.gather_objects(_identity(state, path))
+    if identities[0] is None:  # gone from rank 0 since it looked: start afresh everywhere
+        return None
+    if any(other != identities[0] for other in identities):
+        sent = ctx.broadcast_object(state if ctx.is_main else None)
+        if identities[ctx.rank] != identities[0]:
+            log.info("rank %d: %s differs from rank 0's (%s); continuing from rank 0's",
+                     ctx.rank, path, "missing here" if state is None else "another save")
+            state = sent
+    assert state is not None
+    return path, state

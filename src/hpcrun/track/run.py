@@ -423,12 +423,12 @@ class Run:
         no checkpoint). Also installs the preemption signal handlers (see ``should_stop``)."""
         if self._stop is None:
             self._stop = StopRequest(self.ctx)
-        last = self.checkpoints / rundir.LAST_CKPT
         model = model if model is not None else self.model
-        if not last.exists():
+        found = checkpoint.load_agreed(self.ctx, self.checkpoints / rundir.LAST_CKPT)
+        if found is None:
             self._truncate(0)  # rows of an epoch that a stop cut short
             return 1
-        state = checkpoint.load(last, self.ctx.device)
+        state = found[1]
         for key, thing in (("model", _unwrap(model) if model is not None else None),
                            ("optimizer", optimizer), ("scheduler", scheduler),
                            ("scaler", scaler)):

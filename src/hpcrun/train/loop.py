@@ -214,11 +214,12 @@ class StageRunner:
 
     def _initialise_from(self, ref: str) -> None:
         path = self._init_path(ref)
-        if not path.exists():
+        found = checkpoint.load_agreed(self.ctx, path)
+        if found is None:
             raise ConfigError(
                 f"stage {self.stage.name!r}: init_from {ref!r} has no checkpoint at {path}",
                 hint="run the earlier stage first, or point init_from at a .pt file")
-        state = checkpoint.load(path, self.device)
+        state = found[1]
         weights = state.get("model", state)
         result = self.module.model.load_state_dict(weights, strict=False)
         loaded = len(weights) - len(result.unexpected_keys)
@@ -284,10 +285,12 @@ class StageRunner:
             return StageResult("SUCCEEDED", evaluation=evaluation)
         result = self._train()
         if result.state == "SUCCEEDED":
-            best = self.ckpt_dir / rundir.BEST_CKPT
-            if not best.exists():
-                best = self.ckpt_dir / rundir.LAST_CKPT
-            state = checkpoint.load(best, self.device)
+            found = checkpoint.load_agreed(self.ctx, self.ckpt_dir / rundir.BEST_CKPT,
+                                           self.ckpt_dir / rundir.LAST_CKPT)
+            if found is None:
+                raise FileNotFoundError(f"{self.ckpt_dir / rundir.LAST_CKPT}: the stage "
+                                        "ended without a checkpoint")
+            state = found[1]
             self.module.load_state_dict(state["module"])
             result.evaluation = self._final_evaluation(int(state["epoch"]))
         return result
@@ -341,8 +344,9 @@ class StageRunner:
         last = self.ckpt_dir / rundir.LAST_CKPT
         if ctx.is_main:
             checkpoint.remove_partial(self.ckpt_dir)
-        if last.exists():
-            state = checkpoint.load(last, self.device)
+        found = checkpoint.load_agreed(ctx, last)  # rank 0's, whatever the others' disks hold
+        if found is not None:
+            state = found[1]
             self.module.load_state_dict(state["module"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -389,7 +393,7 @@ class StageRunner:
             if tcfg.checkpoint_every and epoch and epoch % tcfg.checkpoint_every == 0:
                 checkpoint.link(last, self.ckpt_dir / f"epoch_{epoch:04d}.pt")
 
-        if not last.exists():
+        if found is None:
             save(0, improved=False, stopped_early=False)  # so a stop in epoch 1 can resume
 
         train_sampler = self._sampler(train, shuffle=True)
