@@ -104,19 +104,19 @@ def test_the_gradient_jump_rule_matches_the_median_of_every_earlier_epoch(tmp_pa
 
 
 def test_the_gradient_jump_check_is_not_quadratic(tmp_path):
-    """Ten times the epochs costs about ten times the time (a median of every earlier epoch
-    recomputed per epoch would cost a hundred times): a ratio within one run, not a clock."""
-    def seconds(epochs: int) -> float:
-        run = plant(tmp_path / f"long{epochs}", epochs=epochs,
-                    grads=lambda e: 0.5 + (e % 7) * 0.01)
-        best = math.inf
-        for _ in range(3):
+    """Twenty times the epochs costs about twenty to forty times the time; a median of every
+    earlier epoch recomputed per epoch, even by copying a sorted list, costs over a hundred
+    times: a ratio within one run, not a clock. The two sizes are timed in turn, best of
+    three each, so a busy machine slows both."""
+    runs = {epochs: plant(tmp_path / f"long{epochs}", epochs=epochs,
+                          grads=lambda e: 0.5 + (e % 7) * 0.01) for epochs in (2_000, 40_000)}
+    best = dict.fromkeys(runs, math.inf)
+    for _ in range(3):
+        for epochs, run in runs.items():
             began = time.perf_counter()
             assert "exploding_gradients" not in codes(diagnose(run))
-            best = min(best, time.perf_counter() - began)
-        return best
-
-    assert seconds(20_000) / seconds(2_000) < 35
+            best[epochs] = min(best[epochs], time.perf_counter() - began)
+    assert best[40_000] / best[2_000] < 75, best
 
 
 def test_damaged_cells_are_read_as_missing_not_raised(tmp_path):
