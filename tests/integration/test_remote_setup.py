@@ -29,7 +29,9 @@ training: {{epochs: 1, batch_size: 128}}
 def pod(tmp_path_factory, pod_sandbox):
     if not Path(SYSTEM_PYTHON).is_file():
         pytest.fail(f"{SYSTEM_PYTHON} is missing: the pod's own python")
-    found = subprocess.run([SYSTEM_PYTHON, "-c", "import hpcrun"], capture_output=True)
+    # as the pod's ssh sessions run it: without this process's PYTHONPATH (sshd passes none)
+    bare = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    found = subprocess.run([SYSTEM_PYTHON, "-c", "import hpcrun"], capture_output=True, env=bare)
     assert found.returncode != 0, "the system python must not have hpcrun for this test"
     env = dict(pod_sandbox.exports)
     root = tmp_path_factory.mktemp("remote-setup")
