@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -179,6 +179,54 @@ def slurm_env():
     yield start_sandbox("slurm/up.sh")
     if not was_up:
         stop_sandbox("slurm/down.sh")
+
+
+@dataclass
+class PodSandbox:
+    """A pod sandbox (hpc/pod/up.sh) of this test session's own: its host key, client key and
+    workspace under ``state``, its sshd on ``port`` (a free one). Neither a sandbox started by
+    hand on the defaults (/tmp/hpcrun-pod, 22022) nor another test run's is touched."""
+
+    state: Path
+    port: int
+    #: the variables up.sh exports, which the ``runpod`` remote in configs/remotes.yaml reads
+    exports: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pidfile(self) -> Path:
+        return self.state / "run" / "sshd.pid"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "HPCRUN_POD_DIR": str(self.state),
+                "HPCRUN_POD_PORT": str(self.port)}
+
+    def up(self) -> dict[str, str]:
+        """Start it, or start it again after ``down`` (same state, same port)."""
+        self.exports = start_sandbox("pod/up.sh", self.env())
+        return self.exports
+
+    def down(self) -> None:
+        """Stop its sshd (by the pid file in its own state directory)."""
+        stop_sandbox("pod/down.sh", self.env())
+
+
+@pytest.fixture(scope="session")
+def pod_sandbox(tmp_path_factory) -> Iterator[PodSandbox]:
+    """The pod sandbox for this session: started in a fresh state directory on a free port,
+    stopped at the end."""
+    pod = PodSandbox(tmp_path_factory.mktemp("pod"), free_port())
+    try:
+        pod.up()
+        yield pod
+    finally:
+        pod.down()
+
+
+@pytest.fixture(scope="session")
+def pod_env(pod_sandbox: PodSandbox) -> dict[str, str]:
+    """The ``runpod`` remote's variables for this session's pod sandbox, with this python as
+    the pod's (the pod shares this machine: hpcrun is there)."""
+    return {**pod_sandbox.exports, "RUNPOD_PYTHON": sys.executable}
 
 
 def sandbox_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

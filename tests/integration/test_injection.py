@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 from conftest import invoke, stub_calls, stub_python, wait_for, wait_job
-from test_pod import pod_env  # noqa: F401 - the sandbox pod (sshd on loopback)
 
 #: one path component carrying every way out of a shell word (no '/', no '${': hpcrun's own
 #: interpolation would refuse that one before rendering)
@@ -219,7 +218,7 @@ pipeline:
 @pytest.mark.slow
 def test_a_pod_workdir_with_shell_in_its_name_syncs_runs_and_fetches(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        pod_env: dict[str, str]) -> None:  # noqa: F811
+        pod_env: dict[str, str]) -> None:
     """The remote's workdir reaches ssh command lines, rsync's remote paths and the requests
     hpcrun sends to the pod: a real sshd (hpc/pod/up.sh), a real run of the trainer there,
     fetched back."""

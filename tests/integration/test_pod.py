@@ -17,30 +17,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import (
-    HPCRUN,
-    REPO,
-    hp,
-    hpj,
-    pid_alive,
-    sandbox_project,
-    start_sandbox,
-    stop_sandbox,
-    wait_job,
-)
+from conftest import HPCRUN, REPO, PodSandbox, hp, hpj, sandbox_project, wait_job
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def pod_env():
-    state = Path(os.environ.get("HPCRUN_POD_DIR", "/tmp/hpcrun-pod"))
-    was_up = pid_alive(state / "run" / "sshd.pid")
-    env = start_sandbox("pod/up.sh")
-    env["RUNPOD_PYTHON"] = sys.executable  # the pod shares this machine: hpcrun is there
-    yield env
-    if not was_up:
-        stop_sandbox("pod/down.sh")
 
 
 @pytest.fixture
@@ -255,7 +234,8 @@ def _big_file(path: Path) -> None:
             handle.write(os.urandom(1 << 22))  # 192 MiB that rsync cannot compress
 
 
-def _cut_mid_transfer(argv: list[str], cwd: Path, partial_glob: tuple[Path, str]) -> tuple:
+def _cut_mid_transfer(argv: list[str], cwd: Path, partial_glob: tuple[Path, str],
+                      pod: PodSandbox) -> tuple:
     """Run ``hpcrun ARGV`` and stop the pod's sshd once rsync has begun writing the big
     file; returns (exit code, stderr lines, seconds from the cut to the exit)."""
     proc = subprocess.Popen([HPCRUN, *argv], cwd=cwd, stdout=subprocess.PIPE,
@@ -271,7 +251,7 @@ def _cut_mid_transfer(argv: list[str], cwd: Path, partial_glob: tuple[Path, str]
         with contextlib.suppress(psutil.Error):
             child.suspend()
     assert proc.poll() is None, f"the transfer ended before it could be cut: {proc.stderr.read()}"
-    _cut_the_pod_off()
+    _cut_the_pod_off(pod)
     for child in held:
         with contextlib.suppress(psutil.Error):
             child.resume()
@@ -281,7 +261,8 @@ def _cut_mid_transfer(argv: list[str], cwd: Path, partial_glob: tuple[Path, str]
         time.monotonic() - cut_at
 
 
-def test_sshd_stopping_mid_fetch_and_mid_sync_then_a_rerun_completes_and_verifies(project):
+def test_sshd_stopping_mid_fetch_and_mid_sync_then_a_rerun_completes_and_verifies(project,
+                                                                                   pod_sandbox):
     job = finished_tiny_job(project)
     remote = Path(job["info"]["remote_run_dir"])
     _big_file(remote / "train" / "big.bin")
@@ -290,9 +271,9 @@ def test_sshd_stopping_mid_fetch_and_mid_sync_then_a_rerun_completes_and_verifie
     local = Path(job["run_dir"]) / "train"
     try:
         code, err, fetch_s = _cut_mid_transfer(["fetch", job["id"]], project,
-                                               (local, ".big.bin.*"))
+                                               (local, ".big.bin.*"), pod_sandbox)
     finally:
-        start_sandbox("pod/up.sh")
+        pod_sandbox.up()
     assert code == 1 and len(err) == 1 and err[0].startswith("hpcrun: error:"), err
     again = hp(project, "fetch", job["id"])
     assert again.returncode == 0, again.stderr
@@ -303,9 +284,9 @@ def test_sshd_stopping_mid_fetch_and_mid_sync_then_a_rerun_completes_and_verifie
     there = Path(os.environ["RUNPOD_WORKDIR"]) / "code"
     try:
         code, err, sync_s = _cut_mid_transfer(["sync", "--remote", "runpod"], project,
-                                              (there, ".data.bin.*"))
+                                              (there, ".data.bin.*"), pod_sandbox)
     finally:
-        start_sandbox("pod/up.sh")
+        pod_sandbox.up()
     assert code == 1 and len(err) == 1 and err[0].startswith("hpcrun: error:"), err
     assert not (there.parent / "bundles").exists() or not any(
         (there.parent / "bundles").glob("*/data.bin"))  # nothing half-synced was frozen
@@ -358,13 +339,12 @@ def test_a_monitor_refresh_is_one_round_trip_carrying_only_new_bytes(project, tm
     files.close()
 
 
-def _cut_the_pod_off() -> None:
+def _cut_the_pod_off(pod: PodSandbox) -> None:
     """The pod's sshd stops listening and every live ssh connection to it drops: its
     sessions end (as when the network goes), and so do this test's shared connections."""
-    listener = psutil.Process(int(Path(os.environ.get("HPCRUN_POD_DIR", "/tmp/hpcrun-pod"),
-                                       "run", "sshd.pid").read_text()))
+    listener = psutil.Process(int(pod.pidfile.read_text()))
     sessions = listener.children(recursive=True)
-    stop_sandbox("pod/down.sh")
+    pod.down()
     for process in sessions:
         with contextlib.suppress(psutil.Error):
             process.kill()
@@ -384,16 +364,16 @@ def _first_output(proc: subprocess.Popen, timeout: float) -> str:
     return seen.decode(errors="replace")  # a read may end inside a sparkline character
 
 
-def test_sshd_stopping_during_monitor_sync_and_fetch_is_retried_or_rerun(project):
+def test_sshd_stopping_during_monitor_sync_and_fetch_is_retried_or_rerun(project, pod_sandbox):
     job = running_long_job(project, 40)
     watch = subprocess.Popen([HPCRUN, "monitor", job["id"], "--interval", "0.5"], cwd=project,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = _first_output(watch, 120)  # the monitor has followed the job once
-        _cut_the_pod_off()
+        _cut_the_pod_off(pod_sandbox)
         lost_at = time.monotonic()
         time.sleep(8)
-        start_sandbox("pod/up.sh")
+        pod_sandbox.up()
         back_at = time.monotonic()
         out, err = watch.communicate(timeout=300)
         out = first + out
@@ -406,7 +386,7 @@ def test_sshd_stopping_during_monitor_sync_and_fetch_is_retried_or_rerun(project
     print(f"\nsshd down {back_at - lost_at:.0f} s during monitor: retried, then followed the "
           "job to SUCCEEDED")
 
-    _cut_the_pod_off()
+    _cut_the_pod_off(pod_sandbox)
     try:
         for argv in (["fetch", job["id"]], ["sync", "--remote", "runpod"]):
             failed = hp(project, *argv)
@@ -414,7 +394,7 @@ def test_sshd_stopping_during_monitor_sync_and_fetch_is_retried_or_rerun(project
             assert failed.returncode == 1 and len(lines) == 1, failed.stderr
             assert "cannot reach" in lines[0]
     finally:
-        start_sandbox("pod/up.sh")
+        pod_sandbox.up()
     fetched = hp(project, "fetch", job["id"])
     assert fetched.returncode == 0 and "verified against MANIFEST.sha256" in fetched.stdout
     assert hp(project, "sync", "--remote", "runpod").returncode == 0

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, hp, hpj, pid_alive, start_sandbox, stop_sandbox, wait_job
+from conftest import REPO, hp, hpj, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -26,22 +26,20 @@ training: {{epochs: 1, batch_size: 128}}
 
 
 @pytest.fixture(scope="module")
-def pod(tmp_path_factory):
+def pod(tmp_path_factory, pod_sandbox):
     if not Path(SYSTEM_PYTHON).is_file():
         pytest.fail(f"{SYSTEM_PYTHON} is missing: the pod's own python")
-    found = subprocess.run([SYSTEM_PYTHON, "-c", "import hpcrun"], capture_output=True)
+    # as the pod's ssh sessions run it: without this process's PYTHONPATH (sshd passes none)
+    bare = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    found = subprocess.run([SYSTEM_PYTHON, "-c", "import hpcrun"], capture_output=True, env=bare)
     assert found.returncode != 0, "the system python must not have hpcrun for this test"
-    state = Path(os.environ.get("HPCRUN_POD_DIR", "/tmp/hpcrun-pod"))
-    was_up = pid_alive(state / "run" / "sshd.pid")
-    env = start_sandbox("pod/up.sh")
+    env = dict(pod_sandbox.exports)
     root = tmp_path_factory.mktemp("remote-setup")
     env.update({"RUNPOD_WORKDIR": str(root / "pod-workspace"), "RUNPOD_PYTHON": "",
                 "RUNPOD_BASE_PYTHON": SYSTEM_PYTHON, "RUNPOD_TORCH": "torch==2.13.0",
                 "XDG_STATE_HOME": str(root / "state"), "XDG_CACHE_HOME": str(root / "cache"),
                 "NO_COLOR": "1"})
-    yield env
-    if not was_up:
-        stop_sandbox("pod/down.sh")
+    return env
 
 
 @pytest.fixture
