@@ -243,14 +243,34 @@ def bench_submit_v3(table: list[tuple[str, str, str]], repeats: int = 5) -> None
 def bench_pod(table: list[tuple[str, str, str]], repeats: int = 5) -> None:
     """Unchanged re-sync of a 2,000-file tree vs raw rsync; 20 status polls through the shared
     connection vs 20 fresh ssh connections (hpc/pod sandbox)."""
+    # a sandbox of its own (its keys in a temporary folder, a free port), stopped at the end
+    with tempfile.TemporaryDirectory() as folder:
+        sandbox = {**os.environ, "HPCRUN_POD_DIR": folder, "HPCRUN_POD_PORT": str(free_port())}
+        up = subprocess.run([str(REPO / "hpc" / "pod" / "up.sh")], capture_output=True,
+                            text=True, env=sandbox)
+        try:
+            if up.returncode != 0:
+                table.append(("pod", "pod sandbox did not start", "-"))
+                return
+            _bench_pod(table, up.stdout, repeats)
+        finally:
+            subprocess.run([str(REPO / "hpc" / "pod" / "down.sh")], capture_output=True,
+                           env=sandbox)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _bench_pod(table: list[tuple[str, str, str]], exports: str, repeats: int) -> None:
     import json
     import re
 
-    up = subprocess.run([str(REPO / "hpc" / "pod" / "up.sh")], capture_output=True, text=True)
-    if up.returncode != 0:
-        table.append(("pod", "pod sandbox did not start", "-"))
-        return
-    env = {**os.environ, **dict(re.findall(r"^export (\w+)=(.*)$", up.stdout, re.M)),
+    env = {**os.environ, **dict(re.findall(r"^export (\w+)=(.*)$", exports, re.M)),
            "RUNPOD_PYTHON": sys.executable}
     hpcrun = str(Path(sys.executable).parent / "hpcrun")
     with tempfile.TemporaryDirectory() as tmp:
