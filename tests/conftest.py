@@ -260,18 +260,23 @@ class Answer:
 def invoke(*argv: str) -> Answer:
     """``hpcrun ARGV...`` in this process, through the console script's ``main``; SystemExit
     becomes the exit code. stdout and stderr encode as they do when piped (UTF-8; strict on
-    stdout, backslashreplace on stderr), so output that could not be printed fails here too."""
+    stdout, backslashreplace on stderr), so output that could not be printed fails here too.
+    Typer installs its own ``sys.excepthook`` on every call, which lasts as long as the process
+    does; here the test process's hook is put back after."""
     from hpcrun import cli
 
     out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict", newline="")
     err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace",
                            newline="")
     code: object = 0
+    hook = sys.excepthook
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             cli.main(list(argv))
         except SystemExit as exc:
             code = exc.code
+        finally:
+            sys.excepthook = hook
     return Answer(code if isinstance(code, int) else 0, _written(out), _written(err))
 
 

@@ -276,14 +276,23 @@ def _shown(*argv: str) -> float:
 BOMB_COST = 10
 
 
+def _refused(argv: tuple[str, ...], expected: str) -> float:
+    """Seconds ``hpcrun ARGV`` took to refuse with ``expected``: the best of three, as the
+    baseline is a best of two, since one stall of a busy machine is not what a refusal costs."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.monotonic()
+        answer = invoke(*argv)
+        best = min(best, time.monotonic() - started)
+        assert_clean(answer, argv)
+        assert answer.code == 2 and expected in answer.err, answer.err
+    return best
+
+
 def _refused_quickly(project: Path, text: str, expected: str) -> float:
     baseline = _shown("config", "show", "v3")
     (project / "configs" / "bomb.yaml").write_text(text)
-    started = time.monotonic()
-    answer = invoke("config", "show", "bomb")
-    elapsed = time.monotonic() - started
-    assert_clean(answer, ("config", "show", "bomb"))
-    assert answer.code == 2 and expected in answer.err, answer.err
+    elapsed = _refused(("config", "show", "bomb"), expected)
     assert elapsed < BOMB_COST * baseline, f"{elapsed:.2f} s to refuse, {baseline:.2f} s to read v3"
     return elapsed
 
@@ -373,12 +382,8 @@ def test_deep_flow_nesting_does_not_crash_the_process(project: Path) -> None:
 ])
 def test_bombs_in_a_set_value_are_refused(project: Path, value: str) -> None:
     baseline = _shown("config", "show", "v3")
-    started = time.monotonic()
     argv = ("config", "show", "v3", "--set", f"model.options.x={value}")
-    answer = invoke(*argv)
-    assert_clean(answer, argv)
-    assert answer.code == 2 and "--set model.options.x" in answer.err
-    assert time.monotonic() - started < BOMB_COST * baseline
+    assert _refused(argv, "--set model.options.x") < BOMB_COST * baseline
 
 
 # --------------------------------------------------------------------------- rendering

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
-import signal
 import sys
 import types
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from trainer_harness import trainer_process_state
 
 from hpcrun.track import checkpoint
 
@@ -34,31 +33,28 @@ training:
 @pytest.fixture
 def trainer(tmp_path, monkeypatch, capsys):
     """``trainer(yaml_text, *args)`` -> (exit code, stdout, stderr), run in this process from
-    ``tmp_path``; the logging handlers and signal handlers it installs are undone after."""
+    ``tmp_path``; what a run changes in the process is undone after (trainer_process_state)."""
     from hpcrun.train.__main__ import main
 
     monkeypatch.chdir(tmp_path)
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
         monkeypatch.delenv(name, raising=False)
-    log = logging.getLogger("hpcrun.train")
-    handlers = list(log.handlers)
-    signals = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
 
-    def run(text: str, *args: str) -> tuple[int, str, str]:
-        config = tmp_path / "config.in.yaml"
-        config.write_text(text)
-        capsys.readouterr()
-        code = main(["--config", str(config), *args])
-        for handler in log.handlers[len(handlers):]:
-            handler.close()
-        log.handlers[:] = handlers
-        out = capsys.readouterr()
-        return code, out.out, out.err
+    with trainer_process_state() as log:
+        handlers = list(log.handlers)
 
-    yield run
-    log.handlers[:] = handlers
-    for sig, handler in signals.items():
-        signal.signal(sig, handler)
+        def run(text: str, *args: str) -> tuple[int, str, str]:
+            config = tmp_path / "config.in.yaml"
+            config.write_text(text)
+            capsys.readouterr()
+            code = main(["--config", str(config), *args])
+            for handler in log.handlers[len(handlers):]:
+                handler.close()
+            log.handlers[:] = handlers
+            out = capsys.readouterr()
+            return code, out.out, out.err
+
+        yield run
 
 
 def only_run(tmp_path: Path, experiment: str = "tiny") -> Path:

@@ -3,14 +3,17 @@
 The trainer is started through its own entry point (``python -m hpcrun.train``'s ``main``)
 with an experiment YAML written to a temporary folder, so the tests see what a user's run
 would write. ``isolated_trainer`` (each module's ``trainer`` fixture) undoes what a run
-leaves behind in the process: the log handlers it adds, the preemption signal handlers it
-installs and the global determinism flag.
+leaves behind in the process (``trainer_process_state``): the log handlers it adds and the
+level and propagation it sets on the ``hpcrun.train`` logger, the signal handlers it installs,
+the global determinism flag and the environment variable that goes with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,24 +78,48 @@ class Trainer:
         return load_config(str(config), list(overrides))
 
 
-def isolated_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Trainer]:
-    """The body of each test module's ``trainer`` fixture."""
+#: the signals a trainer run handles in its own process (preemption, and ``ulimit -f``)
+TRAINER_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGXFSZ)
+
+
+@contextlib.contextmanager
+def trainer_process_state() -> Iterator[logging.Logger]:
+    """Put back what a trainer run (``hpcrun.train``'s ``main``) changes in its process: the
+    ``hpcrun.train`` logger's handlers (closing the ones it added), level and propagation, the
+    signal handlers it installs, the determinism flag and ``CUBLAS_WORKSPACE_CONFIG`` (both set
+    by ``training.deterministic``). Yields the logger."""
     logger = logging.getLogger("hpcrun.train")
-    handlers = list(logger.handlers)
-    signals = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores; also keeps float sums in one order
-    monkeypatch.chdir(tmp_path)
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    signals = {sig: signal.getsignal(sig) for sig in TRAINER_SIGNALS}
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     try:
-        yield Trainer(tmp_path)
+        yield logger
     finally:
         for handler in logger.handlers[:]:
             if handler not in handlers:
                 logger.removeHandler(handler)
                 handler.close()
+        logger.setLevel(level)
+        logger.propagate = propagate
         for sig, handler in signals.items():
             signal.signal(sig, handler)
-        torch.use_deterministic_algorithms(False)
+        torch.use_deterministic_algorithms(deterministic)
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+
+
+def isolated_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Trainer]:
+    """The body of each test module's ``trainer`` fixture."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two shared cores; also keeps float sums in one order
+    monkeypatch.chdir(tmp_path)
+    try:
+        with trainer_process_state():
+            yield Trainer(tmp_path)
+    finally:
         torch.set_num_threads(threads)
 
 
