@@ -9,56 +9,10 @@ import statistics
 import time
 from pathlib import Path
 
+from planted_runs import healthy_memory, plant
+
 from hpcrun import rundir
-from hpcrun.config import load_config
 from hpcrun.diagnose import Diagnosis, diagnose, failure_cause
-
-
-def healthy_memory(epoch: int, rank: int) -> dict:
-    return {"allocated_mb": 100.0, "reserved_mb": 150.0, "peak_mb": 200.0,
-            "device_used_mb": 1000.0, "device_total_mb": 80000.0, "utilization_pct": 50.0,
-            "host_rss_mb": 500.0 + 10 * rank, "host_total_mb": 64000.0}
-
-
-def plant(root: Path, *, epochs: int = 8, loss=None, grads=None, separation=None,
-          memory=healthy_memory, status="SUCCEEDED", updated_at: float | None = None,
-          failure: dict | None = None, overrides: tuple[str, ...] = ()) -> Path:
-    """A run directory with one classification stage 'train', two ranks on host n1."""
-    run = rundir.RunDir(root)
-    stage = run.stage("train")
-    stage.mkdir(parents=True)
-    rundir.write_atomic(run.config, load_config("v3", overrides).to_yaml().encode())
-    rundir.write_json(run.status, {"state": status, "stage": "train", "epoch": epochs,
-                                   "stages": {"train": status},
-                                   "updated_at": updated_at or time.time()})
-    training = rundir.CsvLog(stage / rundir.TRAINING, rundir.training_columns(["auroc"]))
-    comps = rundir.CsvLog(stage / rundir.LOSS_COMPONENTS,
-                          rundir.loss_component_columns(["classification"], False))
-    gstats = rundir.CsvLog(stage / rundir.GRADIENT_STATS, rundir.GRADIENT_COLUMNS)
-    probs = rundir.CsvLog(stage / rundir.PROBABILITY_STATS, rundir.PROBABILITY_COLUMNS)
-    mem = rundir.CsvLog(stage / rundir.GPU_MEMORY, rundir.MEMORY_COLUMNS)
-    for e in range(1, epochs + 1):
-        train_loss = loss(e) if loss else 0.6 / e
-        training.write({"Epoch": e, "Epoch Time": 1.0, "Train Loss": train_loss,
-                        "Val Loss": 0.65 / e, "Val AUROC": 0.7 + 0.02 * e,
-                        "Learning Rate": 1e-3})
-        comps.write({"epoch": e, "phase": "train", "classification": train_loss,
-                     "total": train_loss})
-        norm = grads(e) if grads else 0.5
-        gstats.write({"epoch": e, "steps": 10, "norm_mean": norm, "norm_std": 0.1,
-                      "norm_min": norm / 2, "norm_max": norm * 1.5, "norm_last": norm,
-                      "clipped_fraction": 0.0, "nonfinite_steps": 0})
-        sep = separation(e) if separation else 0.2 + 0.04 * e
-        probs.write({"epoch": e, "phase": "val", "pos_mean": 0.3 + sep, "pos_std": 0.1,
-                     "neg_mean": 0.3, "neg_std": 0.1, "separation": sep})
-        for rank in (0, 1):
-            mem.write({"epoch": e, "rank": rank, "host": "n1", "device": f"cuda:{rank}",
-                       **memory(e, rank)})
-    for log in (training, comps, gstats, probs, mem):
-        log.close()
-    if failure:
-        rundir.write_json(run.failure, failure)
-    return root
 
 
 def codes(flags) -> list[str]:
@@ -70,7 +24,7 @@ def test_healthy_planted_run_has_no_flags(tmp_path):
 
 
 def test_nan_loss(tmp_path):
-    run = plant(tmp_path / "nan", loss=lambda e: math.nan if e >= 5 else 0.6 / e)
+    run = plant(tmp_path / "nan", train=lambda e: math.nan if e >= 5 else 0.6 / e)
     flags = diagnose(run)
     assert codes(flags) == ["nan_loss"] and flags[0].epoch == 5
 
@@ -408,7 +362,7 @@ def test_diverging_validation_loss(tmp_path):
 
 
 def test_nan_loss_names_the_column_and_epoch(tmp_path):
-    run = plant(tmp_path / "nan", loss=lambda e: math.inf if e >= 3 else 0.6 / e)
+    run = plant(tmp_path / "nan", train=lambda e: math.inf if e >= 3 else 0.6 / e)
     flags = diagnose(run)
     assert codes(flags) == ["nan_loss"]
     assert (flags[0].message, flags[0].stage, flags[0].epoch) == (

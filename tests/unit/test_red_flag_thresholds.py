@@ -5,58 +5,12 @@ line names the preemption."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
+from planted_runs import EPOCHS, plant
 
-from hpcrun import rundir
-from hpcrun.config import load_config
 from hpcrun.diagnose import diagnose, failed_flag, failure_cause
-
-EPOCHS = 8
-
-
-def plant(root: Path, *, train=None, val=None, grads=None, nonfinite=None, separation=None,
-          overrides: tuple[str, ...] = (), status: str = "SUCCEEDED") -> Path:
-    """A healthy run of one classification stage 'train' (two ranks on host n1) over EPOCHS
-    epochs; each keyword replaces one column by a function of the epoch."""
-    run = rundir.RunDir(root)
-    stage = run.stage("train")
-    stage.mkdir(parents=True)
-    rundir.write_atomic(run.config, load_config("v3", overrides).to_yaml().encode())
-    rundir.write_json(run.status, {"state": status, "stage": "train", "epoch": EPOCHS,
-                                   "stages": {"train": status}, "updated_at": time.time()})
-    training = rundir.CsvLog(stage / rundir.TRAINING, rundir.training_columns(["auroc"]))
-    comps = rundir.CsvLog(stage / rundir.LOSS_COMPONENTS,
-                          rundir.loss_component_columns(["classification"], False))
-    gstats = rundir.CsvLog(stage / rundir.GRADIENT_STATS, rundir.GRADIENT_COLUMNS)
-    probs = rundir.CsvLog(stage / rundir.PROBABILITY_STATS, rundir.PROBABILITY_COLUMNS)
-    mem = rundir.CsvLog(stage / rundir.GPU_MEMORY, rundir.MEMORY_COLUMNS)
-    for e in range(1, EPOCHS + 1):
-        train_loss = train(e) if train else 0.6 / e
-        training.write({"Epoch": e, "Epoch Time": 1.0, "Train Loss": train_loss,
-                        "Val Loss": val(e) if val else 0.65 / e, "Val AUROC": 0.7 + 0.02 * e,
-                        "Learning Rate": 1e-3})
-        comps.write({"epoch": e, "phase": "train", "classification": train_loss,
-                     "total": train_loss})
-        norm = grads(e) if grads else 0.5
-        gstats.write({"epoch": e, "steps": 10, "norm_mean": norm, "norm_std": 0.1,
-                      "norm_min": norm / 2, "norm_max": norm * 1.5, "norm_last": norm,
-                      "clipped_fraction": 0.0,
-                      "nonfinite_steps": nonfinite(e) if nonfinite else 0})
-        sep = separation(e) if separation else 0.2 + 0.04 * e
-        probs.write({"epoch": e, "phase": "val", "pos_mean": 0.3 + sep, "pos_std": 0.1,
-                     "neg_mean": 0.3, "neg_std": 0.1, "separation": sep})
-        for rank in (0, 1):
-            mem.write({"epoch": e, "rank": rank, "host": "n1", "device": f"cuda:{rank}",
-                       "allocated_mb": 100.0, "reserved_mb": 150.0, "peak_mb": 200.0,
-                       "device_used_mb": 1000.0, "device_total_mb": 80000.0,
-                       "utilization_pct": 50.0, "host_rss_mb": 500.0 + 10 * rank,
-                       "host_total_mb": 64000.0})
-    for log in (training, comps, gstats, probs, mem):
-        log.close()
-    return root
 
 
 def codes(run: Path) -> list[str]:
