@@ -164,11 +164,12 @@ class JobStore:
     def resolve(self, ref: str | None, project_dir: str | None = None) -> JobRecord:
         """A job from ``latest`` (default), a full id, a unique id prefix or a handle.
 
-        ``latest`` means this project's most recent job; ids and prefixes search every project.
+        ``latest`` means this project's most recent submission (after a sweep, the sweep, not
+        its last point); ids and prefixes search every project.
         """
         ref = (ref or "latest").strip()
         if ref == "latest":
-            jobs = self.list(project_dir=project_dir, limit=1)
+            jobs = self.list(project_dir=project_dir, limit=1, top_level=True)
             if not jobs:
                 where = f" in {project_dir}" if project_dir else ""
                 raise BadInput(f"no jobs submitted{where} yet", hint="hpcrun submit v3")

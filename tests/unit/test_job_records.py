@@ -75,3 +75,22 @@ def test_records_round_trip_through_the_store(tmp_path):
         db.execute("UPDATE jobs SET info = 'not json', state = 'WEIRD'")
     broken = store.get(record.id)
     assert broken.info == JobInfo() and broken.state is S.UNKNOWN
+
+
+def test_latest_after_a_sweep_is_the_sweep_not_its_last_point(tmp_path):
+    """`hpcrun cancel` (or status, fetch) with the default `latest` right after
+    `submit --sweep` acts on what was submitted: the sweep, with every point."""
+    store = JobStore(tmp_path / "jobs.sqlite")
+    single = JobRecord(id="1" * 12, backend="local", host="h", experiment="v3", run_dir="/r0",
+                       project_dir="/p", submitted_at=1.0)
+    sweep = JobRecord(id="2" * 12, backend="local", host="h", experiment="v3",
+                      run_dir="/r1", project_dir="/p", submitted_at=2.0,
+                      info=JobInfo(kind="sweep"))
+    points = [JobRecord(id=f"3{i}".ljust(12, "0"), backend="local", host="h", experiment="v3",
+                        run_dir=f"/r1-p{i}", project_dir="/p", group=sweep.id,
+                        submitted_at=2.0 + i / 10) for i in range(3)]
+    store.add([single])
+    assert store.resolve("latest", "/p").id == single.id
+    store.add([sweep, *points])
+    assert store.resolve("latest", "/p").id == sweep.id
+    assert store.resolve(points[-1].id, "/p").id == points[-1].id  # a point by its id
