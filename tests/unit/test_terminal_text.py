@@ -118,11 +118,14 @@ def test_piped_output_keeps_paths_whole_and_a_big_sweep_short(project, monkeypat
                     f"runs_dir={deep}/{deep}", "--sweep", "params.tag=" + ",".join(
                         f"t{i}" for i in range(14)))
     assert answer.code == 0, answer.err
-    exe = str(Path(sys.executable).parent / "hpcrun")
-    env = {k: v for k, v in __import__("os").environ.items() if k != "COLUMNS"}
-    out = subprocess.run([exe, "list"], cwd=project, capture_output=True, text=True, env=env,
-                         timeout=120).stdout
-    rows = out.splitlines()
-    assert any(f"{deep}/{deep}/train/" in row for row in rows), out
-    assert sum("  " + "p0" in row or "-p0" in row for row in rows) == 10, out
-    assert "4 more points (hpcrun status" in out
+    try:
+        exe = str(Path(sys.executable).parent / "hpcrun")
+        env = {k: v for k, v in __import__("os").environ.items() if k != "COLUMNS"}
+        out = subprocess.run([exe, "list"], cwd=project, capture_output=True, text=True,
+                             env=env, timeout=120).stdout
+        rows = out.splitlines()
+        assert any(f"{deep}/{deep}/train/" in row for row in rows), out
+        assert sum("  " + "p0" in row or "-p0" in row for row in rows) == 10, out
+        assert "4 more points (hpcrun status" in out
+    finally:  # the sweep's 14 local jobs must not outlive the test
+        assert invoke("cancel", "latest").code == 0
