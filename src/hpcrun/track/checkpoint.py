@@ -131,9 +131,9 @@ def _identity(state: dict[str, Any] | None, path: Path) -> tuple[Any, ...] | Non
     return ("epoch", state.get("epoch"), path.stat().st_size)
 
 
-def load_agreed(ctx: DistContext, *paths: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The checkpoint every rank continues from: the first of ``paths`` that exists on rank
-    0, with its state; None on every rank when rank 0 has none of them. A rank whose own
+def load_agreed(ctx: DistContext, *paths: Path) -> dict[str, Any] | None:
+    """The state of the checkpoint every rank continues from: the first of ``paths`` that
+    exists on rank 0; None on every rank when rank 0 has none of them. A rank whose own
     copy is missing or differs gets rank 0's. Every rank must call it (it is collective)."""
     chosen = None
     if ctx.is_main:
@@ -160,5 +160,4 @@ def load_agreed(ctx: DistContext, *paths: Path) -> tuple[Path, dict[str, Any]] |
             log.info("rank %d: %s differs from rank 0's (%s); continuing from rank 0's",
                      ctx.rank, path, "missing here" if state is None else "another save")
             state = sent
-    assert state is not None
-    return path, state
+    return state

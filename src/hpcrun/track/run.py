@@ -424,11 +424,10 @@ class Run:
         if self._stop is None:
             self._stop = StopRequest(self.ctx)
         model = model if model is not None else self.model
-        found = checkpoint.load_agreed(self.ctx, self.checkpoints / rundir.LAST_CKPT)
-        if found is None:
+        state = checkpoint.load_agreed(self.ctx, self.checkpoints / rundir.LAST_CKPT)
+        if state is None:
             self._truncate(0)  # rows of an epoch that a stop cut short
             return 1
-        state = found[1]
         for key, thing in (("model", _unwrap(model) if model is not None else None),
                            ("optimizer", optimizer), ("scheduler", scheduler),
                            ("scaler", scaler)):

@@ -214,12 +214,11 @@ class StageRunner:
 
     def _initialise_from(self, ref: str) -> None:
         path = self._init_path(ref)
-        found = checkpoint.load_agreed(self.ctx, path)
-        if found is None:
+        state = checkpoint.load_agreed(self.ctx, path)
+        if state is None:
             raise ConfigError(
                 f"stage {self.stage.name!r}: init_from {ref!r} has no checkpoint at {path}",
                 hint="run the earlier stage first, or point init_from at a .pt file")
-        state = found[1]
         weights = state.get("model", state)
         result = self.module.model.load_state_dict(weights, strict=False)
         loaded = len(weights) - len(result.unexpected_keys)
@@ -285,12 +284,11 @@ class StageRunner:
             return StageResult("SUCCEEDED", evaluation=evaluation)
         result = self._train()
         if result.state == "SUCCEEDED":
-            found = checkpoint.load_agreed(self.ctx, self.ckpt_dir / rundir.BEST_CKPT,
+            state = checkpoint.load_agreed(self.ctx, self.ckpt_dir / rundir.BEST_CKPT,
                                            self.ckpt_dir / rundir.LAST_CKPT)
-            if found is None:
+            if state is None:
                 raise FileNotFoundError(f"{self.ckpt_dir / rundir.LAST_CKPT}: the stage "
                                         "ended without a checkpoint")
-            state = found[1]
             self.module.load_state_dict(state["module"])
             result.evaluation = self._final_evaluation(int(state["epoch"]))
         return result
@@ -344,23 +342,22 @@ class StageRunner:
         last = self.ckpt_dir / rundir.LAST_CKPT
         if ctx.is_main:
             checkpoint.remove_partial(self.ckpt_dir)
-        found = checkpoint.load_agreed(ctx, last)  # rank 0's, whatever the others' disks hold
-        if found is not None:
-            state = found[1]
-            self.module.load_state_dict(state["module"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            start = int(state["epoch"]) + 1
-            best_metric, best_epoch = state["best_metric"], state["best_epoch"]
-            stale = int(state["stale_epochs"])
-            rng = state["rng"]
+        resumed = checkpoint.load_agreed(ctx, last)  # rank 0's, whatever the others' disks hold
+        if resumed is not None:
+            self.module.load_state_dict(resumed["module"])
+            optimizer.load_state_dict(resumed["optimizer"])
+            scheduler.load_state_dict(resumed["scheduler"])
+            scaler.load_state_dict(resumed["scaler"])
+            start = int(resumed["epoch"]) + 1
+            best_metric, best_epoch = resumed["best_metric"], resumed["best_epoch"]
+            stale = int(resumed["stale_epochs"])
+            rng = resumed["rng"]
             if len(rng) == ctx.world_size:
                 checkpoint.set_rng_state(rng[ctx.rank])
             else:
                 log.warning("resuming with %d ranks from a %d-rank checkpoint: RNG streams "
                             "restart", ctx.world_size, len(rng))
-            if state.get("stopped_early"):
+            if resumed.get("stopped_early"):
                 start = tcfg.epochs + 1
             log.info("stage %s: resuming after epoch %d", self.stage.name, start - 1)
         completed = start - 1
@@ -393,7 +390,7 @@ class StageRunner:
             if tcfg.checkpoint_every and epoch and epoch % tcfg.checkpoint_every == 0:
                 checkpoint.link(last, self.ckpt_dir / f"epoch_{epoch:04d}.pt")
 
-        if found is None:
+        if resumed is None:
             save(0, improved=False, stopped_early=False)  # so a stop in epoch 1 can resume
 
         train_sampler = self._sampler(train, shuffle=True)
